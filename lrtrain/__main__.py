@@ -1,0 +1,3 @@
+from lrtrain.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""Turn any failure into one line in the user's words: the key, value or file, and what would be valid."""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+# Exit codes (documented in the README).
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_DIVERGED = 3
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
+
+
+def _omegaconf_error(e: Any) -> str:
+    key = getattr(e, "full_key", None) or getattr(e, "key", None)
+    msg = _first_line(getattr(e, "msg", None) or str(e))
+    obj_type = getattr(e, "object_type", None)
+    if type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError") and key and is_dataclass(obj_type):
+        valid = ", ".join(f.name for f in fields(obj_type) if not f.name.startswith("_"))
+        return f"{key}: unknown key; valid keys here: {valid}"
+    if type(e).__name__ == "MissingMandatoryValue" and key:
+        return f"{key}: a value is required"
+    return f"{key}: {msg}" if key else msg
+
+
+def describe(e: BaseException) -> tuple[str, int]:
+    """A one-line cause and the exit code for an exception that ended a run."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lrtrain.checkpoints import CheckpointError
+    from lrtrain.config import ConfigValueError
+    from lrtrain.data import DataError
+
+    if isinstance(e, MissingConfigException):
+        missing = getattr(e, "missing_cfg_file", None) or ""
+        options = getattr(e, "options", None)
+        if options and "/" in missing:
+            group, name = missing.rsplit("/", 1)
+            return f"{group}={name}: no such option; valid: {', '.join(sorted(options))}", EXIT_CONFIG
+        return _first_line(str(e)), EXIT_CONFIG
+    if isinstance(e, ConfigValueError):
+        return str(e), EXIT_CONFIG
+    if isinstance(e, OmegaConfBaseException):
+        return _omegaconf_error(e), EXIT_CONFIG
+    cause = e.__cause__
+    if type(e).__module__.startswith("hydra") and isinstance(cause, OmegaConfBaseException):
+        return _omegaconf_error(cause), EXIT_CONFIG
+    if type(e).__module__.startswith("hydra"):
+        return _first_line(str(e)), EXIT_CONFIG
+    if isinstance(e, (CheckpointError, DataError)):
+        return _first_line(str(e)), EXIT_FAILED
+    return f"{type(e).__name__}: {_first_line(str(e))}", EXIT_FAILED

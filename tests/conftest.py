@@ -1,0 +1,81 @@
+"""Shared fixtures: run real `lrtrain` processes into tmp_path; compose the real config in-process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+# Small and quick: two epochs of the digits default, no live bar.
+FAST = ["trainer.max_epochs=2", "trainer.progress=plain"]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    run_dir: Path
+
+    def csv(self, name: str) -> list[dict[str, str]]:
+        with open(self.run_dir / name, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+
+def run_lrtrain(*overrides: str, cwd: Path, run_dir: Path | None = None, module: bool = True,
+                timeout: float = 300, env: dict | None = None) -> Result:
+    """Run `python -m lrtrain` (or the `lrtrain` console script) as a user would, into `run_dir`."""
+    run_dir = run_dir or cwd / "run"
+    cmd = [sys.executable, "-m", "lrtrain"] if module else [str(Path(sys.executable).with_name("lrtrain"))]
+    args = list(overrides)
+    if not any(a.startswith(("-m", "--multirun", "--help", "--cfg", "hydra.run.dir")) for a in args):
+        args.append(f"hydra.run.dir={run_dir}")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(cmd + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return Result(proc.returncode, proc.stdout, proc.stderr, run_dir)
+
+
+@pytest.fixture
+def lrtrain(tmp_path):
+    """lrtrain(*overrides) -> Result, run in tmp_path."""
+
+    def _run(*overrides: str, **kwargs) -> Result:
+        return run_lrtrain(*overrides, cwd=tmp_path, **kwargs)
+
+    return _run
+
+
+@pytest.fixture
+def compose():
+    """compose(*overrides) -> the real composed config (validated), without running anything."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from lrtrain.config import register, validate
+
+    register()
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        validate(cfg)
+        return cfg
+
+    return _compose
+
+
+def group_options(group: str) -> list[str]:
+    """Every option of a config group, from the files on disk (so new options are tested automatically)."""
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))

@@ -1,0 +1,64 @@
+"""Composition and validation: every option composes; bad input fails before training, in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import group_options
+
+GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping", "dataset", "model", "trainer"]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_option_composes_and_validates(compose, group, option):
+    cfg = compose(f"{group}={option}")
+    assert group in cfg
+
+
+def test_regularization_is_multi_select(compose):
+    cfg = compose("regularization=[l2]")
+    assert cfg.regularization.l2.weight_decay > 0
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be a finite number > 0"),
+        ("dataset.batch_size=0", "dataset.batch_size=0: must be > 0"),
+        ("optimizer.betas=[0.9,1.5]", "optimizer.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
+        ("trainer.device=tpu", "trainer.device='tpu': must be one of auto, cpu, cuda, mps"),
+        ("regularization=[l2]", None),
+    ],
+)
+def test_out_of_range_values_name_the_key(compose, override, needle):
+    from lrtrain.config import ConfigValueError
+
+    if needle is None:
+        compose(override)
+        return
+    with pytest.raises(ConfigValueError) as e:
+        compose(override)
+    assert str(e.value) == needle
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["optimizer=adamm"], "lrtrain: error: optimizer=adamm: no such option; valid: adam, sgd"),
+        (["optimizer.lrr=1"], "lrtrain: error: optimizer.lrr: unknown key; valid keys here: lr, betas, eps, amsgrad"),
+        (["optimizer.lr=abc"], "lrtrain: error: optimizer.lr: Value 'abc' of type 'str' could not be converted to Float"),
+        (["optimizer.lr=-1"], "lrtrain: error: optimizer.lr=-1.0: must be a finite number > 0"),
+        (["dataset.batch_size=0"], "lrtrain: error: dataset.batch_size=0: must be > 0"),
+        (["scheduler=step", "scheduler.step_size=soon"],
+         "lrtrain: error: scheduler.step_size='soon': must be a duration such as 5 (epochs), 5ep, 500steps or 10%"),
+        (["trainer.monitor=val_f1"],
+         "lrtrain: error: trainer.monitor='val_f1': must be one of train_loss, val_loss, train_acc, val_acc"),
+        (["warmup=linear", "warmup.length=100ep"],
+         "lrtrain: error: warmup.length='100ep': must be shorter than the run (900 steps)"),
+    ],
+)
+def test_bad_config_fails_fast_with_one_line(lrtrain, args, message):
+    r = lrtrain(*args)
+    assert r.returncode == 2
+    assert r.stderr.strip() == message
+    assert not (r.run_dir / "steps.csv").exists() and not (r.run_dir / "checkpoints").exists()
