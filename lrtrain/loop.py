@@ -27,6 +27,7 @@ from lrtrain.data import Split, TensorData
 from lrtrain.durations import Timeline
 from lrtrain.early_stopping import EarlyStopping, improved
 from lrtrain.progress import ProgressDisplay
+from lrtrain.regularization import Regularizer
 from lrtrain.schedules import Schedule
 from lrtrain.warmup import Warmup
 from lrtrain.writers import CSVLog, TensorBoard, write_json_atomic
@@ -53,6 +54,7 @@ class Run:
     tensorboard: bool = True
     plots: bool = True
     config: dict[str, Any] = field(default_factory=dict)
+    regularizer: Regularizer = field(default_factory=Regularizer)  # in-step hooks, None when off
 
 
 def seed_everything(seed: int) -> None:
@@ -102,7 +104,8 @@ def fit(run: Run) -> dict[str, Any]:
     metric_cols = ["epoch", "step", "lr", "train_loss", "val_loss", *acc_cols, "seconds"]
 
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    steps_log = CSVLog(out / "steps.csv", ["step", "epoch", "lr", "loss"])
+    reg = run.regularizer
+    steps_log = CSVLog(out / "steps.csv", ["step", "epoch", "lr", "loss"] + (["grad_norm"] if reg.clip else []))
     metrics_log = CSVLog(out / "metrics.csv", metric_cols)
     tb = TensorBoard(out / "tensorboard" if run.tensorboard else None)
     progress = ProgressDisplay(run.progress, total_steps, epochs)
@@ -124,19 +127,25 @@ def fit(run: Run) -> dict[str, Any]:
             losses: list[torch.Tensor] = []
             lrs: list[float] = []
             corrects: list[torch.Tensor] = []
+            grad_norms: list[torch.Tensor] = []  # before clipping, when regularization has grad_clip
             first = step
             for i in range(0, n, bs):
                 if step >= total_steps:
                     break
                 idx = perm[i:i + bs]
-                x, y = data.inputs(data.train.x[idx]), data.train.y[idx]
+                stored = data.train.x[idx]
+                if reg.augment is not None:
+                    stored = reg.augment(stored)
+                x, y = data.inputs(stored), data.train.y[idx]
                 for group, base in zip(opt.param_groups, base_lrs):
                     group["lr"] = run.schedule(step, base)
                 with amp:
                     output = model(x)
                     loss = run.loss_fn(output.squeeze(-1) if not classify else output, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss + reg.penalty() if reg.penalty is not None else loss).backward()
+                if reg.clip is not None:
+                    grad_norms.append(reg.clip())
                 opt.step()
                 losses.append(loss.detach())
                 lrs.append(opt.param_groups[0]["lr"])
@@ -147,6 +156,7 @@ def fit(run: Run) -> dict[str, Any]:
                     step_seconds + time.perf_counter() - epoch_start, 1e-9))
 
             step_losses = torch.stack(losses).float().tolist()  # the epoch's one host sync
+            norms = [(v,) for v in torch.stack(grad_norms).float().tolist()] if grad_norms else None
             seen = min(n, (step - first) * bs)
             samples += seen
             step_seconds += time.perf_counter() - epoch_start
@@ -154,8 +164,8 @@ def fit(run: Run) -> dict[str, Any]:
             train_loss = sum(l * s for l, s in zip(step_losses, sizes)) / seen
 
             every = run.log_every_n_steps
-            steps_log.write((first + j, epoch, lrs[j], step_losses[j]) for j in range(step - first)
-                            if (first + j) % every == 0)
+            steps_log.write((first + j, epoch, lrs[j], step_losses[j], *(norms[j] if norms else ()))
+                            for j in range(step - first) if (first + j) % every == 0)
             val = evaluate(model, data.val, data, amp)
             row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lrs[-1], "train_loss": train_loss,
                                    "val_loss": val["loss"]}
