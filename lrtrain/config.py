@@ -245,7 +245,7 @@ class GradClipConfig:
 
     def __post_init__(self) -> None:
         check("max_norm", self.max_norm, (self.max_norm is None) != (self.value is None),
-              "set, or value set instead (exactly one of max_norm, value)")
+              "set, or null with value set (exactly one of the two)")
         check_positive(self, "max_norm", "value")
 
 
