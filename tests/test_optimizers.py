@@ -129,8 +129,10 @@ def test_cli_lists_reach_torch_as_plain_values(compose, tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["optimizer=adamw", "optimizer.betas=[0.9,1.0]"], "optimizer.betas=[0.9, 1.0]: must be two numbers in [0, 1)"),
-        (["optimizer=nadam", "optimizer.betas=[-0.1,0.9]"], "optimizer.betas=[-0.1, 0.9]: must be two numbers in [0, 1)"),
+        (["optimizer=adamw", "optimizer.betas=[0.9,1.0]"],
+         "optimizer.betas=[0.9, 1.0]: must be two numbers in [0, 1)"),
+        (["optimizer=nadam", "optimizer.betas=[-0.1,0.9]"],
+         "optimizer.betas=[-0.1, 0.9]: must be two numbers in [0, 1)"),
         (["optimizer=radam", "optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: must be two numbers in [0, 1)"),
         (["optimizer=rmsprop", "optimizer.alpha=1.0"], "optimizer.alpha=1.0: must be in [0, 1)"),
         (["optimizer=momentum", "optimizer.momentum=1.0"], "optimizer.momentum=1.0: must be in [0, 1)"),

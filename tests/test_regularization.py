@@ -62,7 +62,8 @@ def test_combining_options_composes_all_of_them(compose, train_briefly):
     [
         (["regularization=[l2]", "regularization.l2.weight_decay=-0.1"],
          "regularization.l2.weight_decay=-0.1: must be a finite number >= 0"),
-        (["regularization=[dropout]", "regularization.dropout.p=1.0"], "regularization.dropout.p=1.0: must be in [0, 1)"),
+        (["regularization=[dropout]", "regularization.dropout.p=1.0"],
+         "regularization.dropout.p=1.0: must be in [0, 1)"),
         (["regularization=[augment]", "regularization.augment.flip=2"],
          "regularization.augment.flip=2.0: must be a probability in [0, 1]"),
         (["regularization=[augment]", "regularization.augment.max_shift=0.5"],
