@@ -156,7 +156,7 @@ def fit(run: Run) -> dict[str, Any]:
                     step_seconds + time.perf_counter() - epoch_start, 1e-9))
 
             step_losses = torch.stack(losses).float().tolist()  # the epoch's one host sync
-            norms = [(v,) for v in torch.stack(grad_norms).float().tolist()] if grad_norms else None
+            norms = torch.stack(grad_norms).float().tolist() if grad_norms else None  # read back with the losses
             seen = min(n, (step - first) * bs)
             samples += seen
             step_seconds += time.perf_counter() - epoch_start
@@ -164,7 +164,7 @@ def fit(run: Run) -> dict[str, Any]:
             train_loss = sum(l * s for l, s in zip(step_losses, sizes)) / seen
 
             every = run.log_every_n_steps
-            steps_log.write((first + j, epoch, lrs[j], step_losses[j], *(norms[j] if norms else ()))
+            steps_log.write((first + j, epoch, lrs[j], step_losses[j], *((norms[j],) if norms else ()))
                             for j in range(step - first) if (first + j) % every == 0)
             val = evaluate(model, data.val, data, amp)
             row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lrs[-1], "train_loss": train_loss,
