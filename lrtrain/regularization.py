@@ -84,14 +84,14 @@ class BatchAugment:
         return x
 
     def translate(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
+        n, c, h, w = x.shape
         s = self.shift
         padded = self.TF.pad(x, [s])
-        offsets = torch.randint(0, 2 * s + 1, (n, 2), device=x.device)
+        offsets = torch.randint(0, 2 * s + 1, (n, 2), device=x.device)  # each sample's crop corner
         rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # (N, H)
         cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # (N, W)
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+        index = (rows[:, :, None] * (w + 2 * s) + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+        return padded.flatten(2).gather(2, index).view(n, c, h, w)
 
     def hflip(self, x: torch.Tensor) -> torch.Tensor:
         mask = torch.rand(x.shape[0], device=x.device) < self.flip
