@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -14,7 +15,8 @@ from lrtrain.checkpoints import CheckpointError, load
 from lrtrain.config import ConfigValueError
 from lrtrain.durations import Timeline
 from lrtrain.loop import Run, seed_everything
-from lrtrain.optimizers import param_groups
+from lrtrain.optimizers import make_optimizer, param_groups
+from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, Regularizer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,13 +52,24 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         raise ConfigValueError("trainer.monitor", trainer.monitor, "one of " + ", ".join(metrics))
 
     reg = cfg.regularization
+    model_kwargs = {"dropout": reg.dropout.p} if reg.dropout is not None else {}
+    if model_kwargs and "dropout" not in inspect.signature(get_object(cfg.model._target_)).parameters:
+        raise ConfigValueError("regularization", "dropout", f"a list without dropout: {cfg.model._target_} "
+                                                           "has no dropout")
     model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_classes or 1,
-                        _convert_="all").to(device)
+                        **model_kwargs, _convert_="all").to(device)
     weight_decay = reg.l2.weight_decay if reg.l2 is not None else 0.0
     groups = param_groups(model, weight_decay, decay_1d=reg.l2.decay_1d if reg.l2 is not None else False)
     # Config nodes become partials completed with live objects, so Hydra never converts those objects.
-    optimizer = instantiate(cfg.optimizer, _partial_=True, _convert_="all")(groups)
-    loss_fn: nn.Module = nn.CrossEntropyLoss() if classify else nn.MSELoss()
+    optimizer = make_optimizer(instantiate(cfg.optimizer, _partial_=True, _convert_="all"), groups,
+                               decoupled=reg.l2 is not None and reg.l2.decoupled)
+    if reg.label_smoothing is not None and not classify:
+        raise ConfigValueError("regularization", "label_smoothing",
+                               f"a list without label_smoothing: {data.name} is a regression data set")
+    loss_fn: nn.Module = (nn.CrossEntropyLoss(label_smoothing=reg.label_smoothing.epsilon if
+                                              reg.label_smoothing is not None else 0.0)
+                          if classify else nn.MSELoss())
+    regularizer = _regularizer(reg, model, data)
 
     warmup_steps = timeline.steps(cfg.warmup.length) if cfg.warmup._target_ else 0
     if warmup_steps >= total_steps:
@@ -83,7 +96,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         timeline=timeline, seed=trainer.seed, monitor=trainer.monitor,
         mode=trainer.mode, out_dir=out_dir, stopper=stopper, precision=trainer.precision,
         log_every_n_steps=trainer.log_every_n_steps, progress=trainer.progress,
-        tensorboard=trainer.tensorboard, plots=trainer.plots,
+        tensorboard=trainer.tensorboard, plots=trainer.plots, regularizer=regularizer,
         checkpoint_every_n_steps=trainer.checkpoint_every_n_steps, keep_last_k=trainer.keep_last_k,
         on_divergence=trainer.on_divergence, rollback_factor=trainer.rollback_factor,
         max_rollbacks=trainer.max_rollbacks, resume=resume, truncate_outputs=in_place, config=config,
@@ -129,3 +142,20 @@ def check_compatible(path: Path, ckpt: dict, config: dict, model: nn.Module) -> 
             where = "missing" if a is None else f"shape {list(a.shape)}"
             here = "missing" if b is None else f"shape {list(b.shape)}"
             raise CheckpointError(f"{path}: model parameter {key} is {where} in the checkpoint, {here} here")
+
+
+def _regularizer(reg: DictConfig, model: nn.Module, data) -> Regularizer:
+    """The in-step regularization hooks; each is None when its option is off."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    augment = None
+    if reg.augment is not None:
+        if data.image_kind is None:
+            raise ConfigValueError("regularization", "augment",
+                                   f"a list without augment: {data.name} is not an image data set")
+        augment = BatchAugment(data.image_kind, data.input_shape, reg.augment.max_shift, reg.augment.flip,
+                               reg.augment.rotation)
+    return Regularizer(
+        augment=augment,
+        penalty=L1Penalty(params, reg.l1.coefficient) if reg.l1 is not None else None,
+        clip=GradClip(params, reg.grad_clip.max_norm, reg.grad_clip.value) if reg.grad_clip is not None else None,
+    )

@@ -92,8 +92,63 @@ class AdamConfig(OptimizerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check("betas", self.betas, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-              "two numbers in [0, 1)")
+        check_betas(self)
+        check_positive(self, "eps")
+
+
+def check_betas(obj: Any) -> None:
+    check("betas", obj.betas, len(obj.betas) == 2 and all(0 <= b < 1 for b in obj.betas), "two numbers in [0, 1)")
+
+
+@dataclass
+class NAdamConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    momentum_decay: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_betas(self)
+        check_positive(self, "eps")
+        check("momentum_decay", self.momentum_decay, self.momentum_decay >= 0, ">= 0")
+
+
+@dataclass
+class RAdamConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_betas(self)
+        check_positive(self, "eps")
+
+
+@dataclass
+class RMSpropConfig(OptimizerConfig):
+    alpha: float = MISSING
+    eps: float = MISSING
+    momentum: float = MISSING
+    centered: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("alpha", self.alpha, 0 <= self.alpha < 1, "in [0, 1)")
+        check_positive(self, "eps")
+        check("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)")
+
+
+@dataclass
+class AdagradConfig(OptimizerConfig):
+    lr_decay: float = MISSING
+    initial_accumulator_value: float = MISSING
+    eps: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("lr_decay", self.lr_decay, self.lr_decay >= 0, ">= 0")
+        check("initial_accumulator_value", self.initial_accumulator_value, self.initial_accumulator_value >= 0,
+              ">= 0")
         check_positive(self, "eps")
 
 
@@ -149,9 +204,59 @@ class WarmupConfig:
 class L2Config:
     weight_decay: float = MISSING
     decay_1d: bool = MISSING  # also decay biases and norm parameters (1-D tensors)
+    decoupled: bool = MISSING  # AdamW-style decay p <- p * (1 - lr * weight_decay), outside the gradient
 
     def __post_init__(self) -> None:
-        check("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
+        check("weight_decay", self.weight_decay, self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+              "a finite number >= 0")
+
+
+@dataclass
+class DropoutConfig:
+    p: float = MISSING
+
+    def __post_init__(self) -> None:
+        check("p", self.p, 0 <= self.p < 1, "in [0, 1)")
+
+
+@dataclass
+class AugmentConfig:
+    max_shift: float = MISSING  # random translation, as a fraction of the image side (pad and crop)
+    flip: float = MISSING  # probability of a horizontal flip (natural images only)
+    rotation: float = MISSING  # largest rotation in degrees (digits and other glyphs only)
+
+    def __post_init__(self) -> None:
+        check("max_shift", self.max_shift, 0 <= self.max_shift < 0.5, "in [0, 0.5)")
+        check("flip", self.flip, 0 <= self.flip <= 1, "a probability in [0, 1]")
+        check("rotation", self.rotation, 0 <= self.rotation <= 180, "in [0, 180] (degrees)")
+
+
+@dataclass
+class LabelSmoothingConfig:
+    epsilon: float = MISSING
+
+    def __post_init__(self) -> None:
+        check("epsilon", self.epsilon, 0 <= self.epsilon < 1, "in [0, 1)")
+
+
+@dataclass
+class GradClipConfig:
+    max_norm: Optional[float] = None  # clip the total L2 norm of all gradients
+    value: Optional[float] = None  # or clip each gradient element to [-value, value]
+
+    def __post_init__(self) -> None:
+        check("max_norm", self.max_norm, (self.max_norm is None) != (self.value is None),
+              "set, or null with value set (exactly one of the two)")
+        check_positive(self, "max_norm", "value")
+
+
+@dataclass
+class L1Config:
+    coefficient: float = MISSING
+
+    def __post_init__(self) -> None:
+        check("coefficient", self.coefficient, self.coefficient >= 0 and math.isfinite(self.coefficient),
+              "a finite number >= 0")
 
 
 @dataclass
@@ -159,6 +264,11 @@ class RegularizationConfig:
     """Each option of the multi-select `regularization` group fills one field; an unset field is off."""
 
     l2: Optional[L2Config] = None
+    dropout: Optional[DropoutConfig] = None
+    augment: Optional[AugmentConfig] = None
+    label_smoothing: Optional[LabelSmoothingConfig] = None
+    grad_clip: Optional[GradClipConfig] = None
+    l1: Optional[L1Config] = None
 
 
 # ----------------------------------------------------------------------------------------- early stopping
@@ -287,6 +397,10 @@ SCHEMAS = {
     "schema_optimizer": OptimizerConfig,
     "schema_optimizer_sgd": SGDConfig,
     "schema_optimizer_adam": AdamConfig,
+    "schema_optimizer_nadam": NAdamConfig,
+    "schema_optimizer_radam": RAdamConfig,
+    "schema_optimizer_rmsprop": RMSpropConfig,
+    "schema_optimizer_adagrad": AdagradConfig,
     "schema_scheduler": ScheduleConfig,
     "schema_scheduler_step": StepScheduleConfig,
     "schema_scheduler_cosine": CosineScheduleConfig,

@@ -39,6 +39,7 @@ class TensorData:
     std: torch.Tensor
     batch_size: int
     eval_batch_size: int
+    image_kind: Optional[str] = None  # "natural" (flips allowed), "glyphs" (digits, letters), None: not images
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -98,7 +99,8 @@ def digits(batch_size: int, eval_batch_size: int, val_fraction: float, split_see
     table = np.loadtxt(path, delimiter=",")
     x = torch.from_numpy(table[:, :-1]).to(torch.uint8).reshape(-1, 1, 8, 8)  # values 0..16
     y = torch.from_numpy(table[:, -1]).long()
-    return _assemble("digits", x, y, None, 10, batch_size, eval_batch_size, val_fraction, split_seed)
+    data = _assemble("digits", x, y, None, 10, batch_size, eval_batch_size, val_fraction, split_seed)
+    return replace(data, image_kind="glyphs")
 
 
 _MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -127,5 +129,6 @@ def mnist(root: str, download: bool, batch_size: int, eval_batch_size: int, val_
     train, test = _torchvision_images(variant, root, download, _MNIST_FILES)
     x = train.data.unsqueeze(1).contiguous()  # (N, 1, 28, 28) uint8
     test_split = Split(test.data.unsqueeze(1).contiguous(), test.targets.long())
-    return _assemble(variant.lower(), x, train.targets.long(), test_split, 10, batch_size, eval_batch_size,
+    data = _assemble(variant.lower(), x, train.targets.long(), test_split, 10, batch_size, eval_batch_size,
                      val_fraction, split_seed)
+    return replace(data, image_kind="natural" if variant == "FashionMNIST" else "glyphs")

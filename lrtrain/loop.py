@@ -31,6 +31,7 @@ from lrtrain.data import Split, TensorData
 from lrtrain.durations import Timeline
 from lrtrain.early_stopping import NoEarlyStopping, improved
 from lrtrain.progress import ProgressDisplay
+from lrtrain.regularization import Regularizer
 from lrtrain.schedules import Schedule
 from lrtrain.warmup import Warmup
 from lrtrain.writers import CSVLog, TensorBoard, truncate_csv, write_json_atomic
@@ -65,6 +66,7 @@ class Run:
     resume: Optional[dict[str, Any]] = None  # a loaded checkpoint to continue from
     truncate_outputs: bool = False  # continue this run dir's CSVs from the checkpoint's row counts
     config: dict[str, Any] = field(default_factory=dict)
+    regularizer: Regularizer = field(default_factory=Regularizer)  # in-step hooks, None when off
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Trainer:
         self._pending_losses: list[torch.Tensor] = []
         self._pending_lrs: list[float] = []
         self._pending_correct: list[torch.Tensor] = []
+        self._pending_norms: list[torch.Tensor] = []  # gradient norms before clipping, with grad_clip
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -232,7 +235,8 @@ class Trainer:
         self.epochs = math.ceil(total_steps / spe)
         self.metric_cols = ["epoch", "step", "lr", "train_loss", "val_loss",
                             *(["train_acc", "val_acc"] if self.classify else []), "seconds"]
-        step_cols = ["step", "epoch", "lr", "loss"] + (["rollbacks"] if run.on_divergence == "rollback" else [])
+        step_cols = (["step", "epoch", "lr", "loss"] + (["grad_norm"] if run.regularizer.clip else [])
+                     + (["rollbacks"] if run.on_divergence == "rollback" else []))
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.steps_log = CSVLog(out / "steps.csv", step_cols)
         self.metrics_log = CSVLog(out / "metrics.csv", self.metric_cols)
@@ -287,7 +291,7 @@ class Trainer:
 
     def _epoch(self, total_steps: int) -> None:
         run, pos, data = self.run, self.pos, self.run.data
-        model, opt, schedule = run.model, run.optimizer, run.schedule
+        model, opt, schedule, reg = run.model, run.optimizer, run.schedule, run.regularizer
         spe, n, bs = run.timeline.steps_per_epoch, len(data.train), data.batch_size
         every_ckpt = run.checkpoint_every_n_steps
         started = time.perf_counter()
@@ -300,14 +304,19 @@ class Trainer:
             if pos.step >= total_steps:
                 break
             idx = perm[b * bs:(b + 1) * bs]
-            x, y = data.inputs(data.train.x[idx]), data.train.y[idx]
+            stored = data.train.x[idx]
+            if reg.augment is not None:
+                stored = reg.augment(stored)
+            x, y = data.inputs(stored), data.train.y[idx]
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = schedule(pos.step, base)
             with self.amp:
                 output = model(x)
                 loss = run.loss_fn(output if self.classify else output.squeeze(-1), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + reg.penalty() if reg.penalty is not None else loss).backward()  # logged: the data loss
+            if reg.clip is not None:
+                self._pending_norms.append(reg.clip())
             opt.step()
             self._pending_losses.append(loss.detach())
             self._pending_lrs.append(opt.param_groups[0]["lr"])
@@ -332,12 +341,14 @@ class Trainer:
         losses = torch.stack(self._pending_losses).float().tolist()
         lrs = self._pending_lrs
         correct = int(torch.stack(self._pending_correct).sum()) if self._pending_correct else 0
-        self._pending_losses, self._pending_lrs, self._pending_correct = [], [], []
+        norms = [[v] for v in torch.stack(self._pending_norms).float().tolist()] if self._pending_norms else None
+        self._clear_pending()
         first = pos.step - len(losses)
         diverged = run.stopper.divergence(losses)
         count = len(losses) if diverged is None else diverged[0] + 1  # keep the offending step's row
         every, extra = run.log_every_n_steps, ([len(pos.rollbacks)] if run.on_divergence == "rollback" else [])
-        rows = [[first + j, pos.epoch, lrs[j], losses[j], *extra] for j in range(count) if (first + j) % every == 0]
+        rows = [[first + j, pos.epoch, lrs[j], losses[j], *(norms[j] if norms else ()), *extra]
+                for j in range(count) if (first + j) % every == 0]
         self.steps_log.write(rows)
         pos.steps_rows += len(rows)
         for row in rows:
@@ -352,6 +363,9 @@ class Trainer:
             pos.seen += size
         pos.correct += correct
         pos.last_lr = lrs[-1]
+
+    def _clear_pending(self) -> None:
+        self._pending_losses, self._pending_lrs, self._pending_correct, self._pending_norms = [], [], [], []
 
     def _end_epoch(self, started: float) -> None:
         run, pos = self.run, self.pos
@@ -386,7 +400,7 @@ class Trainer:
     def _on_divergence(self, d: Diverged) -> None:
         """Stop (keeping the last good checkpoint), or roll back to it with a smaller LR."""
         run, pos = self.run, self.pos
-        self._pending_losses, self._pending_lrs, self._pending_correct = [], [], []
+        self._clear_pending()
         if run.on_divergence == "rollback" and len(pos.rollbacks) < run.max_rollbacks:
             ckpt = load(self.ckpt_dir / "last.pt")
             self.restore(ckpt, keep_history=True)

@@ -81,3 +81,27 @@ def compose():
 def group_options(group: str) -> list[str]:
     """Every option of a config group, from the files on disk (so new options are tested automatically)."""
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def train_briefly(compose, tmp_path):
+    """train_briefly(*overrides, steps=40) -> (run, per-step losses): build and fit in-process into tmp_path."""
+    from lrtrain.build import build
+    from lrtrain.loop import fit
+
+    def _train(*overrides: str, steps: int = 40):
+        cfg = compose(*overrides, f"trainer.max_steps={steps}", "trainer.progress=none", "trainer.plots=false",
+                      "trainer.tensorboard=false", "trainer.device=cpu")
+        run = build(cfg, tmp_path)
+        fit(run)
+        with open(tmp_path / "steps.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        return run, rows
+
+    return _train
+
+
+def loss_fell(rows: list[dict[str, str]], k: int = 5) -> bool:
+    """The mean loss of the last k steps is well below that of the first k."""
+    losses = [float(r["loss"]) for r in rows]
+    return sum(losses[-k:]) / k < 0.8 * sum(losses[:k]) / k

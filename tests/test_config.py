@@ -44,7 +44,8 @@ def test_out_of_range_values_name_the_key(compose, override, needle):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["optimizer=adamm"], "lrtrain: error: optimizer=adamm: no such option; valid: adam, sgd"),
+        (["optimizer=adamm"], "lrtrain: error: optimizer=adamm: no such option; "
+                              "valid: adagrad, adam, adamw, amsgrad, momentum, nadam, radam, rmsprop, sgd"),
         (["optimizer.lrr=1"], "lrtrain: error: optimizer.lrr: unknown key; valid keys here: lr, betas, eps, amsgrad"),
         (["optimizer.lr=abc"], "lrtrain: error: optimizer.lr: Value 'abc' of type 'str' could not be converted to Float"),
         (["optimizer.lr=-1"], "lrtrain: error: optimizer.lr=-1.0: must be a finite number > 0"),
