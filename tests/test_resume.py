@@ -14,9 +14,11 @@ import torch
 
 from conftest import run_lrtrain
 
-# 90 steps an epoch, a checkpoint every 7 steps (mostly mid-epoch), dropout-free but shuffled data.
+# 90 steps an epoch, a checkpoint every 7 steps (mostly mid-epoch); shuffling, dropout and augmentation all
+# draw random numbers, which a resume must replay exactly.
 ARGS = ["dataset.batch_size=16", "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=7",
-        "trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false", "model.hidden=[256,256]"]
+        "trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false",
+        "regularization=[dropout,augment,grad_clip]", "model.hidden=[256,256]"]
 
 
 def _metrics_without_seconds(path):
