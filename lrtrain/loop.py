@@ -110,7 +110,7 @@ def fit(run: Run) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "status": "running", "stop_reason": None, "monitor": run.monitor, "mode": run.mode,
         "best_epoch": None, "best_value": None, "final": None, "test": None, "epochs": 0, "steps": 0,
-        "train_seconds": 0.0, "samples_per_second": 0.0, "device": str(run.device), "seed": run.seed,
+        "train_seconds": 0.0, "samples_per_second": 0.0, "device": str(run.device), "threads": torch.get_num_threads(), "seed": run.seed,
         "run_dir": str(out), "versions": _versions(),
     }
     step, samples, step_seconds = 0, 0, 0.0
