@@ -128,8 +128,9 @@ def plot_lr_find(out_dir: Path, result: dict[str, Any]) -> Path:
     if at is not None:
         ax.plot([lr], [at], "o", color="tab:red", label=f"suggested lr {lr:.3g}")
     finite = [v for v in rows["smoothed_loss"] if math.isfinite(v)]
+    lowest = min([v for v in rows["loss"] if math.isfinite(v)] + finite, default=None)
     if finite:  # the explosion at the end would hide the interesting part
-        ax.set_ylim(min(finite) * 0.9, min(max(finite), 3 * finite[0]) * 1.05)
+        ax.set_ylim(lowest * 0.9, min(max(finite), 3 * finite[0]) * 1.05)
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
            title=f"LR range test: suggested lr = {lr:.3g}")

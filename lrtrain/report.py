@@ -111,6 +111,19 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def _short_overrides(text: str) -> str:
+    """`optimizer.lr=0.004430375245218269` as `optimizer.lr=0.00443`, for tables and legends."""
+    def short(item: str) -> str:
+        key, _, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            return item
+        return f"{key}={number:.3g}" if len(value) > 6 and "." in value else item
+
+    return " ".join(short(item) for item in text.split(" ")) if text else text
+
+
 def rank(rows: list[dict]) -> list[dict]:
     """Best first by the monitored value (its own min/max mode); jobs that did not complete go last."""
     def key(row: dict) -> tuple:
@@ -151,7 +164,7 @@ def sweep_table(rows: list[dict], title: str):
         best = (f"{_short(row['best_value'])} ({row['best_epoch'] + 1})" if row["best_value"] is not None
                 and row["best_epoch"] is not None else "-")
         acc = row.get("final_val_acc")
-        table.add_row(str(i), row["job"], row["overrides"] or "-",
+        table.add_row(str(i), row["job"], _short_overrides(row["overrides"]) or "-",
                       f"[green]{row['status']}[/]" if ok else f"[red]{row['status']}[/]", best,
                       _short(acc) if acc is not None else "-",
                       f"{row['seconds']:.1f}" if row["seconds"] is not None else "-", row["cause"])
@@ -173,7 +186,7 @@ def plot_sweep(rows: list[dict], sweep_dir: Path) -> Path:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, row in enumerate(sorted(rows, key=lambda r: (not r["job"].isdigit(), int(r["job"]) if r["job"].isdigit() else 0))):
         job: Path = row["dir"]
-        label = f"{row['job']}: {row['overrides'] or '(defaults)'}"
+        label = f"{row['job']}: {_short_overrides(row['overrides']) or '(defaults)'}"
         if row["status"] not in OK_STATUSES:
             label += f" [{row['status']}]"
         color = colors[i % len(colors)]
