@@ -242,9 +242,10 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = report_sweep(sweep_dir)
+        # first what decides the exit status: Hydra turns a callback's exception into a warning
         SweepReport.sweep_dir = sweep_dir
-        SweepReport.failed = [r for r in rows if r["status"] not in OK_STATUSES]
+        SweepReport.failed = [r for r in sweep_rows(sweep_dir) if r["status"] not in OK_STATUSES]
+        report_sweep(sweep_dir)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
