@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,8 +14,10 @@ from torch import nn
 
 from lrtrain.checkpoints import CheckpointError, load
 from lrtrain.config import ConfigValueError
+from lrtrain.data import TensorData
 from lrtrain.durations import Timeline
 from lrtrain.loop import Run, seed_everything
+from lrtrain.lr_find import LRFinder
 from lrtrain.optimizers import make_optimizer, param_groups
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, Regularizer
 
@@ -33,6 +36,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_loaded: dict[str, TensorData] = {}
+
+
+def load_data(node: DictConfig) -> TensorData:
+    """The data set a config names. The jobs of a sequential sweep share one copy (the loop only reads it),
+    loaded again only when the dataset config changes other than in its batch sizes."""
+    batches = ("batch_size", "eval_batch_size")
+    key = OmegaConf.to_yaml({k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+                             if k not in batches})
+    if key not in _loaded:
+        _loaded.clear()  # keep one data set in memory, not one per configuration seen
+        _loaded[key] = instantiate(node, _convert_="all")
+    return replace(_loaded[key], batch_size=node.batch_size, eval_batch_size=node.eval_batch_size)
+
+
+def build_lr_finder(cfg: DictConfig) -> LRFinder:
+    return instantiate(cfg.lr_find, _convert_="all")
+
+
 def build(cfg: DictConfig, out_dir: Path) -> Run:
     trainer = cfg.trainer
     if trainer.num_threads:
@@ -40,7 +62,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     device = resolve_device(trainer.device)
     seed_everything(trainer.seed)
 
-    data = instantiate(cfg.dataset, _convert_="all").to(device)
+    data = load_data(cfg.dataset).to(device)
     steps_per_epoch = math.ceil(len(data.train) / data.batch_size)
     # max_steps, when set, is the run's length; otherwise max_epochs is.
     total_steps = trainer.max_steps or trainer.max_epochs * steps_per_epoch
@@ -61,7 +83,9 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     weight_decay = reg.l2.weight_decay if reg.l2 is not None else 0.0
     groups = param_groups(model, weight_decay, decay_1d=reg.l2.decay_1d if reg.l2 is not None else False)
     # Config nodes become partials completed with live objects, so Hydra never converts those objects.
-    optimizer = make_optimizer(instantiate(cfg.optimizer, _partial_=True, _convert_="all"), groups,
+    # lr=auto: the LR range test (lrtrain.lr_find) sets the LR before training; until then, any number will do.
+    auto_lr = {"lr": cfg.lr_find.min_lr} if cfg.optimizer.lr == "auto" else {}
+    optimizer = make_optimizer(instantiate(cfg.optimizer, _partial_=True, _convert_="all", **auto_lr), groups,
                                decoupled=reg.l2 is not None and reg.l2.decoupled)
     if reg.label_smoothing is not None and not classify:
         raise ConfigValueError("regularization", "label_smoothing",

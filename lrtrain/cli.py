@@ -29,36 +29,65 @@ _SHOW_TRACEBACK = False  # set by main() from HYDRA_FULL_ERROR
 
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="config")
 def train(cfg: DictConfig) -> Optional[float]:
-    """One run. Returns the best monitored value, for Hydra sweepers to optimise."""
+    """One run. Returns the best monitored value, for Hydra sweepers to optimise (None: the run failed)."""
     single = HydraConfig.get().mode.name == "RUN"
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = _train(cfg, out_dir)
     except Exception as e:
-        if single and not _SHOW_TRACEBACK:  # say it in one line and exit; in a sweep Hydra records the job as failed and goes on
+        if _SHOW_TRACEBACK:
+            raise
+        if single:
             _exit_with(e)
-        raise
+        # In a sweep the job's summary.json records the failure and the other jobs go on; the sweep report
+        # (lrtrain.report.SweepReport) then makes the sweep exit non-zero.
+        from lrtrain.errors import describe
+
+        print(f"lrtrain: job {HydraConfig.get().job.num} failed: {describe(e)[0]}", file=sys.stderr)
+        return None
     from lrtrain.errors import EXIT_DIVERGED
 
     if single and summary["status"] == "diverged":
         print(f"lrtrain: diverged: {summary['stop_reason']}; the last good state is in "
               f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
-    return summary["best_value"]
+    return summary["best_value"] if summary["status"] in ("completed", "early_stopped") else None
 
 
 def _train(cfg: DictConfig, out_dir: Path) -> dict:
     try:
         validate(cfg)
+        _threads_for_parallel_jobs(cfg)
         from lrtrain.build import build
 
         run = build(cfg, out_dir)
+        lr_search = None
+        if cfg.mode == "lr_find" or cfg.optimizer.lr == "auto":
+            from lrtrain.build import build_lr_finder
+
+            lr_search = build_lr_finder(cfg).run(run)
     except Exception as e:
         _record_failure(out_dir, e)
         raise
+    if cfg.mode == "lr_find":
+        from lrtrain.writers import write_json_atomic
+
+        summary = {"status": "completed", "stop_reason": None, "best_value": None, "run_dir": str(out_dir),
+                   "lr_find": lr_search}
+        write_json_atomic(summary, out_dir / "summary.json")
+        return summary
     from lrtrain.loop import fit
 
+    if lr_search is not None:
+        from lrtrain.lr_find import use_lr
+
+        use_lr(run, lr_search["suggested_lr"])
     summary = fit(run)
+    if lr_search is not None:
+        from lrtrain.writers import write_json_atomic
+
+        summary["lr_find"] = lr_search
+        write_json_atomic(summary, out_dir / "summary.json")
     if run.progress != "none":
         from rich.console import Console
 
@@ -66,6 +95,21 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict:
 
         Console().print(summary_table(summary))
     return summary
+
+
+def _threads_for_parallel_jobs(cfg: DictConfig) -> None:
+    """Under a launcher that runs n_jobs at once on this machine (joblib), give each job cores // n_jobs
+    torch threads, so that jobs x threads never exceeds the cores; trainer.num_threads, when set, wins."""
+    if cfg.trainer.num_threads or HydraConfig.get().mode.name != "MULTIRUN":
+        return
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not isinstance(n_jobs, int) or n_jobs == 1:
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    parallel = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 = all cores, -2 = all but one
+    torch.set_num_threads(max(1, cores // parallel))
 
 
 def _record_failure(out_dir: Path, e: BaseException) -> None:
@@ -89,6 +133,16 @@ def main() -> None:
         if _SHOW_TRACEBACK:
             raise
         _exit_with(e)
+    from lrtrain.report import SweepReport
+
+    if SweepReport.failed:
+        from lrtrain.errors import EXIT_FAILED
+
+        n = len(SweepReport.failed)
+        causes = "; ".join(f"job {r['job']} {r['status']}: {r['cause']}" for r in SweepReport.failed[:3])
+        print(f"lrtrain: error: {n} job{'s' if n > 1 else ''} of the sweep did not complete ({causes}"
+              f"{'; ...' if n > 3 else ''}); see {SweepReport.sweep_dir / 'sweep_summary.csv'}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
 
 
 def _exit_with(e: Exception) -> None:

@@ -42,6 +42,10 @@ def check_positive(obj: Any, *names: str) -> None:
             check(name, value, value > 0, "> 0")
 
 
+def is_positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+
+
 def check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
     value = getattr(obj, name)
     check(name, value, value in choices, "one of " + ", ".join(choices))
@@ -64,10 +68,10 @@ def check_duration(obj: Any, *names: str) -> None:
 @dataclass
 class OptimizerConfig:
     _target_: str = MISSING
-    lr: float = MISSING
+    lr: Any = MISSING  # a number, or "auto": run the LR range test first and train with its suggestion
 
     def __post_init__(self) -> None:
-        check("lr", self.lr, self.lr > 0 and math.isfinite(self.lr), "a finite number > 0")
+        check("lr", self.lr, self.lr == "auto" or is_positive_number(self.lr), "a finite number > 0, or auto")
 
 
 @dataclass
@@ -380,8 +384,29 @@ class TrainerConfig:
         check_choice(self, "progress", ("auto", "rich", "plain", "none"))
 
 
+# ------------------------------------------------------------------------------------------ LR range test
+
+
+@dataclass
+class LRFindConfig:
+    _target_: str = MISSING
+    min_lr: float = MISSING
+    max_lr: float = MISSING
+    num_steps: int = MISSING
+    beta: float = MISSING  # smoothing of the loss (exponential moving average)
+    diverge_factor: float = MISSING  # stop when the smoothed loss exceeds this many times its best
+
+    def __post_init__(self) -> None:
+        check_positive(self, "min_lr")
+        check("max_lr", self.max_lr, self.max_lr > self.min_lr, f"> lr_find.min_lr ({self.min_lr})")
+        check("num_steps", self.num_steps, self.num_steps >= 2, ">= 2")
+        check("beta", self.beta, 0 <= self.beta < 1, "in [0, 1)")
+        check("diverge_factor", self.diverge_factor, self.diverge_factor > 1, "> 1")
+
+
 @dataclass
 class Config:
+    mode: str = MISSING  # train | lr_find
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     warmup: Any = MISSING
@@ -390,6 +415,10 @@ class Config:
     dataset: Any = MISSING
     model: Any = MISSING
     trainer: TrainerConfig = MISSING
+    lr_find: Any = MISSING
+
+    def __post_init__(self) -> None:
+        check_choice(self, "mode", ("train", "lr_find"))
 
 
 SCHEMAS = {
@@ -412,6 +441,7 @@ SCHEMAS = {
     "schema_dataset_torchvision": TorchvisionDatasetConfig,
     "schema_model_mlp": MLPConfig,
     "schema_trainer": TrainerConfig,
+    "schema_lr_find": LRFindConfig,
 }
 
 
@@ -438,7 +468,7 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         child = cfg[key]
         if isinstance(child, DictConfig):
             validate(child, f"{prefix}{key}.")
-    if prefix and is_dataclass(OmegaConf.get_type(cfg)):
+    if is_dataclass(OmegaConf.get_type(cfg)):  # the root too: it checks `mode`
         try:
             OmegaConf.to_object(cfg)
         except ConfigValueError as e:

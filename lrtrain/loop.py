@@ -245,8 +245,8 @@ class Trainer:
         summary: dict[str, Any] = {
             "status": "running", "stop_reason": None, "monitor": run.monitor, "mode": run.mode,
             "best_epoch": None, "best_value": None, "final": None, "test": None, "epochs": 0, "steps": 0,
-            "train_seconds": 0.0, "samples_per_second": 0.0, "device": str(run.device), "seed": run.seed,
-            "run_dir": str(out), "resumed_from_step": self.pos.step if run.resume is not None else None,
+            "train_seconds": 0.0, "samples_per_second": 0.0, "device": str(run.device),
+            "threads": torch.get_num_threads(), "seed": run.seed, "run_dir": str(out), "resumed_from_step": self.pos.step if run.resume is not None else None,
             "versions": versions(),
         }
         self.summary = summary

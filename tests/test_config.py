@@ -6,7 +6,8 @@ import pytest
 
 from conftest import group_options
 
-GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping", "dataset", "model", "trainer"]
+GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping", "dataset", "model", "trainer",
+          "lr_find"]  # hparams_search is global (it sets hydra.sweeper): tests/test_sweeps.py composes it
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
@@ -23,7 +24,7 @@ def test_regularization_is_multi_select(compose):
 @pytest.mark.parametrize(
     "override,needle",
     [
-        ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be a finite number > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be a finite number > 0, or auto"),
         ("dataset.batch_size=0", "dataset.batch_size=0: must be > 0"),
         ("optimizer.betas=[0.9,1.5]", "optimizer.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
         ("trainer.device=tpu", "trainer.device='tpu': must be one of auto, cpu, cuda, mps"),
@@ -47,8 +48,8 @@ def test_out_of_range_values_name_the_key(compose, override, needle):
         (["optimizer=adamm"], "lrtrain: error: optimizer=adamm: no such option; "
                               "valid: adagrad, adam, adamw, amsgrad, momentum, nadam, radam, rmsprop, sgd"),
         (["optimizer.lrr=1"], "lrtrain: error: optimizer.lrr: unknown key; valid keys here: lr, betas, eps, amsgrad"),
-        (["optimizer.lr=abc"], "lrtrain: error: optimizer.lr: Value 'abc' of type 'str' could not be converted to Float"),
-        (["optimizer.lr=-1"], "lrtrain: error: optimizer.lr=-1.0: must be a finite number > 0"),
+        (["optimizer.lr=abc"], "lrtrain: error: optimizer.lr='abc': must be a finite number > 0, or auto"),
+        (["optimizer.lr=-1"], "lrtrain: error: optimizer.lr=-1: must be a finite number > 0, or auto"),
         (["dataset.batch_size=0"], "lrtrain: error: dataset.batch_size=0: must be > 0"),
         (["scheduler=step", "scheduler.step_size=soon"],
          "lrtrain: error: scheduler.step_size='soon': must be a duration such as 5 (epochs), 5ep, 500steps or 10%"),

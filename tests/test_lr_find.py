@@ -1,0 +1,92 @@
+"""The LR range test: `mode=lr_find` on its own, `optimizer.lr=auto` before a real run, and its parts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lrtrain.config import ConfigValueError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_lr_find_mode_writes_the_test_and_a_suggestion_in_range(lrtrain, compose):
+    r = lrtrain("mode=lr_find", "trainer.progress=none")
+    assert r.returncode == 0, r.stderr
+    cfg = compose().lr_find
+    rows = r.csv("lr_find.csv")
+    assert list(rows[0]) == ["step", "lr", "loss", "smoothed_loss"]
+    lrs = [float(row["lr"]) for row in rows]
+    assert lrs[0] == cfg.min_lr and 10 <= len(rows) <= cfg.num_steps
+    ratio = (cfg.max_lr / cfg.min_lr) ** (1 / (cfg.num_steps - 1))  # exponential: a constant ratio per step
+    assert all(math.isclose(b / a, ratio, rel_tol=1e-9) for a, b in zip(lrs, lrs[1:]))
+    result = json.loads((r.run_dir / "lr_find.json").read_text())
+    suggested = result["suggested_lr"]
+    assert cfg.min_lr <= suggested <= cfg.max_lr and suggested in lrs
+    smoothed = [float(row["smoothed_loss"]) for row in rows]
+    at_min = lrs[smoothed.index(min(smoothed))]
+    assert suggested <= at_min  # found while the loss still falls, not after it blew up
+    assert smoothed[lrs.index(suggested)] < smoothed[0]
+    assert f"suggested lr {suggested:.3g}" in r.stdout
+    assert (r.run_dir / "lr_find.png").read_bytes()[:8] == PNG
+    assert not (r.run_dir / "metrics.csv").exists()  # the test only: no training
+    assert r.summary()["lr_find"] == result
+
+
+def test_lr_auto_trains_with_the_suggestion_from_an_untouched_start(lrtrain, tmp_path):
+    args = ["trainer.max_epochs=1", "trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false"]
+    auto = lrtrain("optimizer.lr=auto", *args, run_dir=tmp_path / "auto")
+    assert auto.returncode == 0, auto.stderr
+    suggested = auto.summary()["lr_find"]["suggested_lr"]
+    assert (tmp_path / "auto" / "lr_find.csv").is_file()
+    assert {float(row["lr"]) for row in auto.csv("steps.csv")} == {suggested}  # constant schedule
+    ckpt = torch.load(tmp_path / "auto" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["config"]["optimizer"]["lr"] == suggested
+    # the same run with that LR written out: identical metrics, so the test left no trace in the model,
+    # the optimizer or the random streams
+    plain = lrtrain(f"optimizer.lr={suggested!r}", *args, run_dir=tmp_path / "plain")
+    assert plain.returncode == 0, plain.stderr
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(auto.csv("metrics.csv")) == strip(plain.csv("metrics.csv"))
+
+
+def test_lr_finder_restores_model_and_optimizer(compose, tmp_path):
+    from lrtrain.build import build, build_lr_finder
+
+    cfg = compose("optimizer=sgd", "optimizer.momentum=0.9", "trainer.plots=false", "lr_find.num_steps=20")
+    run = build(cfg, tmp_path)
+    model_before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    opt_before = run.optimizer.state_dict()
+    rng_before = torch.get_rng_state()
+    result = build_lr_finder(cfg).run(run)
+    assert result["steps"] == 20
+    assert all(torch.equal(model_before[k], v) for k, v in run.model.state_dict().items())
+    assert run.optimizer.state_dict()["state"] == {} == opt_before["state"]  # no momentum buffers left
+    assert run.optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
+    assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+def test_suggestion_is_the_steepest_descent_before_the_minimum():
+    from lrtrain.lr_find import suggest
+
+    lrs = [10 ** (-6 + i * 0.1) for i in range(60)]
+    # falls slowly, then steeply around index 30, bottoms out at 45, then explodes (steeper still)
+    loss = [2.0 - 1.5 / (1 + math.exp(-(i - 30) / 2)) if i <= 45 else 0.5 + (i - 45) ** 2 for i in range(60)]
+    assert suggest(lrs, loss) == lrs[30]
+    assert suggest(lrs, [1.0, 2.0, 3.0, 4.0]) == lrs[0]  # rising from the start: the smallest LR
+    assert suggest(lrs[:4], [3.0, 2.0, float("nan"), 5.0]) == lrs[0]  # too few points before the minimum
+
+
+@pytest.mark.parametrize("override, message", [
+    ("mode=fit", "mode='fit': must be one of train, lr_find"),
+    ("optimizer.lr=fast", "optimizer.lr='fast': must be a finite number > 0, or auto"),
+    ("lr_find.max_lr=1e-7", "lr_find.max_lr=1e-07: must be > lr_find.min_lr (1e-06)"),
+    ("lr_find.diverge_factor=1", "lr_find.diverge_factor=1.0: must be > 1"),
+])
+def test_bad_lr_find_settings_are_named(compose, override, message):
+    with pytest.raises(ConfigValueError) as e:
+        compose(override)
+    assert str(e.value) == message

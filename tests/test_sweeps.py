@@ -1,0 +1,140 @@
+"""Sweeps end in a report: real `lrtrain -m` processes, the report read back from disk and rebuilt."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+# One short epoch per job, nothing written that these tests do not read.
+TINY = ["trainer.max_epochs=1", "trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def read_rows(sweep: Path) -> list[dict[str, str]]:
+    with open(sweep / "sweep_summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_report_ranks_the_jobs_and_is_rebuilt_from_disk(lrtrain, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = lrtrain("-m", "optimizer.lr=0.0001,0.01,0.001", *TINY, f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
+    for job in "012":
+        assert {"summary.json", "metrics.csv", "steps.csv", ".hydra"} <= {p.name for p in (sweep / job).iterdir()}
+    rows = read_rows(sweep)
+    assert len(rows) == 3 and {row["status"] for row in rows} == {"completed"}
+    # ranked best first by the monitored metric; each row names only the overrides that differ between jobs
+    assert [float(row["best_value"]) for row in rows] == sorted(float(row["best_value"]) for row in rows)
+    assert {row["overrides"] for row in rows} == {"optimizer.lr=0.0001", "optimizer.lr=0.01", "optimizer.lr=0.001"}
+    assert rows[0]["overrides"] == "optimizer.lr=0.01"  # the largest of these LRs learns most in one epoch
+    assert {"job", "cause", "monitor", "best_epoch", "seconds", "final_val_acc", "final_train_loss"} <= set(rows[0])
+    assert "lrtrain sweep · 3 jobs" in r.stdout and "optimizer.lr=0.01" in r.stdout
+    assert (sweep / "sweep.png").read_bytes()[:8] == PNG
+
+    # lrtrain-report rebuilds the same report from the files alone, also after an interruption
+    before = (sweep / "sweep_summary.csv").read_text()
+    (sweep / "sweep_summary.csv").unlink()
+    (sweep / "sweep.png").unlink()
+    report = [str(Path(os.sys.executable).with_name("lrtrain-report"))]
+    import subprocess
+
+    again = subprocess.run(report + [str(sweep)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert (sweep / "sweep_summary.csv").read_text() == before
+    assert (sweep / "sweep.png").read_bytes()[:8] == PNG and "lrtrain sweep · 3 jobs" in again.stdout
+    (sweep / "2" / "summary.json").unlink()  # as if job 2 had been killed
+    subprocess.run(report + ["--no-plots", str(sweep)], check=True, capture_output=True)
+    job2 = next(row for row in read_rows(sweep) if row["job"] == "2")
+    assert job2["status"] == "interrupted" and "no summary.json" in job2["cause"]
+    assert read_rows(sweep)[-1]["job"] == "2"  # jobs that did not complete rank last
+
+    single = subprocess.run(report + [str(sweep / "0")], capture_output=True, text=True)
+    assert single.returncode == 0 and (sweep / "0" / "curves.png").read_bytes()[:8] == PNG
+    bad = subprocess.run(report + [str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a run folder" in bad.stderr
+
+
+def test_a_failing_job_is_recorded_and_the_others_still_run(lrtrain, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = lrtrain("-m", "optimizer=sgd", "optimizer.lr=0.1,-1,1e6", *TINY, f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 1  # the sweep says that something failed
+    rows = {row["job"]: row for row in read_rows(sweep)}
+    assert rows["0"]["status"] == "completed" and float(rows["0"]["best_value"]) > 0
+    assert rows["1"]["status"] == "failed"
+    assert rows["1"]["cause"] == "optimizer.lr=-1: must be a finite number > 0, or auto"
+    assert rows["2"]["status"] == "diverged" and "the training loss became nan" in rows["2"]["cause"]
+    assert [row["job"] for row in read_rows(sweep)][0] == "0"
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("lrtrain: error: 2 jobs of the sweep did not complete")
+    assert "job 1 failed" in last and "job 2 diverged" in last and "Traceback" not in r.stderr
+    assert (sweep / "sweep.png").read_bytes()[:8] == PNG
+
+
+def test_optuna_search_runs_its_trials_into_the_sweep_report(lrtrain, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = lrtrain("hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr
+    rows = read_rows(sweep)
+    assert len(rows) == 3 and {row["status"] for row in rows} == {"completed"}
+    for row in rows:
+        params = dict(item.split("=", 1) for item in row["overrides"].split())
+        assert set(params) == {"optimizer.lr", "scheduler.gamma", "warmup.length"}
+        assert 1e-4 <= float(params["optimizer.lr"]) <= 1e-1
+        assert 0.1 <= float(params["scheduler.gamma"]) <= 0.9
+        assert params["warmup.length"] in ("0%", "5%", "10%", "20%")
+    from omegaconf import OmegaConf
+
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == min(float(row["best_value"]) for row in rows)
+
+
+def test_joblib_runs_jobs_in_parallel_without_oversubscribing(lrtrain, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = lrtrain("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=0.01,0.001", *TINY,
+                f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr
+    assert "Joblib.Parallel(n_jobs=2" in r.stdout + r.stderr
+    rows = read_rows(sweep)
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"completed"}
+    import json
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "summary.json").read_text())["threads"] == max(1, cores // 2)
+
+
+def compose_with_hydra(*overrides: str):
+    """The composed config including its `hydra` section (launcher, sweeper, callbacks)."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIGS
+    from lrtrain.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm"])
+def test_slurm_launcher_presets_compose(launcher):
+    """They cannot run without a cluster; they must compose with lrtrain's config."""
+    cfg = compose_with_hydra(f"hydra/launcher={launcher}")
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert cfg.hydra.callbacks.sweep_report._target_ == "lrtrain.report.SweepReport"
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.name == "lrtrain"
+
+
+def test_optuna_preset_searches_lr_decay_and_warmup(compose):
+    cfg = compose_with_hydra("hparams_search=optuna")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.sampler._target_.endswith("TPESampler")
+    assert sweeper.params["optimizer.lr"].startswith("tag(log,")
+    assert set(sweeper.params) == {"optimizer.lr", "scheduler.gamma", "warmup.length"}
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.scheduler._target_ == "lrtrain.schedules.Step" and cfg.warmup._target_ == "lrtrain.warmup.Warmup"
+    compose("hparams_search=optuna")  # and the job config it makes validates
