@@ -15,7 +15,7 @@ import torch
 from torch.optim import lr_scheduler as tls
 
 from conftest import group_options
-from lrtrain.build import build_schedule
+from lrtrain.build_schedule import build_schedule
 from lrtrain.config import ConfigValueError
 from lrtrain.durations import Timeline
 
