@@ -122,16 +122,17 @@ def _overrides(name: str) -> list[str]:
 TORCH_CASES = list(CASES)
 
 
-@pytest.mark.parametrize("spe,total", RUNS)
 @pytest.mark.parametrize("interval", ["step", "epoch"])
 @pytest.mark.parametrize("name", TORCH_CASES)
-def test_whole_runs_match_torch(schedule, name, interval, spe, total):
-    sched = schedule(*_overrides(name), f"scheduler.interval={interval}", spe=spe, total=total)
-    T = total if interval == "step" else math.ceil(total / spe)
-    theirs = torch_curve(lambda o: CASES[name][1](o, T, lambda x: ticks(x, spe, interval), spe, interval),
-                         total, spe, interval)
-    for base, curve in zip(BASES, theirs):
-        assert_close(ours_curve(sched, total, base), curve, f"{name} {interval} base={base}")
+def test_whole_runs_match_torch(compose, name, interval):
+    cfg = compose("optimizer=sgd", f"optimizer.lr={BASES[0]}", *_overrides(name), f"scheduler.interval={interval}")
+    for spe, total in RUNS:
+        sched = build_schedule(cfg, Timeline(spe, total))
+        T = total if interval == "step" else math.ceil(total / spe)
+        theirs = torch_curve(lambda o: CASES[name][1](o, T, lambda x: ticks(x, spe, interval), spe, interval),
+                             total, spe, interval)
+        for base, curve in zip(BASES, theirs):
+            assert_close(ours_curve(sched, total, base), curve, f"{name} {interval} {spe}x{total // spe} base={base}")
 
 
 WARMUP_CASES = ["constant", "step", "multistep", "exponential", "polynomial", "linear_to_end", "cosine",
@@ -417,3 +418,34 @@ def test_out_of_range_schedule_values(compose, override, message):
     with pytest.raises(ConfigValueError) as e:
         compose(*override.split())
     assert str(e.value) == message
+
+
+LR = 1e-3  # the default optimizer's lr
+ENDPOINTS = {  # lr(0) and lr(last step) of each option's defaults over the digits default run (20 x 45 steps)
+    "constant": (LR, LR),
+    "step": (LR, LR * 0.1),
+    "multistep": (LR, LR * 0.01),
+    "exponential": (LR, LR * 0.9 ** (899 / 45)),
+    "polynomial": (LR, LR / 900),
+    "linear": (LR, LR / 900),
+    "cosine": (LR, LR * (1 + math.cos(math.pi * 899 / 900)) / 2),
+    "cosine_restarts": (LR, LR * (1 + math.cos(math.pi * 224 / 225)) / 2),  # 4 cycles of 5 epochs
+    "cyclic": (LR, LR + (0.01 - LR) * (1 / 180) / 0.5),  # one step before the 5th cycle's start
+    "onecycle": (LR / 25, LR / 25 / 1e4),
+    "inverse_sqrt": (LR / 45, LR * math.sqrt(45 / 900)),  # with warmup=linear (1ep)
+    "plateau": (LR, LR),
+    "wsd": (LR, LR / 180),  # the last of 180 decay steps
+}
+
+
+def test_endpoints_cover_every_option():
+    assert set(ENDPOINTS) == set(group_options("scheduler"))
+
+
+@pytest.mark.parametrize("name", sorted(ENDPOINTS))
+def test_first_and_last_lr_of_each_default(compose, name):
+    cfg = compose(f"scheduler={name}", *(["warmup=linear"] if name == "inverse_sqrt" else []))
+    s = build_schedule(cfg, Timeline(45, 900))
+    first, last = ENDPOINTS[name]
+    assert s(0, LR) == pytest.approx(first, rel=1e-12)
+    assert s(899, LR) == pytest.approx(last, rel=1e-12)
