@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lrtrain.build_schedule import build_schedule
+from lrtrain.checkpoints import CheckpointError, load
 from lrtrain.config import ConfigValueError
 from lrtrain.durations import Timeline
 from lrtrain.loop import Run, seed_everything
@@ -62,12 +63,66 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         raise ConfigValueError("scheduler.monitor", cfg.scheduler.monitor, "one of " + ", ".join(metrics))
     schedule = build_schedule(cfg, timeline)
 
-    early_stopping = instantiate(cfg.early_stopping) if cfg.early_stopping._target_ else None
+    stopper = instantiate(cfg.early_stopping, _convert_="all")
+    if stopper.monitor is not None and stopper.monitor not in metrics:
+        raise ConfigValueError("early_stopping.monitor", stopper.monitor, "one of " + ", ".join(metrics))
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    resume, in_place = None, False
+    if trainer.resume:
+        path = _resume_path(trainer.resume, out_dir)
+        if path is not None:
+            resume = load(path)
+            check_compatible(path, resume, config, model)
+            in_place = path.resolve().parent.parent == out_dir.resolve()
     return Run(
         model=model, optimizer=optimizer, schedule=schedule, data=data, loss_fn=loss_fn, device=device,
         timeline=timeline, seed=trainer.seed, monitor=trainer.monitor,
-        mode=trainer.mode, out_dir=out_dir, early_stopping=early_stopping, precision=trainer.precision,
+        mode=trainer.mode, out_dir=out_dir, stopper=stopper, precision=trainer.precision,
         log_every_n_steps=trainer.log_every_n_steps, progress=trainer.progress,
         tensorboard=trainer.tensorboard, plots=trainer.plots,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        checkpoint_every_n_steps=trainer.checkpoint_every_n_steps, keep_last_k=trainer.keep_last_k,
+        on_divergence=trainer.on_divergence, rollback_factor=trainer.rollback_factor,
+        max_rollbacks=trainer.max_rollbacks, resume=resume, truncate_outputs=in_place, config=config,
     )
+
+
+def _resume_path(resume: str, out_dir: Path) -> Path | None:
+    """The checkpoint `trainer.resume` names; None for `auto` when this run dir has none yet."""
+    if resume == "auto":
+        path = out_dir / "checkpoints" / "last.pt"
+        return path if path.is_file() else None
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"trainer.resume={resume}: no checkpoint at {path} "
+                              "(give a run dir, a .pt file, or auto)")
+    return path
+
+
+# Sections that must match for a checkpoint to continue here; everything else may change on resume
+# (max_epochs/max_steps to extend a run, logging, the LR and schedule at your own risk).
+_MUST_MATCH = {"model": (), "dataset": ("root", "download", "eval_batch_size")}
+
+
+def check_compatible(path: Path, ckpt: dict, config: dict, model: nn.Module) -> None:
+    """Refuse a checkpoint made with another model or data set, saying what differs."""
+    saved = ckpt.get("config") or {}
+    for section, free in _MUST_MATCH.items():
+        old, new = saved.get(section, {}), config.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if key not in free and old.get(key) != new.get(key):
+                raise CheckpointError(f"{path}: made with {section}.{key}={old.get(key)!r}, this run has "
+                                      f"{section}.{key}={new.get(key)!r}; resume with the same {section}")
+    if saved.get("optimizer", {}).get("_target_") != config["optimizer"]["_target_"]:
+        raise CheckpointError(f"{path}: made with optimizer {saved.get('optimizer', {}).get('_target_')}, "
+                              f"this run has {config['optimizer']['_target_']}")
+    mine = model.state_dict()
+    theirs = ckpt["model"]
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = theirs.get(key), mine.get(key)
+        if a is None or b is None or a.shape != b.shape:
+            where = "missing" if a is None else f"shape {list(a.shape)}"
+            here = "missing" if b is None else f"shape {list(b.shape)}"
+            raise CheckpointError(f"{path}: model parameter {key} is {where} in the checkpoint, {here} here")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,20 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         os.close(dir_fd)
 
 
+def save_copies(obj: dict[str, Any], paths: list[Path]) -> None:
+    """Save once to `paths[0]`, then give the other paths the same content, each replaced atomically."""
+    save_atomic(obj, paths[0])
+    for path in paths[1:]:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(paths[0], tmp)  # a hard link: no second write; a later replace of one leaves the other
+        except OSError:
+            save_atomic(obj, path)
+            continue
+        os.replace(tmp, path)
+
+
 def load(path: Path) -> dict[str, Any]:
     """Load a checkpoint as data only: a pickle that carries code is refused, never run."""
     try:
@@ -44,8 +59,13 @@ def load(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as e:  # truncated, corrupt, or a pickle asking for globals outside the allow-list
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable lrtrain checkpoint ({first[:200]})") from None
+        text = str(e)
+        code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if code:
+            raise CheckpointError(f"{path}: refused: it asks to load {code.group(1)}, which is code, not data "
+                                  "(a checkpoint holds only tensors and plain values)") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt? {first[:160]})") from None
     if not isinstance(obj, dict) or "model" not in obj or "step" not in obj:
         raise CheckpointError(f"{path}: not an lrtrain checkpoint (expected a dict with model, optimizer, step)")
     return obj

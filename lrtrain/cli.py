@@ -41,6 +41,8 @@ def train(cfg: DictConfig) -> Optional[float]:
     from lrtrain.errors import EXIT_DIVERGED
 
     if single and summary["status"] == "diverged":
+        print(f"lrtrain: diverged: {summary['stop_reason']}; the last good state is in "
+              f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
     return summary["best_value"]
 

@@ -9,6 +9,7 @@ the fields here are `MISSING` unless the field is a switch that is off unless a 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -316,22 +317,41 @@ class RegularizationConfig:
 
 
 @dataclass
-class EarlyStoppingConfig:
-    _target_: Optional[str] = None
-    monitor: str = MISSING
-    mode: str = MISSING
-    patience: int = MISSING
-    min_delta: float = MISSING
+class NoEarlyStoppingConfig:
+    """Every option checks the training loss for divergence (the trainer's on_divergence decides what then)."""
 
-    def __post_init__(self) -> None:
-        check_choice(self, "mode", ("min", "max"))
-        check("patience", self.patience, self.patience >= 0, ">= 0")
-        check("min_delta", self.min_delta, self.min_delta >= 0, ">= 0")
+    _target_: str = MISSING
+    check_finite: bool = MISSING
+    divergence_threshold: Optional[float] = None
 
 
 @dataclass
-class NoEarlyStoppingConfig:
-    _target_: Optional[str] = None
+class MonitoredStoppingConfig(NoEarlyStoppingConfig):
+    monitor: str = MISSING
+    mode: str = MISSING
+    restore_best_weights: bool = MISSING
+
+    def __post_init__(self) -> None:
+        check_choice(self, "mode", ("min", "max"))
+
+
+@dataclass
+class PatienceConfig(MonitoredStoppingConfig):
+    patience: int = MISSING
+    min_delta: float = MISSING
+    baseline: Optional[float] = None
+    start_from_epoch: int = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("patience", self.patience, self.patience >= 0, ">= 0")
+        check("min_delta", self.min_delta, self.min_delta >= 0, ">= 0")
+        check("start_from_epoch", self.start_from_epoch, self.start_from_epoch >= 0, ">= 0")
+
+
+@dataclass
+class TargetConfig(MonitoredStoppingConfig):
+    stopping_threshold: float = MISSING
 
 
 # --------------------------------------------------------------------------------------------- data, model
@@ -382,10 +402,20 @@ class TrainerConfig:
     progress: str = MISSING
     tensorboard: bool = MISSING
     plots: bool = MISSING
+    checkpoint_every_n_steps: Optional[int] = None
+    keep_last_k: int = MISSING
+    resume: Optional[str] = None
+    on_divergence: str = MISSING
+    rollback_factor: float = MISSING
+    max_rollbacks: int = MISSING
 
     def __post_init__(self) -> None:
         check("max_epochs", self.max_epochs, self.max_epochs >= 1, ">= 1")
-        check_positive(self, "max_steps", "num_threads", "log_every_n_steps")
+        check_positive(self, "max_steps", "num_threads", "log_every_n_steps", "checkpoint_every_n_steps")
+        check("keep_last_k", self.keep_last_k, self.keep_last_k >= 0, ">= 0")
+        check_choice(self, "on_divergence", ("stop", "rollback"))
+        check("rollback_factor", self.rollback_factor, 0 < self.rollback_factor < 1, "in (0, 1)")
+        check("max_rollbacks", self.max_rollbacks, self.max_rollbacks >= 0, ">= 0")
         check_choice(self, "device", ("auto", "cpu", "cuda", "mps"))
         check_choice(self, "precision", ("32", "bf16"))
         check_choice(self, "mode", ("min", "max"))
@@ -424,8 +454,9 @@ SCHEMAS = {
     "schema_scheduler_wsd": WSDScheduleConfig,
     "schema_warmup": WarmupConfig,
     "schema_warmup_exponential": ExponentialWarmupConfig,
-    "schema_early_stopping": EarlyStoppingConfig,
     "schema_early_stopping_none": NoEarlyStoppingConfig,
+    "schema_early_stopping_patience": PatienceConfig,
+    "schema_early_stopping_target": TargetConfig,
     "schema_dataset": DatasetConfig,
     "schema_dataset_torchvision": TorchvisionDatasetConfig,
     "schema_model_mlp": MLPConfig,
@@ -434,10 +465,20 @@ SCHEMAS = {
 
 
 def register() -> None:
-    """Store the schemas at the root of Hydra's ConfigStore (not as groups, so `--help` lists only options)."""
+    """Store the schemas at the root of Hydra's ConfigStore (not as groups, so `--help` lists only options),
+    and the resolvers the configs use."""
     cs = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         cs.store(name=name, node=node)
+    if not OmegaConf.has_resolver("lrtrain_run_dir"):
+        OmegaConf.register_new_resolver("lrtrain_run_dir", run_dir_for)
+
+
+def run_dir_for(resume: Optional[str], default: str) -> str:
+    """`trainer.resume=<run dir>` continues in that run dir; anything else gets a new dated one."""
+    if resume and resume != "auto" and Path(resume).expanduser().is_dir():
+        return str(Path(resume).expanduser())
+    return default
 
 
 def validate(cfg: DictConfig, prefix: str = "") -> None:

@@ -1,43 +1,122 @@
-"""Early stopping on a monitored metric (the Keras/Lightning `patience` semantics)."""
+"""Early stopping and divergence checks (the `early_stopping` group).
+
+Every option checks for divergence: a non-finite training loss (`check_finite`) or one above
+`divergence_threshold`. `Patience` stops when the monitored metric stalls (Keras/Lightning semantics);
+`Target` stops once it reaches a threshold. Both can keep the best weights and restore them at the end.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
 
 
 def improved(value: float, best: Optional[float], mode: str, min_delta: float = 0.0) -> bool:
     """True when `value` beats `best` by more than `min_delta` in the direction `mode`."""
+    if not math.isfinite(value):
+        return False
     if best is None:
-        return math.isfinite(value)
+        return True
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
-class EarlyStopping:
-    """Stop when `monitor` has not improved by more than `min_delta` for `patience` consecutive epochs."""
+class NoEarlyStopping:
+    """Never stops on a metric; still reports divergence of the training loss."""
 
-    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float):
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
-        self.best: Optional[float] = None
-        self.bad_epochs = 0
+    monitor: Optional[str] = None
+    restore_best_weights = False
 
-    def update(self, metrics: dict[str, float]) -> Optional[str]:
+    def __init__(self, check_finite: bool, divergence_threshold: Optional[float]):
+        self.check_finite, self.divergence_threshold = check_finite, divergence_threshold
+        self.best_weights: Optional[dict[str, torch.Tensor]] = None
+        self.best_epoch: Optional[int] = None
+
+    def divergence(self, losses: Iterable[float]) -> Optional[tuple[int, str]]:
+        """(index, reason) of the first loss that counts as divergence, or None."""
+        for i, loss in enumerate(losses):
+            if self.check_finite and not math.isfinite(loss):
+                return i, f"the training loss became {loss}"
+            if self.divergence_threshold is not None and loss > self.divergence_threshold:
+                return i, f"the training loss {loss:.6g} exceeded divergence_threshold={self.divergence_threshold}"
+        return None
+
+    def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> Optional[str]:
         """Feed one epoch's metrics; return the stop reason, or None to go on."""
+        return None
+
+    def _value(self, metrics: dict[str, float]) -> float:
         if self.monitor not in metrics:
             raise KeyError(f"early_stopping.monitor={self.monitor!r}: not a logged metric; "
                            f"valid: {', '.join(sorted(metrics))}")
-        value = metrics[self.monitor]
-        if improved(value, self.best, self.mode, self.min_delta):
-            self.best, self.bad_epochs = value, 0
-            return None
-        self.bad_epochs += 1
-        if self.bad_epochs > self.patience:
-            return (f"{self.monitor} did not improve by more than {self.min_delta} "
-                    f"for {self.bad_epochs} epochs (best {self.best:.6g})")
-        return None
+        return metrics[self.monitor]
+
+    def _keep_best(self, epoch: int, model: nn.Module) -> None:
+        self.best_epoch = epoch
+        if self.restore_best_weights:
+            self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    # What changes while training; the settings come from the config, also on resume.
+    _STATE = ("best", "wait", "best_epoch", "best_weights")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_epochs": self.bad_epochs}
+        return {k: getattr(self, k) for k in self._STATE if hasattr(self, k)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+class Patience(NoEarlyStopping):
+    """Stop after `patience` consecutive epochs whose `monitor` did not beat the best by more than
+    `min_delta`. Epochs before `start_from_epoch` are not counted. With `baseline`, an epoch only resets the
+    count if it also beats the baseline (Keras)."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float, baseline: Optional[float],
+                 start_from_epoch: int, restore_best_weights: bool, check_finite: bool,
+                 divergence_threshold: Optional[float]):
+        super().__init__(check_finite, divergence_threshold)
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.baseline, self.start_from_epoch = baseline, start_from_epoch
+        self.restore_best_weights = restore_best_weights
+        self.best: Optional[float] = None
+        self.wait = 0
+
+    def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> Optional[str]:
+        value = self._value(metrics)
+        if epoch < self.start_from_epoch:
+            return None
+        self.wait += 1
+        if improved(value, self.best, self.mode, self.min_delta):
+            self.best = value
+            self._keep_best(epoch, model)
+            if self.baseline is None or improved(value, self.baseline, self.mode, self.min_delta):
+                self.wait = 0
+            return None
+        if self.wait >= self.patience:
+            return (f"{self.monitor} did not improve for {self.wait} epochs "
+                    f"(best {self.best if self.best is not None else float('nan'):.6g})")
+        return None
+
+
+class Target(NoEarlyStopping):
+    """Stop as soon as `monitor` reaches `stopping_threshold` (<= for mode min, >= for mode max)."""
+
+    def __init__(self, monitor: str, mode: str, stopping_threshold: float, restore_best_weights: bool,
+                 check_finite: bool, divergence_threshold: Optional[float]):
+        super().__init__(check_finite, divergence_threshold)
+        self.monitor, self.mode, self.stopping_threshold = monitor, mode, stopping_threshold
+        self.restore_best_weights = restore_best_weights
+        self.best: Optional[float] = None
+
+    def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> Optional[str]:
+        value = self._value(metrics)
+        if improved(value, self.best, self.mode):
+            self.best = value
+            self._keep_best(epoch, model)
+        reached = value <= self.stopping_threshold if self.mode == "min" else value >= self.stopping_threshold
+        if reached:
+            return f"{self.monitor} reached {value:.6g} (stopping_threshold={self.stopping_threshold})"
+        return None

@@ -52,6 +52,8 @@ def describe(e: BaseException) -> tuple[str, int]:
         return _omegaconf_error(cause), EXIT_CONFIG
     if type(e).__module__.startswith("hydra"):
         return _first_line(str(e)), EXIT_CONFIG
-    if isinstance(e, (CheckpointError, DataError)):
+    if isinstance(e, CheckpointError):
+        return _first_line(str(e)), EXIT_CONFIG  # bad input, like a bad config value
+    if isinstance(e, DataError):
         return _first_line(str(e)), EXIT_FAILED
     return f"{type(e).__name__}: {_first_line(str(e))}", EXIT_FAILED

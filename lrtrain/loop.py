@@ -1,8 +1,12 @@
 """The training loop. It receives built objects (a `Run`), owns the step counter, and never reads a config.
 
 Per step it does only what a bare hand-written loop does, plus appending the loss tensor and the LR float to
-lists: no host sync, no per-sample Python. Losses are read back once per epoch, when the epoch's rows are
-written.
+lists: no host sync, no per-sample Python. Losses are read back at flush points only: every epoch end and
+every `checkpoint_every_n_steps`. A flush writes the pending rows of steps.csv, checks for divergence, and is
+followed by a checkpoint, so that what is on disk always describes one consistent position.
+
+Where the run is (`Position`) is plain data saved in every checkpoint; resuming or rolling back restores it
+and the loop carries on from there, mid-epoch included, drawing the same data order and random numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import math
 import platform
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,14 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import lrtrain
-from lrtrain.checkpoints import save_atomic
+from lrtrain.checkpoints import load, save_atomic, save_copies
 from lrtrain.data import Split, TensorData
 from lrtrain.durations import Timeline
-from lrtrain.early_stopping import EarlyStopping, improved
+from lrtrain.early_stopping import NoEarlyStopping, improved
 from lrtrain.progress import ProgressDisplay
 from lrtrain.schedules import Schedule
 from lrtrain.warmup import Warmup
-from lrtrain.writers import CSVLog, TensorBoard, write_json_atomic
+from lrtrain.writers import CSVLog, TensorBoard, truncate_csv, write_json_atomic
+
 
 @dataclass
 class Run:
@@ -46,13 +51,42 @@ class Run:
     monitor: str
     mode: str
     out_dir: Path
-    early_stopping: Optional[EarlyStopping] = None
+    stopper: NoEarlyStopping
     precision: str = "32"
     log_every_n_steps: int = 1
     progress: str = "auto"
     tensorboard: bool = True
     plots: bool = True
+    checkpoint_every_n_steps: Optional[int] = None
+    keep_last_k: int = 0
+    on_divergence: str = "stop"  # stop | rollback
+    rollback_factor: float = 0.1
+    max_rollbacks: int = 3
+    resume: Optional[dict[str, Any]] = None  # a loaded checkpoint to continue from
+    truncate_outputs: bool = False  # continue this run dir's CSVs from the checkpoint's row counts
     config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Position:
+    """Where the run is; saved in every checkpoint as plain values."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the current epoch (0-based)
+    batch: int = 0  # batches of the current epoch done
+    order_state: Optional[torch.Tensor] = None  # data-order RNG state this epoch's permutation is drawn from
+    loss_sum: float = 0.0  # this epoch so far: sum of loss x batch size, samples, correct predictions
+    seen: int = 0
+    correct: int = 0
+    last_lr: float = 0.0
+    best_value: Optional[float] = None  # of trainer.monitor, for best.pt
+    best_epoch: Optional[int] = None
+    lr_scale: float = 1.0  # product of the rollback factors applied so far
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)
+    steps_rows: int = 0  # data rows written to steps.csv / metrics.csv
+    metrics_rows: int = 0
+    samples: int = 0
+    step_seconds: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -83,147 +117,289 @@ def evaluate(model: nn.Module, split: Split, data: TensorData, amp: Any) -> dict
     return result
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     # str(): torch.__version__ is a TorchVersion, which weights_only loading does not accept
     return {"lrtrain": lrtrain.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
-def fit(run: Run) -> dict[str, Any]:
-    """Train, validate every epoch, test at the end; write the outputs contract; return the summary."""
-    out, data, model, opt = run.out_dir, run.data, run.model, run.optimizer
-    classify = data.num_classes is not None
-    spe, total_steps = run.timeline.steps_per_epoch, run.timeline.total_steps
-    epochs = math.ceil(total_steps / spe)
-    base_lrs = [group["lr"] for group in opt.param_groups]
-    amp = (torch.autocast(run.device.type, dtype=torch.bfloat16) if run.precision == "bf16"
-           else contextlib.nullcontext())
-    generator = torch.Generator(device=run.device).manual_seed(run.seed)
-    acc_cols = ["train_acc", "val_acc"] if classify else []
-    metric_cols = ["epoch", "step", "lr", "train_loss", "val_loss", *acc_cols, "seconds"]
-
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    steps_log = CSVLog(out / "steps.csv", ["step", "epoch", "lr", "loss"])
-    metrics_log = CSVLog(out / "metrics.csv", metric_cols)
-    tb = TensorBoard(out / "tensorboard" if run.tensorboard else None)
-    progress = ProgressDisplay(run.progress, total_steps, epochs)
-
-    summary: dict[str, Any] = {
-        "status": "running", "stop_reason": None, "monitor": run.monitor, "mode": run.mode,
-        "best_epoch": None, "best_value": None, "final": None, "test": None, "epochs": 0, "steps": 0,
-        "train_seconds": 0.0, "samples_per_second": 0.0, "device": str(run.device), "seed": run.seed,
-        "run_dir": str(out), "versions": _versions(),
-    }
-    step, samples, step_seconds = 0, 0, 0.0
-    n, bs = len(data.train), data.batch_size
-    started = time.perf_counter()
-    try:
-        for epoch in range(epochs):
-            epoch_start = time.perf_counter()
-            model.train()
-            perm = torch.randperm(n, generator=generator, device=run.device)
-            losses: list[torch.Tensor] = []
-            lrs: list[float] = []
-            corrects: list[torch.Tensor] = []
-            first = step
-            for i in range(0, n, bs):
-                if step >= total_steps:
-                    break
-                idx = perm[i:i + bs]
-                x, y = data.inputs(data.train.x[idx]), data.train.y[idx]
-                for group, base in zip(opt.param_groups, base_lrs):
-                    group["lr"] = run.schedule(step, base)
-                with amp:
-                    output = model(x)
-                    loss = run.loss_fn(output.squeeze(-1) if not classify else output, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach())
-                lrs.append(opt.param_groups[0]["lr"])
-                if classify:
-                    corrects.append((output.argmax(1) == y).sum())
-                step += 1
-                progress.step(step, epoch, lrs[-1], loss, (samples + (step - first) * bs) / max(
-                    step_seconds + time.perf_counter() - epoch_start, 1e-9))
-
-            step_losses = torch.stack(losses).float().tolist()  # the epoch's one host sync
-            seen = min(n, (step - first) * bs)
-            samples += seen
-            step_seconds += time.perf_counter() - epoch_start
-            sizes = [min(bs, n - j * bs) for j in range(step - first)]
-            train_loss = sum(l * s for l, s in zip(step_losses, sizes)) / seen
-
-            every = run.log_every_n_steps
-            steps_log.write((first + j, epoch, lrs[j], step_losses[j]) for j in range(step - first)
-                            if (first + j) % every == 0)
-            val = evaluate(model, data.val, data, amp)
-            row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lrs[-1], "train_loss": train_loss,
-                                   "val_loss": val["loss"]}
-            if classify:
-                row["train_acc"] = torch.stack(corrects).sum().item() / seen
-                row["val_acc"] = val["acc"]
-            row["seconds"] = time.perf_counter() - epoch_start
-            metrics_log.write([[row[c] for c in metric_cols]])
-            progress.epoch_end(row)
-            for j in range(0, step - first, every):
-                tb.scalars({"train/loss_step": step_losses[j], "train/lr": lrs[j]}, first + j)
-            tb.scalars({k if k.startswith(("train", "val")) else f"epoch/{k}": v for k, v in row.items()
-                        if k not in ("epoch", "step")}, step)
-            summary.update(epochs=epoch + 1, steps=step, final=row)
-
-            if not all(math.isfinite(v) for v in step_losses) or not math.isfinite(val["loss"]):
-                summary.update(status="diverged", stop_reason="the loss became non-finite (NaN or inf)")
-                break
-            run.schedule.observe(epoch, row)
-            value = row[run.monitor]
-            checkpoint = _checkpoint(run, step, epoch, generator)
-            if improved(value, summary["best_value"], run.mode):
-                summary.update(best_value=value, best_epoch=epoch)
-                save_atomic(checkpoint, out / "checkpoints" / "best.pt")
-            save_atomic(checkpoint, out / "checkpoints" / "last.pt")
-            reason = run.early_stopping.update(row) if run.early_stopping is not None else None
-            if reason:
-                summary.update(status="early_stopped", stop_reason=reason)
-                break
-        if summary["status"] == "running":
-            summary["status"] = "completed"
-        if data.test is not None and summary["status"] != "diverged":
-            test = evaluate(model, data.test, data, amp)
-            summary["test"] = {f"test_{k}": v for k, v in test.items()}
-    except BaseException as e:
-        summary.update(status="failed", stop_reason=f"{type(e).__name__}: {e}".splitlines()[0])
-        raise
-    finally:
-        progress.close()
-        summary["train_seconds"] = time.perf_counter() - started
-        summary["samples_per_second"] = samples / step_seconds if step_seconds else 0.0
-        for log in (steps_log, metrics_log):
-            log.close()
-        tb.close()
-        write_json_atomic(summary, out / "summary.json")
-    if run.plots and summary["epochs"]:
-        from lrtrain.report import plot_curves
-
-        plot_curves(out)
-    return summary
-
-
-def _checkpoint(run: Run, step: int, epoch: int, generator: torch.Generator) -> dict[str, Any]:
-    """A plain dict of tensors and primitives: loads with torch.load(weights_only=True)."""
+def rng_state() -> dict[str, Any]:
+    py = random.getstate()
     np_state = np.random.get_state()
-    rng = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-           "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
-           "torch": torch.get_rng_state(), "data_order": generator.get_state()}
+    state = {"python": [py[0], list(py[1]), py[2]],
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "schedule": run.schedule.state_dict(),
-        "early_stopping": run.early_stopping.state_dict() if run.early_stopping is not None else {},
-        "step": step,
-        "epoch": epoch,
-        "rng": rng,
-        "config": run.config,
-        "versions": _versions(),
-    }
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+class Diverged(Exception):
+    def __init__(self, step: int, reason: str):
+        self.step, self.reason = step, reason
+        super().__init__(reason)
+
+
+class Trainer:
+    def __init__(self, run: Run):
+        self.run = run
+        self.classify = run.data.num_classes is not None
+        self.base_lrs = [group["lr"] for group in run.optimizer.param_groups]  # the configured LRs
+        self.amp = (torch.autocast(run.device.type, dtype=torch.bfloat16) if run.precision == "bf16"
+                    else contextlib.nullcontext())
+        self.order = torch.Generator(device=run.device).manual_seed(run.seed)
+        self.pos = Position(order_state=self.order.get_state())
+        self.ckpt_dir = run.out_dir / "checkpoints"
+        self._pending_losses: list[torch.Tensor] = []
+        self._pending_lrs: list[float] = []
+        self._pending_correct: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A plain dict of tensors and primitives: loads with torch.load(weights_only=True)."""
+        run = self.run
+        return {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "schedule": run.schedule.state_dict(),
+            "early_stopping": run.stopper.state_dict(),
+            "step": self.pos.step,
+            "epoch": self.pos.epoch,
+            "position": asdict(self.pos),
+            "rng": rng_state(),
+            "config": run.config,
+            "versions": versions(),
+        }
+
+    def restore(self, ckpt: dict[str, Any], keep_history: bool = False) -> None:
+        """Put model, optimizer, schedule, stopper, position and RNGs back as the checkpoint has them.
+
+        `keep_history` (a rollback): keep the rows written and the rollbacks made since, not the checkpoint's.
+        """
+        run = self.run
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.schedule.load_state_dict(ckpt["schedule"])
+        run.stopper.load_state_dict(ckpt["early_stopping"])
+        kept = {k: getattr(self.pos, k) for k in ("steps_rows", "metrics_rows", "rollbacks", "lr_scale")}
+        self.pos = Position(**ckpt["position"])
+        if keep_history:
+            vars(self.pos).update(kept)
+        set_rng_state(ckpt["rng"])
+
+    def save(self, best: bool) -> None:
+        ckpt = self.checkpoint()
+        last = self.ckpt_dir / "last.pt"
+        if best:
+            save_copies(ckpt, [last, self.ckpt_dir / "best.pt"])
+        else:
+            save_atomic(ckpt, last)
+
+    def save_step_checkpoint(self) -> None:
+        step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
+        ckpt = self.checkpoint()
+        save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if self.run.keep_last_k else []))
+        for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-self.run.keep_last_k or None]:
+            old.unlink()
+
+    # ------------------------------------------------------------------------------------------- loop
+
+    def fit(self) -> dict[str, Any]:
+        """Train, validate every epoch, test at the end; write the outputs contract; return the summary."""
+        run, out = self.run, self.run.out_dir
+        if run.resume is not None:
+            self.restore(run.resume)
+            if run.truncate_outputs:  # rows written after the checkpoint will be written again, identically
+                truncate_csv(out / "steps.csv", self.pos.steps_rows)
+                truncate_csv(out / "metrics.csv", self.pos.metrics_rows)
+            else:  # continuing into a new run dir: its CSVs start at the checkpoint
+                self.pos.steps_rows = self.pos.metrics_rows = 0
+        spe, total_steps = run.timeline.steps_per_epoch, run.timeline.total_steps
+        self.epochs = math.ceil(total_steps / spe)
+        self.metric_cols = ["epoch", "step", "lr", "train_loss", "val_loss",
+                            *(["train_acc", "val_acc"] if self.classify else []), "seconds"]
+        step_cols = ["step", "epoch", "lr", "loss"] + (["rollbacks"] if run.on_divergence == "rollback" else [])
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.steps_log = CSVLog(out / "steps.csv", step_cols)
+        self.metrics_log = CSVLog(out / "metrics.csv", self.metric_cols)
+        self.tb = TensorBoard(out / "tensorboard" if run.tensorboard else None)
+        self.progress = ProgressDisplay(run.progress, total_steps, self.epochs, run.data.batch_size)
+        summary: dict[str, Any] = {
+            "status": "running", "stop_reason": None, "monitor": run.monitor, "mode": run.mode,
+            "best_epoch": None, "best_value": None, "final": None, "test": None, "epochs": 0, "steps": 0,
+            "train_seconds": 0.0, "samples_per_second": 0.0, "device": str(run.device), "seed": run.seed,
+            "run_dir": str(out), "resumed_from_step": self.pos.step if run.resume is not None else None,
+            "versions": versions(),
+        }
+        self.summary = summary
+        started = time.perf_counter()
+        seconds_before = self.pos.step_seconds
+        try:
+            if run.resume is None:
+                self.save(best=False)  # step 0: a state to resume or roll back to from the first epoch on
+            while self.pos.step < total_steps and summary["status"] == "running":
+                try:
+                    self._epoch(total_steps)
+                except Diverged as d:
+                    self._on_divergence(d)
+            if summary["status"] == "running":
+                summary["status"] = "completed"
+            stopper = run.stopper
+            if stopper.restore_best_weights and stopper.best_weights is not None:
+                run.model.load_state_dict(stopper.best_weights)
+                summary["restored_best_weights_from_epoch"] = stopper.best_epoch
+            if run.data.test is not None and summary["status"] != "diverged":
+                test = evaluate(run.model, run.data.test, run.data, self.amp)
+                summary["test"] = {f"test_{k}": v for k, v in test.items()}
+        except BaseException as e:
+            summary.update(status="failed", stop_reason=f"{type(e).__name__}: {e}".splitlines()[0])
+            raise
+        finally:
+            self.progress.close()
+            summary.update(best_value=self.pos.best_value, best_epoch=self.pos.best_epoch, steps=self.pos.step,
+                           epochs=self.pos.epoch + (self.pos.batch > 0), rollbacks=self.pos.rollbacks,
+                           train_seconds=time.perf_counter() - started + seconds_before)
+            summary["samples_per_second"] = (self.pos.samples / self.pos.step_seconds
+                                             if self.pos.step_seconds else 0.0)
+            for log in (self.steps_log, self.metrics_log):
+                log.close()
+            self.tb.close()
+            write_json_atomic(summary, out / "summary.json")
+        if run.plots and self.pos.metrics_rows:
+            from lrtrain.report import plot_curves
+
+            plot_curves(out)
+        return summary
+
+    def _epoch(self, total_steps: int) -> None:
+        run, pos, data = self.run, self.pos, self.run.data
+        model, opt, schedule = run.model, run.optimizer, run.schedule
+        spe, n, bs = run.timeline.steps_per_epoch, len(data.train), data.batch_size
+        every_ckpt = run.checkpoint_every_n_steps
+        started = time.perf_counter()
+        self.order.set_state(pos.order_state)
+        perm = torch.randperm(n, generator=self.order, device=run.device)
+        model.train()
+        base_lrs = [base * pos.lr_scale for base in self.base_lrs]
+        first_batch = pos.batch
+        for b in range(pos.batch, spe):
+            if pos.step >= total_steps:
+                break
+            idx = perm[b * bs:(b + 1) * bs]
+            x, y = data.inputs(data.train.x[idx]), data.train.y[idx]
+            for group, base in zip(opt.param_groups, base_lrs):
+                group["lr"] = schedule(pos.step, base)
+            with self.amp:
+                output = model(x)
+                loss = run.loss_fn(output if self.classify else output.squeeze(-1), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            self._pending_losses.append(loss.detach())
+            self._pending_lrs.append(opt.param_groups[0]["lr"])
+            if self.classify:
+                self._pending_correct.append((output.argmax(1) == y).sum())
+            pos.step += 1
+            pos.batch += 1
+            self.progress.step(pos.step, pos.epoch, self._pending_lrs[-1], loss)
+            if every_ckpt and pos.step % every_ckpt == 0 and pos.batch < spe and pos.step < total_steps:
+                self._flush()
+                self.save_step_checkpoint()
+        self._flush()
+        pos.step_seconds += time.perf_counter() - started
+        pos.samples += min(n, pos.batch * bs) - min(n, first_batch * bs)
+        self._end_epoch(started)
+
+    def _flush(self) -> None:
+        """Read back the pending steps (one host sync), write their rows, check for divergence."""
+        if not self._pending_losses:
+            return
+        pos, run = self.pos, self.run
+        losses = torch.stack(self._pending_losses).float().tolist()
+        lrs = self._pending_lrs
+        correct = int(torch.stack(self._pending_correct).sum()) if self._pending_correct else 0
+        self._pending_losses, self._pending_lrs, self._pending_correct = [], [], []
+        first = pos.step - len(losses)
+        diverged = run.stopper.divergence(losses)
+        count = len(losses) if diverged is None else diverged[0] + 1  # keep the offending step's row
+        every, extra = run.log_every_n_steps, ([len(pos.rollbacks)] if run.on_divergence == "rollback" else [])
+        rows = [[first + j, pos.epoch, lrs[j], losses[j], *extra] for j in range(count) if (first + j) % every == 0]
+        self.steps_log.write(rows)
+        pos.steps_rows += len(rows)
+        for row in rows:
+            self.tb.scalars({"train/loss_step": row[3], "train/lr": row[2]}, row[0])
+        if diverged is not None:
+            raise Diverged(first + diverged[0], diverged[1])
+        n, bs = len(run.data.train), run.data.batch_size
+        start_batch = pos.batch - len(losses)
+        for j, loss in enumerate(losses):
+            size = min(bs, n - (start_batch + j) * bs)
+            pos.loss_sum += loss * size
+            pos.seen += size
+        pos.correct += correct
+        pos.last_lr = lrs[-1]
+
+    def _end_epoch(self, started: float) -> None:
+        run, pos = self.run, self.pos
+        val = evaluate(run.model, run.data.val, run.data, self.amp)
+        if run.stopper.check_finite and not math.isfinite(val["loss"]):
+            raise Diverged(pos.step, f"the validation loss became {val['loss']}")
+        row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr,
+                               "train_loss": pos.loss_sum / pos.seen, "val_loss": val["loss"]}
+        if self.classify:
+            row["train_acc"] = pos.correct / pos.seen
+            row["val_acc"] = val["acc"]
+        row["seconds"] = time.perf_counter() - started
+        self.metrics_log.write([[row[c] for c in self.metric_cols]])
+        pos.metrics_rows += 1
+        self.progress.epoch_end(row)
+        self.tb.scalars({k: v for k, v in row.items() if k not in ("epoch", "step")}, pos.step)
+        self.summary["final"] = row
+
+        run.schedule.observe(pos.epoch, row)
+        reason = run.stopper.update(pos.epoch, row, run.model)
+        best = improved(row[run.monitor], pos.best_value, run.mode)
+        if best:
+            pos.best_value, pos.best_epoch = row[run.monitor], pos.epoch
+        pos.epoch, pos.batch = pos.epoch + 1, 0
+        pos.order_state = self.order.get_state()
+        pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
+        self.save(best=best)
+        self.tb.flush()
+        if reason:
+            self.summary.update(status="early_stopped", stop_reason=reason)
+
+    def _on_divergence(self, d: Diverged) -> None:
+        """Stop (keeping the last good checkpoint), or roll back to it with a smaller LR."""
+        run, pos = self.run, self.pos
+        self._pending_losses, self._pending_lrs, self._pending_correct = [], [], []
+        if run.on_divergence == "rollback" and len(pos.rollbacks) < run.max_rollbacks:
+            ckpt = load(self.ckpt_dir / "last.pt")
+            self.restore(ckpt, keep_history=True)
+            self.pos.lr_scale *= run.rollback_factor
+            event = {"diverged_at_step": d.step, "reason": d.reason, "restored_step": self.pos.step,
+                     "lr_scale": self.pos.lr_scale}
+            self.pos.rollbacks.append(event)
+            self.progress.message(f"rollback {len(self.pos.rollbacks)}/{run.max_rollbacks}: {d.reason} at step "
+                                  f"{d.step}; back to step {self.pos.step} with the LR x{self.pos.lr_scale:g}")
+            return
+        tail = f" (after {len(pos.rollbacks)} rollbacks)" if pos.rollbacks else ""
+        self.summary.update(status="diverged", stop_reason=f"{d.reason} at step {d.step}{tail}")
+
+
+def fit(run: Run) -> dict[str, Any]:
+    return Trainer(run).fit()

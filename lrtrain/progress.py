@@ -14,8 +14,11 @@ REFRESH_SECONDS = 0.2
 
 
 class ProgressDisplay:
-    def __init__(self, mode: str, total_steps: int, total_epochs: int, console: Optional[Console] = None):
+    def __init__(self, mode: str, total_steps: int, total_epochs: int, batch_size: int,
+                 console: Optional[Console] = None):
         self.console = console or Console(stderr=False)
+        self.batch_size = batch_size
+        self._last_step, self._last_time = 0, time.perf_counter()
         if mode == "auto":
             mode = "rich" if self.console.is_terminal else "plain"
         self.mode, self.total_epochs = mode, total_epochs
@@ -35,7 +38,7 @@ class ProgressDisplay:
                                             loss="-", lr="-", speed="")
             self._bar.start()
 
-    def step(self, step: int, epoch: int, lr: float, loss: Any, samples_per_second: float) -> None:
+    def step(self, step: int, epoch: int, lr: float, loss: Any) -> None:
         """Cheap unless a refresh is due; `loss` is a tensor and is only read when shown."""
         if self._bar is None:
             return
@@ -43,8 +46,10 @@ class ProgressDisplay:
         if now < self._next_refresh:
             return
         self._next_refresh = now + REFRESH_SECONDS
+        speed = (step - self._last_step) * self.batch_size / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
         self._bar.update(self._task, completed=step, epoch=epoch + 1, loss=f"{float(loss):.4f}",
-                         lr=f"{lr:.3g}", speed=f"{samples_per_second:,.0f} samples/s")
+                         lr=f"{lr:.3g}", speed=f"{speed:,.0f} samples/s")
 
     def epoch_end(self, row: dict[str, Any]) -> None:
         text = "  ".join(f"{k} {_short(v)}" for k, v in row.items() if k not in ("epoch",))

@@ -30,6 +30,22 @@ class CSVLog:
         self._file.close()
 
 
+def truncate_csv(path: Path, rows: int) -> None:
+    """Keep the header and the first `rows` complete data rows (drops rows written after a checkpoint,
+    and a last line cut short by a kill). Replaces the file atomically."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        lines = f.readlines()
+    keep = [line for line in lines[:rows + 1] if line.endswith("\n")]
+    if keep == lines:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+
+
 def _fmt(value: Any) -> Any:
     # repr() of a float round-trips exactly, so values read back equal the ones used
     return repr(value) if isinstance(value, float) else value

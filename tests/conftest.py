@@ -39,7 +39,9 @@ def run_lrtrain(*overrides: str, cwd: Path, run_dir: Path | None = None, module:
     run_dir = run_dir or cwd / "run"
     cmd = [sys.executable, "-m", "lrtrain"] if module else [str(Path(sys.executable).with_name("lrtrain"))]
     args = list(overrides)
-    if not any(a.startswith(("-m", "--multirun", "--help", "--cfg", "hydra.run.dir")) for a in args):
+    # trainer.resume=<run dir> chooses the run dir itself (continuing in place)
+    if not any(a.startswith(("-m", "--multirun", "--help", "--cfg", "hydra.run.dir")) or
+               (a.startswith("trainer.resume=") and Path(a.split("=", 1)[1]).is_dir()) for a in args):
         args.append(f"hydra.run.dir={run_dir}")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)

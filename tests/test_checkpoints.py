@@ -1,0 +1,101 @@
+"""Checkpoints are data: atomic writes, weights_only loading, and refusal of bad or hostile files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+
+import pytest
+import torch
+
+from lrtrain.checkpoints import CheckpointError, load, save_atomic, save_copies
+
+
+def test_save_is_atomic_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "ck" / "last.pt"
+    save_atomic({"model": {"w": torch.ones(2)}, "step": 1}, path)
+    save_atomic({"model": {"w": torch.zeros(2)}, "step": 2}, path)
+    assert load(path)["step"] == 2 and os.listdir(path.parent) == ["last.pt"]
+
+
+def test_copies_are_independent_after_a_later_save(tmp_path):
+    a, b = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_copies({"model": {}, "step": 1}, [a, b])
+    save_atomic({"model": {}, "step": 2}, a)
+    assert load(b)["step"] == 1 and load(a)["step"] == 2
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (subprocess.call, (["touch", str(self.marker)],))
+
+
+def _truncated(tmp_path):
+    good = tmp_path / "good.pt"
+    save_atomic({"model": {"w": torch.ones(1000)}, "step": 3}, good)
+    data = good.read_bytes()
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "kind,make,needle",
+    [
+        ("truncated", _truncated, "not a readable checkpoint"),
+        ("garbage", lambda tmp: os.urandom(4096), "not a readable checkpoint"),
+        ("text", lambda tmp: b"model: 1\nstep: 2\n", "not a readable checkpoint"),
+        ("a list", None, "not an lrtrain checkpoint"),
+        ("code", None, ".call, which is code, not data"),  # pickle may name subprocess by its py2 alias
+    ],
+)
+def test_bad_files_are_refused_in_one_line(tmp_path, kind, make, needle):
+    path, marker = tmp_path / "bad.pt", tmp_path / "payload-ran"
+    if kind == "a list":
+        torch.save([torch.ones(2)], path)
+    elif kind == "code":
+        torch.save({"model": Payload(marker), "step": 1}, path)
+        proof = tmp_path / "plain-pickle-ran-it"
+        pickle.loads(pickle.dumps(Payload(proof)))  # the control: an unsafe loader would run the payload
+        assert proof.exists()
+    else:
+        path.write_bytes(make(tmp_path))
+    with pytest.raises(CheckpointError) as e:
+        load(path)
+    assert needle in str(e.value) and "\n" not in str(e.value) and str(path) in str(e.value)
+    assert not marker.exists()
+
+
+def test_hostile_checkpoint_refused_by_the_cli(lrtrain, tmp_path):
+    marker = tmp_path / "payload-ran"
+    torch.save({"model": Payload(marker), "step": 1}, tmp_path / "evil.pt")
+    r = lrtrain(f"trainer.resume={tmp_path / 'evil.pt'}")
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("lrtrain: error: ") and "refused" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not marker.exists()
+
+
+def test_checkpoint_from_another_model_or_data_is_refused(lrtrain, tmp_path):
+    first = lrtrain("trainer.max_steps=5", "trainer.progress=none", "trainer.plots=false", run_dir=tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    other_model = lrtrain("model.hidden=[64]", f"trainer.resume={tmp_path / 'a'}")
+    assert other_model.returncode == 2
+    assert other_model.stderr.strip().endswith(
+        "made with model.hidden=[128], this run has model.hidden=[64]; resume with the same model")
+    other_split = lrtrain("dataset.split_seed=3", f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'last.pt'}")
+    assert other_split.returncode == 2 and "dataset.split_seed=0, this run has dataset.split_seed=3" in other_split.stderr
+    missing = lrtrain(f"trainer.resume={tmp_path / 'nowhere'}")
+    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr
+
+
+def test_checkpoint_contents_are_plain_data(lrtrain):
+    r = lrtrain("trainer.max_epochs=1", "trainer.progress=none", "trainer.plots=false")
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(r.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "schedule", "early_stopping", "step", "epoch", "position", "rng", "config",
+            "versions"} <= set(ckpt)
+    assert {"python", "numpy", "torch"} <= set(ckpt["rng"])
+    assert ckpt["position"]["order_state"].dtype == torch.uint8 and ckpt["epoch"] == 1
+    assert ckpt["config"]["trainer"]["seed"] == 0 and ckpt["versions"]["torch"] == torch.__version__

@@ -1,0 +1,85 @@
+"""Resume continues bit for bit: SIGKILL a real run at random points, resume, compare with an unbroken run."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import run_lrtrain
+
+# 90 steps an epoch, a checkpoint every 7 steps (mostly mid-epoch), dropout-free but shuffled data.
+ARGS = ["dataset.batch_size=16", "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=7",
+        "trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false", "model.hidden=[256,256]"]
+
+
+def _metrics_without_seconds(path):
+    return [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("reference")
+    r = run_lrtrain(*ARGS, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    return r.run_dir
+
+
+def _kill_after_rows(run_dir, rows, cwd):
+    """Start lrtrain, SIGKILL it once steps.csv holds `rows` rows; return the resumed-from step."""
+    cmd = [sys.executable, "-m", "lrtrain", *ARGS, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    steps = run_dir / "steps.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if steps.exists() and steps.read_text().count("\n") > rows:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.returncode
+
+
+def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    resumed_mid_epoch = 0
+    for trial in range(3):
+        run_dir = tmp_path / f"trial{trial}"
+        rows = rng.randrange(5, 250)
+        code = _kill_after_rows(run_dir, rows, tmp_path)
+        assert code == -signal.SIGKILL, f"trial {trial}: finished before the kill at {rows} rows"
+        ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+        resumed_mid_epoch += ckpt["position"]["batch"] > 0
+        resumed = run_lrtrain(*ARGS, "trainer.resume=" + str(run_dir), cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert not (tmp_path / "outputs").exists()  # continued in place, no new dated run dir
+        assert (run_dir / "steps.csv").read_bytes() == (reference / "steps.csv").read_bytes(), f"trial {trial}"
+        assert _metrics_without_seconds(run_dir / "metrics.csv") == _metrics_without_seconds(
+            reference / "metrics.csv")
+        mine, theirs = _weights(run_dir), _weights(reference)
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+        summary = resumed.__class__(0, "", "", run_dir).summary()
+        assert summary["status"] == "completed" and summary["resumed_from_step"] == ckpt["step"]
+    assert resumed_mid_epoch >= 1
+
+
+def test_resume_auto_and_extending_a_finished_run(reference, tmp_path):
+    first = run_lrtrain(*ARGS[:-1], "trainer.max_epochs=2", "trainer.resume=auto", cwd=tmp_path)
+    assert first.returncode == 0 and first.summary()["resumed_from_step"] is None  # nothing to resume yet
+    more = run_lrtrain(*ARGS[:-1], "trainer.max_epochs=4", "trainer.resume=auto", cwd=tmp_path,
+                       run_dir=first.run_dir)
+    assert more.returncode == 0, more.stderr
+    summary = more.summary()
+    assert summary["resumed_from_step"] == 180 and summary["steps"] == 360 and summary["epochs"] == 4
+    assert [int(m["epoch"]) for m in more.csv("metrics.csv")] == [0, 1, 2, 3]
+    assert [int(s["step"]) for s in more.csv("steps.csv")] == list(range(360))
