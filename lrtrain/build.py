@@ -12,6 +12,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lrtrain.build_schedule import build_schedule
 from lrtrain.checkpoints import CheckpointError, load
 from lrtrain.config import ConfigValueError
 from lrtrain.data import TensorData
@@ -95,13 +96,9 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
                           if classify else nn.MSELoss())
     regularizer = _regularizer(reg, model, data)
 
-    warmup_steps = timeline.steps(cfg.warmup.length) if cfg.warmup._target_ else 0
-    if warmup_steps >= total_steps:
-        raise ConfigValueError("warmup.length", cfg.warmup.length, f"shorter than the run ({total_steps} steps)")
-    schedule = instantiate(cfg.scheduler, _partial_=True, _convert_="all")(
-        timeline=Timeline(steps_per_epoch, total_steps - warmup_steps))
-    if warmup_steps:
-        schedule = instantiate(cfg.warmup, _partial_=True)(schedule=schedule, length=warmup_steps)
+    if cfg.scheduler.get("monitor") is not None and cfg.scheduler.monitor not in metrics:
+        raise ConfigValueError("scheduler.monitor", cfg.scheduler.monitor, "one of " + ", ".join(metrics))
+    schedule = build_schedule(cfg, timeline)
 
     stopper = instantiate(cfg.early_stopping, _convert_="all")
     if stopper.monitor is not None and stopper.monitor not in metrics:

@@ -180,6 +180,56 @@ class StepScheduleConfig(ScheduleConfig):
 
 
 @dataclass
+class MultiStepScheduleConfig(ScheduleConfig):
+    milestones: list[Any] = MISSING
+    gamma: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("milestones", self.milestones, len(self.milestones) > 0, "a non-empty list of durations")
+        for m in self.milestones:
+            try:
+                parse_duration(m)
+            except ValueError as e:
+                raise ConfigValueError("milestones", self.milestones, f"a list of durations ({e})") from None
+        check_positive(self, "gamma")
+
+
+@dataclass
+class ExponentialScheduleConfig(ScheduleConfig):
+    gamma: float = MISSING
+    staircase: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "gamma")
+
+
+@dataclass
+class PolynomialScheduleConfig(ScheduleConfig):
+    power: float = MISSING
+    end_lr: float = MISSING
+    total: Any = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "power")
+        check("end_lr", self.end_lr, self.end_lr >= 0, ">= 0")
+        check_duration(self, "total")
+
+
+@dataclass
+class LinearScheduleConfig(ScheduleConfig):
+    end_factor: float = MISSING
+    total: Any = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("end_factor", self.end_factor, self.end_factor >= 0, ">= 0")
+        check_duration(self, "total")
+
+
+@dataclass
 class CosineScheduleConfig(ScheduleConfig):
     T_max: Any = None
     eta_min: float = MISSING
@@ -191,6 +241,101 @@ class CosineScheduleConfig(ScheduleConfig):
 
 
 @dataclass
+class CosineRestartsScheduleConfig(ScheduleConfig):
+    T_0: Any = MISSING
+    T_mult: int = MISSING
+    eta_min: float = MISSING
+    peak_decay: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_duration(self, "T_0")
+        check("T_mult", self.T_mult, self.T_mult >= 1, "an integer >= 1")
+        check("eta_min", self.eta_min, self.eta_min >= 0, ">= 0")
+        check("peak_decay", self.peak_decay, 0 < self.peak_decay <= 1, "in (0, 1]")
+
+
+@dataclass
+class CyclicScheduleConfig(ScheduleConfig):
+    base_lr: Optional[float] = None  # null: the optimizer's lr
+    max_lr: float = MISSING
+    step_size_up: Any = MISSING
+    step_size_down: Any = None  # null: the same as step_size_up
+    mode: str = MISSING
+    gamma: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "base_lr", "max_lr")
+        check_duration(self, "step_size_up", "step_size_down")
+        check_choice(self, "mode", ("triangular", "triangular2", "exp_range"))
+        check("gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]")
+
+
+@dataclass
+class OneCycleScheduleConfig(ScheduleConfig):
+    max_lr: Optional[float] = None  # null: the optimizer's lr
+    pct_start: float = MISSING
+    anneal_strategy: str = MISSING
+    div_factor: float = MISSING
+    final_div_factor: float = MISSING
+    three_phase: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "max_lr", "div_factor", "final_div_factor")
+        check("pct_start", self.pct_start, 0 < self.pct_start < (0.5 if self.three_phase else 1),
+              "in (0, 0.5) with three_phase" if self.three_phase else "in (0, 1)")
+        check_choice(self, "anneal_strategy", ("cos", "linear"))
+
+
+@dataclass
+class InverseSqrtScheduleConfig(ScheduleConfig):
+    d_model: Optional[int] = None  # scale = d_model ** -0.5 (the Transformer paper)
+    scale: Optional[float] = None  # null (and no d_model): sqrt(warmup steps), so the peak is the optimizer's lr
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "d_model", "scale")
+        check("scale", self.scale, self.scale is None or self.d_model is None, "null when d_model is set")
+
+
+@dataclass
+class PlateauScheduleConfig(ScheduleConfig):
+    monitor: str = MISSING
+    mode: str = MISSING
+    factor: float = MISSING
+    patience: int = MISSING
+    threshold: float = MISSING
+    threshold_mode: str = MISSING
+    cooldown: int = MISSING
+    min_lr: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self, "mode", ("min", "max"))
+        check("factor", self.factor, 0 < self.factor < 1, "in (0, 1)")
+        check("patience", self.patience, self.patience >= 0, ">= 0")
+        check("threshold", self.threshold, self.threshold >= 0, ">= 0")
+        check_choice(self, "threshold_mode", ("rel", "abs"))
+        check("cooldown", self.cooldown, self.cooldown >= 0, ">= 0")
+        check("min_lr", self.min_lr, self.min_lr >= 0, ">= 0")
+
+
+@dataclass
+class WSDScheduleConfig(ScheduleConfig):
+    decay_fraction: float = MISSING
+    decay_type: str = MISSING
+    min_lr: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("decay_fraction", self.decay_fraction, 0 < self.decay_fraction <= 1, "in (0, 1]")
+        check_choice(self, "decay_type", ("linear", "cosine", "1-sqrt"))
+        check("min_lr", self.min_lr, self.min_lr >= 0, ">= 0")
+
+
+@dataclass
 class WarmupConfig:
     _target_: Optional[str] = None
     length: Any = None
@@ -199,6 +344,13 @@ class WarmupConfig:
     def __post_init__(self) -> None:
         check_duration(self, "length")
         check("start_factor", self.start_factor, 0 <= self.start_factor <= 1, "in [0, 1]")
+
+
+@dataclass
+class ExponentialWarmupConfig(WarmupConfig):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("start_factor", self.start_factor, 0 < self.start_factor <= 1, "in (0, 1] (a geometric ramp)")
 
 
 # ----------------------------------------------------------------------------------------- regularization
@@ -432,8 +584,19 @@ SCHEMAS = {
     "schema_optimizer_adagrad": AdagradConfig,
     "schema_scheduler": ScheduleConfig,
     "schema_scheduler_step": StepScheduleConfig,
+    "schema_scheduler_multistep": MultiStepScheduleConfig,
+    "schema_scheduler_exponential": ExponentialScheduleConfig,
+    "schema_scheduler_polynomial": PolynomialScheduleConfig,
+    "schema_scheduler_linear": LinearScheduleConfig,
     "schema_scheduler_cosine": CosineScheduleConfig,
+    "schema_scheduler_cosine_restarts": CosineRestartsScheduleConfig,
+    "schema_scheduler_cyclic": CyclicScheduleConfig,
+    "schema_scheduler_onecycle": OneCycleScheduleConfig,
+    "schema_scheduler_inverse_sqrt": InverseSqrtScheduleConfig,
+    "schema_scheduler_plateau": PlateauScheduleConfig,
+    "schema_scheduler_wsd": WSDScheduleConfig,
     "schema_warmup": WarmupConfig,
+    "schema_warmup_exponential": ExponentialWarmupConfig,
     "schema_early_stopping_none": NoEarlyStoppingConfig,
     "schema_early_stopping_patience": PatienceConfig,
     "schema_early_stopping_target": TargetConfig,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ep|epochs?|steps?|%)?\s*$")
 _UNITS = {None: "ep", "ep": "ep", "epoch": "ep", "epochs": "ep", "step": "steps", "steps": "steps", "%": "%"}
@@ -43,6 +44,8 @@ class Timeline:
 
     steps_per_epoch: int
     total_steps: int
+    # The whole run, which `10%` is a fraction of, when total_steps is a part of it (a schedule after warmup).
+    run_steps: Optional[int] = None
 
     @property
     def total_epochs(self) -> float:
@@ -55,7 +58,7 @@ class Timeline:
             return int(d.amount)
         if d.unit == "ep":
             return int(round(d.amount * self.steps_per_epoch))
-        return int(round(d.amount / 100 * self.total_steps))
+        return int(round(d.amount / 100 * (self.run_steps or self.total_steps)))
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch

@@ -1,8 +1,14 @@
-"""Warmup wraps any schedule: it ramps the LR up for `length` steps, then hands over to the schedule.
+"""Warmup wraps any schedule: it scales the LR for `length` steps, then hands over to the schedule.
 
 The wrapped schedule's clock starts when warmup ends (its step 0 is the first step after warmup, and its
-"end of training" is the end of the run), which is what torch's `SequentialLR([warmup, schedule])` does.
-Metric-driven schedules only start observing after warmup.
+"end of training" is the end of the run), which is what torch's `SequentialLR([warmup, schedule],
+milestones=[length])` does. During warmup the LR is `factor(t) * schedule(0)`, so the ramp ends exactly on the
+schedule's first value: step `length` runs at `schedule(0)`, with no jump and no overshoot. Only
+`start_factor = 0` makes step 0 run at LR 0. Metric-driven schedules (plateau) only see epochs that end after
+warmup, so their patience starts counting there.
+
+With `interval: epoch` the warmup is stepped per epoch too (its length is then a whole number of epochs), as
+the torch pair stepped once per epoch would be.
 """
 
 from __future__ import annotations
@@ -13,29 +19,54 @@ from lrtrain.schedules import Schedule
 
 
 class Warmup:
-    """Linear warmup: lr(step) = target * (start_factor + (1 - start_factor) * step / length) for step < length,
-    where target is the schedule's first value; from step `length` on, lr(step) = schedule(step - length)."""
+    """Base class: lr(step) = factor(t) * schedule(0) while t < length, then schedule(step - length)."""
 
     def __init__(self, schedule: Schedule, length: int, start_factor: float):
         self.schedule, self.length, self.start_factor = schedule, length, start_factor
+        self.spe = schedule.timeline.steps_per_epoch
+        # length in the schedule's clock (steps, or epochs for interval=epoch)
+        self.ticks = length if schedule.interval == "step" else length // self.spe
 
     @property
     def interval(self) -> str:
         return self.schedule.interval
 
-    def factor(self, step: int) -> float:
-        return self.start_factor + (1.0 - self.start_factor) * step / self.length
+    def factor(self, t: int) -> float:
+        raise NotImplementedError
 
     def __call__(self, step: int, base_lr: float) -> float:
         if step < self.length:
-            return self.factor(step) * self.schedule(0, base_lr)
+            t = step if self.interval == "step" else step // self.spe
+            return self.factor(t) * self.schedule(0, base_lr)
         return self.schedule(step - self.length, base_lr)
 
     def observe(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.schedule.observe(epoch, metrics)
+        if metrics["step"] > self.length:  # the epoch ended after warmup
+            self.schedule.observe(epoch, metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return self.schedule.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state)
+
+
+class LinearWarmup(Warmup):
+    """factor = start_factor + (1 - start_factor) * t / length   (torch LinearLR(start_factor, total_iters=length))."""
+
+    def factor(self, t: int) -> float:
+        return self.start_factor + (1.0 - self.start_factor) * t / self.ticks
+
+
+class ExponentialWarmup(Warmup):
+    """factor = start_factor ** (1 - t / length): a geometric ramp, the same ratio every step."""
+
+    def factor(self, t: int) -> float:
+        return self.start_factor ** (1.0 - t / self.ticks)
+
+
+class ConstantWarmup(Warmup):
+    """factor = start_factor   (torch ConstantLR(factor=start_factor, total_iters=length))."""
+
+    def factor(self, t: int) -> float:
+        return self.start_factor

@@ -1,0 +1,83 @@
+"""`lrtrain-schedule`: the preview draws the curve a run would follow, without training."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import group_options
+from lrtrain.durations import Timeline
+
+
+def test_classic_comparison_in_one_command(tmp_path):
+    """Step, exponential and cosine-with-restarts over 50 epochs from lr 0.1: one PNG, three sparklines."""
+    exe = Path(sys.executable).with_name("lrtrain-schedule")
+    out = tmp_path / "cmp.png"
+    proc = subprocess.run([str(exe), "-m", "scheduler=step,exponential,cosine_restarts", "optimizer=sgd",
+                           "optimizer.lr=0.1", "trainer.max_epochs=50", f"out={out}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("learning rate over 2250 steps (50 epochs of 45 steps)")
+    for line, name in zip(lines[1:4], ("step", "exponential", "cosine_restarts")):
+        assert line.startswith(f"scheduler={name} ") and "0.1 →" in line
+        assert len([c for c in line if c in "▁▂▃▄▅▆▇█"]) == 60
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert not (tmp_path / "outputs").exists()  # nothing trained, no run directory
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path):
+    exe = Path(sys.executable).with_name("lrtrain-schedule")
+    proc = subprocess.run([str(exe), "scheduler=onecycle", "warmup=linear"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("lrtrain-schedule: error: warmup='linear': must be none with "
+                                   "scheduler=onecycle, which ramps up by itself")
+    assert not (tmp_path / "schedule.png").exists()
+
+
+@pytest.mark.parametrize("overrides", [[], ["dataset.batch_size=100", "dataset.val_fraction=0.5"]])
+def test_steps_per_epoch_of_digits_without_loading_them(compose, overrides):
+    from lrtrain.data import digits
+    from lrtrain.preview import steps_per_epoch
+
+    cfg = compose(*overrides)
+    data = digits(**{k: v for k, v in cfg.dataset.items() if k != "_target_"})
+    assert steps_per_epoch(cfg) == math.ceil(len(data.train) / data.batch_size)
+
+
+@pytest.mark.parametrize("name", group_options("scheduler"))
+def test_preview_curve_is_the_runs_schedule(compose, name):
+    """Every option previews; the values are build_schedule's, step by step."""
+    from lrtrain.build_schedule import build_schedule
+    from lrtrain.preview import curve
+
+    extra = {"inverse_sqrt": ["warmup=linear"], "cyclic": ["scheduler.max_lr=0.01"]}.get(name, [])
+    cfg = compose(f"scheduler={name}", "trainer.max_epochs=3", *extra)
+    values, spe = curve(cfg, 10)
+    schedule = build_schedule(cfg, Timeline(10, 30))
+    assert values == [schedule(k, cfg.optimizer.lr) for k in range(30)]
+    assert all(v > 0 for v in values)
+
+
+def test_multirun_expands_the_cross_product():
+    from lrtrain.preview import expand
+
+    runs = expand(["scheduler=step,cosine", "optimizer.lr=0.1,0.2", "trainer.max_epochs=5"], multirun=True)
+    assert runs == [["scheduler=step", "optimizer.lr=0.1", "trainer.max_epochs=5"],
+                    ["scheduler=step", "optimizer.lr=0.2", "trainer.max_epochs=5"],
+                    ["scheduler=cosine", "optimizer.lr=0.1", "trainer.max_epochs=5"],
+                    ["scheduler=cosine", "optimizer.lr=0.2", "trainer.max_epochs=5"]]
+    assert expand(["scheduler.milestones=[2,5]"], multirun=True) == [["scheduler.milestones=[2,5]"]]
+
+
+def test_sparkline_levels():
+    from lrtrain.preview import sparkline
+
+    assert sparkline([1.0] * 10 + [0.0] * 10, 1.0, width=4) == "██▁▁"
+    assert sparkline([0.5] * 8, 1.0, width=8) == "▅" * 8  # round(0.5 * 7) = 4
