@@ -43,10 +43,20 @@ def run_lrtrain(*overrides: str, cwd: Path, run_dir: Path | None = None, module:
     if not any(a.startswith(("-m", "--multirun", "--help", "--cfg", "hydra.run.dir")) or
                (a.startswith("trainer.resume=") and Path(a.split("=", 1)[1]).is_dir()) for a in args):
         args.append(f"hydra.run.dir={run_dir}")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # One torch thread per process: pytest runs two workers on two cores, and oversubscribed threads make
+    # tiny models many times slower.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(cmd + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
     return Result(proc.returncode, proc.stdout, proc.stderr, run_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """In-process tests too: two pytest workers share two cores."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
