@@ -33,6 +33,15 @@ class Result:
         return json.loads((self.run_dir / "summary.json").read_text())
 
 
+def lrtrain_env(extra: dict | None = None) -> dict:
+    """The environment every lrtrain process of the tests gets."""
+    # One torch thread per process: pytest runs two workers on two cores, and oversubscribed threads make tiny
+    # models many times slower. (It also keeps results bit-comparable: the thread count changes reductions.)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(extra or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
 def run_lrtrain(*overrides: str, cwd: Path, run_dir: Path | None = None, module: bool = True,
                 timeout: float = 300, env: dict | None = None) -> Result:
     """Run `python -m lrtrain` (or the `lrtrain` console script) as a user would, into `run_dir`."""
@@ -43,11 +52,8 @@ def run_lrtrain(*overrides: str, cwd: Path, run_dir: Path | None = None, module:
     if not any(a.startswith(("-m", "--multirun", "--help", "--cfg", "hydra.run.dir")) or
                (a.startswith("trainer.resume=") and Path(a.split("=", 1)[1]).is_dir()) for a in args):
         args.append(f"hydra.run.dir={run_dir}")
-    # One torch thread per process: pytest runs two workers on two cores, and oversubscribed threads make
-    # tiny models many times slower.
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run(cmd + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    proc = subprocess.run(cmd + args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=lrtrain_env(env))
     return Result(proc.returncode, proc.stdout, proc.stderr, run_dir)
 
 

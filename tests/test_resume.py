@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_lrtrain
+from conftest import lrtrain_env, run_lrtrain
 
 # 90 steps an epoch, a checkpoint every 7 steps (mostly mid-epoch); shuffling, dropout and augmentation all
 # draw random numbers, which a resume must replay exactly.
@@ -40,7 +40,7 @@ def reference(tmp_path_factory):
 def _kill_after_rows(run_dir, rows, cwd):
     """Start lrtrain, SIGKILL it once steps.csv holds `rows` rows; return the resumed-from step."""
     cmd = [sys.executable, "-m", "lrtrain", *ARGS, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=lrtrain_env())
     steps = run_dir / "steps.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

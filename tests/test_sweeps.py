@@ -136,5 +136,5 @@ def test_optuna_preset_searches_lr_decay_and_warmup(compose):
     assert sweeper.params["optimizer.lr"].startswith("tag(log,")
     assert set(sweeper.params) == {"optimizer.lr", "scheduler.gamma", "warmup.length"}
     assert cfg.hydra.mode.name == "MULTIRUN"
-    assert cfg.scheduler._target_ == "lrtrain.schedules.Step" and cfg.warmup._target_ == "lrtrain.warmup.Warmup"
+    assert cfg.scheduler._target_ == "lrtrain.schedules.Step" and cfg.warmup._target_ == "lrtrain.warmup.LinearWarmup"
     compose("hparams_search=optuna")  # and the job config it makes validates
