@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -13,6 +14,7 @@ from torch import nn
 from lrtrain.config import ConfigValueError
 from lrtrain.durations import Timeline
 from lrtrain.loop import Run, seed_everything
+from lrtrain.models import ModelInputError
 from lrtrain.optimizers import param_groups
 
 
@@ -49,8 +51,14 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         raise ConfigValueError("trainer.monitor", trainer.monitor, "one of " + ", ".join(metrics))
 
     reg = cfg.regularization
-    model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_classes or 1,
-                        _convert_="all").to(device)
+    try:
+        model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_classes or 1,
+                            _convert_="all").to(device)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ModelInputError):  # e.g. model=cnn on dataset=regression
+            raise ConfigValueError("model", cfg.model._target_.rsplit(".", 1)[-1].lower(),
+                                   f"a model for {data.name}'s inputs: {e.__cause__}") from None
+        raise
     weight_decay = reg.l2.weight_decay if reg.l2 is not None else 0.0
     groups = param_groups(model, weight_decay, decay_1d=reg.l2.decay_1d if reg.l2 is not None else False)
     # Config nodes become partials completed with live objects, so Hydra never converts those objects.

@@ -23,7 +23,7 @@ from torch import nn
 
 import lrtrain
 from lrtrain.checkpoints import save_atomic
-from lrtrain.data import Split, TensorData
+from lrtrain.data import FolderData, Split, TensorData
 from lrtrain.durations import Timeline
 from lrtrain.early_stopping import EarlyStopping, improved
 from lrtrain.progress import ProgressDisplay
@@ -38,7 +38,7 @@ class Run:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Schedule | Warmup  # lr(step, base_lr), observe(epoch, metrics), state_dict()
-    data: TensorData
+    data: TensorData | FolderData  # a batch source: train_batches(generator), eval_batches(split)
     loss_fn: nn.Module
     device: torch.device
     timeline: Timeline
@@ -62,13 +62,12 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, data: TensorData, amp: Any) -> dict[str, float]:
+def evaluate(model: nn.Module, split: Any, data: TensorData | FolderData, amp: Any) -> dict[str, float]:
     """Mean loss (and accuracy when classifying) over a whole split, in eval mode."""
     model.eval()
-    loss_sum = torch.zeros((), device=split.x.device)
-    correct = torch.zeros((), device=split.x.device, dtype=torch.long)
-    for i in range(0, len(split), data.eval_batch_size):
-        x, y = data.inputs(split.x[i:i + data.eval_batch_size]), split.y[i:i + data.eval_batch_size]
+    loss_sum = torch.zeros((), device=data.mean.device)
+    correct = torch.zeros((), device=data.mean.device, dtype=torch.long)
+    for x, y in data.eval_batches(split):
         with amp:
             out = model(x)
         if data.num_classes is None:
@@ -120,16 +119,13 @@ def fit(run: Run) -> dict[str, Any]:
         for epoch in range(epochs):
             epoch_start = time.perf_counter()
             model.train()
-            perm = torch.randperm(n, generator=generator, device=run.device)
             losses: list[torch.Tensor] = []
             lrs: list[float] = []
             corrects: list[torch.Tensor] = []
             first = step
-            for i in range(0, n, bs):
+            for x, y in data.train_batches(generator):  # the order comes from `generator`
                 if step >= total_steps:
                     break
-                idx = perm[i:i + bs]
-                x, y = data.inputs(data.train.x[idx]), data.train.y[idx]
                 for group, base in zip(opt.param_groups, base_lrs):
                     group["lr"] = run.schedule(step, base)
                 with amp:
