@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lrtrain.config import ConfigValueError
+from lrtrain.data import DataError
 from lrtrain.durations import Timeline
 from lrtrain.loop import Run, seed_everything
 from lrtrain.models import ModelInputError
@@ -39,7 +40,12 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     device = resolve_device(trainer.device)
     seed_everything(trainer.seed)
 
-    data = instantiate(cfg.dataset, _convert_="all").to(device)
+    try:
+        data = instantiate(cfg.dataset, _convert_="all").to(device)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, DataError):  # its own one-line message names the root and the files
+            raise e.__cause__ from None
+        raise
     steps_per_epoch = math.ceil(len(data.train) / data.batch_size)
     # max_steps, when set, is the run's length; otherwise max_epochs is.
     total_steps = trainer.max_steps or trainer.max_epochs * steps_per_epoch
