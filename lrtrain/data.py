@@ -84,12 +84,21 @@ def _split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int) -> 
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean/std over a (N, C, ...) tensor, shaped to broadcast against a batch."""
-    dims = [0] + list(range(2, x.dim()))
-    xf = x.double()
-    mean, std = xf.mean(dim=dims, keepdim=True), xf.std(dim=dims, keepdim=True)
-    shape = (1,) + tuple(mean.shape[1:])
-    return mean.float().reshape(shape)[0], std.clamp_min(1e-8).float().reshape(shape)[0]
+    """Per-channel mean/std over a (N, C, ...) tensor, shaped to broadcast against a batch.
+
+    Sums in float64 chunk by chunk: a float64 copy of the whole split would cost 8 bytes per uint8 pixel.
+    """
+    channels, count = x.shape[1], x.numel() // x.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for chunk in x.split(4096):
+        values = chunk.transpose(0, 1).reshape(channels, -1).double()
+        total += values.sum(1)
+        total_sq += values.square().sum(1)
+    mean = total / count
+    std = ((total_sq - count * mean.square()) / max(count - 1, 1)).clamp_min(0).sqrt()
+    shape = (channels,) + (1,) * (x.dim() - 2)
+    return mean.float().reshape(shape), std.clamp_min(1e-8).float().reshape(shape)
 
 
 def _assemble(name: str, x: torch.Tensor, y: torch.Tensor, test: Optional[Split], num_classes: Optional[int],

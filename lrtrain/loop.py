@@ -23,7 +23,7 @@ from torch import nn
 
 import lrtrain
 from lrtrain.checkpoints import save_atomic
-from lrtrain.data import FolderData, Split, TensorData
+from lrtrain.data import FolderData, TensorData
 from lrtrain.durations import Timeline
 from lrtrain.early_stopping import EarlyStopping, improved
 from lrtrain.progress import ProgressDisplay

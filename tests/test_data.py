@@ -175,3 +175,15 @@ def test_cli_regression_with_linear_model_has_no_accuracy(tmp_path):
     assert list(metrics[0]) == ["epoch", "step", "lr", "train_loss", "val_loss", "seconds"]
     assert float(metrics[-1]["val_loss"]) < 1e-3  # the exact linear solution is reachable
     assert set(r.summary()["test"]) == {"test_loss"}
+
+
+def test_cli_trains_on_an_image_folder_with_workers(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    test_root = write_image_folder(tmp_path / "held-out", per_class=2)
+    r = run_lrtrain("dataset=folder", f"dataset.root={root}", f"dataset.test_root={test_root}",
+                    "dataset.image_size=8", "dataset.num_workers=1", "dataset.batch_size=4", "model=cnn",
+                    "model.channels=[4]", "model.hidden=8", "trainer.max_epochs=2", "trainer.progress=none",
+                    "trainer.plots=false", "trainer.tensorboard=false", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = r.summary()
+    assert summary["steps"] == 2 * 3 and set(summary["test"]) == {"test_loss", "test_acc"}  # 11 train images
