@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -15,10 +16,11 @@ from torch import nn
 from lrtrain.build_schedule import build_schedule
 from lrtrain.checkpoints import CheckpointError, load
 from lrtrain.config import ConfigValueError
-from lrtrain.data import TensorData
+from lrtrain.data import DataError, FolderData, TensorData
 from lrtrain.durations import Timeline
 from lrtrain.loop import Run, seed_everything
 from lrtrain.lr_find import LRFinder
+from lrtrain.models import ModelInputError
 from lrtrain.optimizers import make_optimizer, param_groups
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, Regularizer
 
@@ -40,16 +42,24 @@ def resolve_device(name: str) -> torch.device:
 _loaded: dict[str, TensorData] = {}
 
 
-def load_data(node: DictConfig) -> TensorData:
-    """The data set a config names. The jobs of a sequential sweep share one copy (the loop only reads it),
-    loaded again only when the dataset config changes other than in its batch sizes."""
+def load_data(node: DictConfig) -> TensorData | FolderData:
+    """The data set a config names. The jobs of a sequential sweep share one in-memory copy (the loop only
+    reads it), loaded again only when the dataset config changes other than in its batch sizes."""
     batches = ("batch_size", "eval_batch_size")
     key = OmegaConf.to_yaml({k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
                              if k not in batches})
-    if key not in _loaded:
-        _loaded.clear()  # keep one data set in memory, not one per configuration seen
-        _loaded[key] = instantiate(node, _convert_="all")
-    return replace(_loaded[key], batch_size=node.batch_size, eval_batch_size=node.eval_batch_size)
+    if key in _loaded:
+        return replace(_loaded[key], batch_size=node.batch_size, eval_batch_size=node.eval_batch_size)
+    try:
+        data = instantiate(node, _convert_="all")
+    except InstantiationException as e:
+        if isinstance(e.__cause__, DataError):  # its own one-line message names the root and the files
+            raise e.__cause__ from None
+        raise
+    _loaded.clear()  # keep one data set in memory, not one per configuration seen
+    if isinstance(data, TensorData):  # a folder's DataLoaders belong to their batch size: not shared
+        _loaded[key] = data
+    return data
 
 
 def build_lr_finder(cfg: DictConfig) -> LRFinder:
@@ -79,8 +89,14 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     if model_kwargs and "dropout" not in inspect.signature(get_object(cfg.model._target_)).parameters:
         raise ConfigValueError("regularization", "dropout", f"a list without dropout: {cfg.model._target_} "
                                                            "has no dropout")
-    model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_classes or 1,
-                        **model_kwargs, _convert_="all").to(device)
+    try:
+        model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_classes or 1,
+                            **model_kwargs, _convert_="all").to(device)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ModelInputError):  # e.g. model=cnn on dataset=regression
+            raise ConfigValueError("model", cfg.model._target_.rsplit(".", 1)[-1].lower(),
+                                   f"a model for {data.name}'s inputs: {e.__cause__}") from None
+        raise
     weight_decay = reg.l2.weight_decay if reg.l2 is not None else 0.0
     groups = param_groups(model, weight_decay, decay_1d=reg.l2.decay_1d if reg.l2 is not None else False)
     # Config nodes become partials completed with live objects, so Hydra never converts those objects.
@@ -170,10 +186,10 @@ def _regularizer(reg: DictConfig, model: nn.Module, data) -> Regularizer:
     params = [p for p in model.parameters() if p.requires_grad]
     augment = None
     if reg.augment is not None:
-        if data.image_kind is None:
+        if data.kind == "tabular":
             raise ConfigValueError("regularization", "augment",
                                    f"a list without augment: {data.name} is not an image data set")
-        augment = BatchAugment(data.image_kind, data.input_shape, reg.augment.max_shift, reg.augment.flip,
+        augment = BatchAugment(data.kind, data.input_shape, reg.augment.max_shift, reg.augment.flip,
                                reg.augment.rotation)
     return Regularizer(
         augment=augment,

@@ -491,12 +491,60 @@ class TorchvisionDatasetConfig(DatasetConfig):
 
 
 @dataclass
-class MLPConfig:
+class RegressionDatasetConfig(DatasetConfig):
+    num_samples: int = MISSING  # training + validation rows
+    num_test: int = MISSING
+    num_features: int = MISSING
+    noise: float = MISSING  # std of the Gaussian noise added to y
+    seed: int = MISSING  # draws the data (split_seed draws the validation split)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("num_samples", self.num_samples, self.num_samples >= 2, ">= 2")
+        check("num_test", self.num_test, self.num_test >= 0, ">= 0")
+        check_positive(self, "num_features")
+        check("noise", self.noise, self.noise >= 0, ">= 0")
+
+
+@dataclass
+class FolderDatasetConfig(DatasetConfig):
+    root: str = MISSING
+    test_root: Optional[str] = None
+    image_size: int = MISSING
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
+    num_workers: int = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "image_size")
+        check("num_workers", self.num_workers, self.num_workers >= 0, ">= 0")
+        check("mean", self.mean, len(self.mean) == 3, "three numbers (R, G, B)")
+        check("std", self.std, len(self.std) == 3 and all(s > 0 for s in self.std), "three numbers > 0")
+
+
+@dataclass
+class ModelConfig:
     _target_: str = MISSING
+
+
+@dataclass
+class MLPConfig(ModelConfig):
     hidden: list[int] = MISSING
 
     def __post_init__(self) -> None:
         check("hidden", self.hidden, all(h > 0 for h in self.hidden), "a list of sizes > 0")
+
+
+@dataclass
+class CNNConfig(ModelConfig):
+    channels: list[int] = MISSING
+    hidden: int = MISSING
+
+    def __post_init__(self) -> None:
+        check("channels", self.channels, len(self.channels) > 0 and all(c > 0 for c in self.channels),
+              "a non-empty list of widths > 0")
+        check_positive(self, "hidden")
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -602,7 +650,11 @@ SCHEMAS = {
     "schema_early_stopping_target": TargetConfig,
     "schema_dataset": DatasetConfig,
     "schema_dataset_torchvision": TorchvisionDatasetConfig,
+    "schema_dataset_regression": RegressionDatasetConfig,
+    "schema_dataset_folder": FolderDatasetConfig,
+    "schema_model": ModelConfig,
     "schema_model_mlp": MLPConfig,
+    "schema_model_cnn": CNNConfig,
     "schema_trainer": TrainerConfig,
     "schema_lr_find": LRFindConfig,
 }

@@ -27,7 +27,7 @@ from torch import nn
 
 import lrtrain
 from lrtrain.checkpoints import load, save_atomic, save_copies
-from lrtrain.data import Split, TensorData
+from lrtrain.data import FolderData, TensorData
 from lrtrain.durations import Timeline
 from lrtrain.early_stopping import NoEarlyStopping, improved
 from lrtrain.progress import ProgressDisplay
@@ -44,7 +44,7 @@ class Run:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Schedule | Warmup  # lr(step, base_lr), observe(epoch, metrics), state_dict()
-    data: TensorData
+    data: TensorData | FolderData  # a batch source: train_batches(generator, start), eval_batches(split)
     loss_fn: nn.Module
     device: torch.device
     timeline: Timeline
@@ -98,15 +98,14 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, data: TensorData, amp: Any) -> dict[str, float]:
+def evaluate(model: nn.Module, split: Any, data: TensorData | FolderData, amp: Any) -> dict[str, float]:
     """Mean loss (and accuracy when classifying) over a whole split, in eval mode."""
     model.eval()
-    loss_sum = torch.zeros((), device=split.x.device)
-    correct = torch.zeros((), device=split.x.device, dtype=torch.long)
-    for i in range(0, len(split), data.eval_batch_size):
-        x, y = data.inputs(split.x[i:i + data.eval_batch_size]), split.y[i:i + data.eval_batch_size]
+    loss_sum = torch.zeros((), device=data.mean.device)
+    correct = torch.zeros((), device=data.mean.device, dtype=torch.long)
+    for stored, y in data.eval_batches(split):
         with amp:
-            out = model(x)
+            out = model(data.inputs(stored))
         if data.num_classes is None:
             loss_sum += F.mse_loss(out.float().squeeze(-1), y, reduction="sum")
         else:
@@ -296,18 +295,15 @@ class Trainer:
         every_ckpt = run.checkpoint_every_n_steps
         started = time.perf_counter()
         self.order.set_state(pos.order_state)
-        perm = torch.randperm(n, generator=self.order, device=run.device)
         model.train()
         base_lrs = [base * pos.lr_scale for base in self.base_lrs]
         first_batch = pos.batch
-        for b in range(pos.batch, spe):
+        for stored, y in data.train_batches(self.order, start=pos.batch):  # the order comes from self.order
             if pos.step >= total_steps:
                 break
-            idx = perm[b * bs:(b + 1) * bs]
-            stored = data.train.x[idx]
             if reg.augment is not None:
                 stored = reg.augment(stored)
-            x, y = data.inputs(stored), data.train.y[idx]
+            x = data.inputs(stored)
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = schedule(pos.step, base)
             with self.amp:

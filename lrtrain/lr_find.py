@@ -42,19 +42,19 @@ class LRFinder:
         classify = data.num_classes is not None
         lrs, losses, smoothed = [], [], []
         avg, best, stop_reason = 0.0, math.inf, None
-        perm, pos = torch.randperm(len(data.train), generator=generator, device=run.device), 0
+        batches = iter(())
         model.train()
         try:
             for i in range(self.num_steps):
-                if pos >= len(perm):
-                    perm, pos = torch.randperm(len(data.train), generator=generator, device=run.device), 0
-                idx = perm[pos:pos + data.batch_size]
-                pos += data.batch_size
+                stored, y = next(batches, (None, None))
+                if stored is None:  # a new epoch of the same batch source the training uses
+                    batches = data.train_batches(generator)
+                    stored, y = next(batches)
                 lr = self.lr(i)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                output = model(data.inputs(data.train.x[idx]))
-                loss = run.loss_fn(output if classify else output.squeeze(-1), data.train.y[idx])
+                output = model(data.inputs(stored))
+                loss = run.loss_fn(output if classify else output.squeeze(-1), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGE_KINDS = ("natural", "glyphs")
+IMAGE_KINDS = ("natural", "digits")  # TensorData.kind values that are images
 
 
 @dataclass
@@ -58,7 +58,7 @@ class BatchAugment:
     """Random shifts, flips and rotations of a whole batch of stored images (N, C, H, W), on its device.
 
     Every sample draws its own shift, flip and angle, all at once (no loop over samples). What applies depends
-    on the kind of images: natural images are shifted and flipped; glyphs (digits, letters) are shifted and
+    on the kind of images: natural images are shifted and flipped; digits (and other glyphs) are shifted and
     rotated, never flipped. A shift is a random crop of the image padded with zeros by the largest shift.
     The result has the input's shape and dtype; labels are untouched.
     """
@@ -72,7 +72,7 @@ class BatchAugment:
         side = min(image_shape[-2:])
         self.shift = max(1, math.floor(max_shift * side)) if max_shift > 0 else 0
         self.flip = flip if kind == "natural" else 0.0
-        self.rotation = rotation if kind == "glyphs" else 0.0
+        self.rotation = rotation if kind == "digits" else 0.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.rotation:

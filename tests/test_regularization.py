@@ -97,7 +97,7 @@ def _batch(n: int = 64, side: int = 8) -> torch.Tensor:
 
 def test_augmentation_changes_batches_per_sample_and_keeps_shape_and_dtype():
     x = _batch()
-    out = BatchAugment("glyphs", (1, 8, 8), max_shift=0.125, flip=0.5, rotation=10)(x)
+    out = BatchAugment("digits", (1, 8, 8), max_shift=0.125, flip=0.5, rotation=10)(x)
     assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
     assert not torch.equal(out, x)
     assert len({tuple(o.flatten().tolist()) for o in out}) > 5  # each sample draws its own shift and angle
@@ -121,15 +121,15 @@ def test_flips_only_natural_images_and_only_some_samples():
     is_flipped = [torch.equal(o, x[0].flip(-1)) for o in some]
     assert any(is_flipped) and not all(is_flipped)
     assert all(f or torch.equal(o, x[0]) for o, f in zip(some, is_flipped))
-    glyphs = BatchAugment("glyphs", (1, 8, 8), max_shift=0, flip=1, rotation=0)(x)
-    assert torch.equal(glyphs, x)  # a flipped digit is another symbol
+    digits = BatchAugment("digits", (1, 8, 8), max_shift=0, flip=1, rotation=0)(x)
+    assert torch.equal(digits, x)  # a flipped digit is another symbol
 
 
 def test_rotation_is_small_and_per_sample():
     torch.manual_seed(0)
     x = torch.zeros(256, 1, 8, 8, dtype=torch.uint8)
     x[:, :, 1:7, 3:5] = 16  # a vertical bar
-    out = BatchAugment("glyphs", (1, 8, 8), max_shift=0, flip=0, rotation=10)(x)
+    out = BatchAugment("digits", (1, 8, 8), max_shift=0, flip=0, rotation=10)(x)
     assert len({tuple(o.flatten().tolist()) for o in out}) > 10
     # a small rotation keeps the bar mostly where it was
     overlap = (out.float() * x.float()).sum((1, 2, 3)) / (x.float() ** 2).sum((1, 2, 3))
