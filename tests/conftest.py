@@ -94,6 +94,15 @@ def compose():
     return _compose
 
 
+def config_error(compose, *overrides: str) -> str:
+    """The one-line message of the ConfigValueError that composing these overrides raises."""
+    from lrtrain.config import ConfigValueError
+
+    with pytest.raises(ConfigValueError) as e:
+        compose(*overrides)
+    return str(e.value)
+
+
 def group_options(group: str) -> list[str]:
     """Every option of a config group, from the files on disk (so new options are tested automatically)."""
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))

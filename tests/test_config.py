@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import group_options
+from conftest import config_error, group_options
 
 GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping", "dataset", "model", "trainer",
           "lr_find"]  # hparams_search is global (it sets hydra.sweeper): tests/test_sweeps.py composes it
@@ -32,14 +32,10 @@ def test_regularization_is_multi_select(compose):
     ],
 )
 def test_out_of_range_values_name_the_key(compose, override, needle):
-    from lrtrain.config import ConfigValueError
-
     if needle is None:
         compose(override)
         return
-    with pytest.raises(ConfigValueError) as e:
-        compose(override)
-    assert str(e.value) == needle
+    assert config_error(compose, override) == needle
 
 
 @pytest.mark.parametrize(

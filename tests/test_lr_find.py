@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from conftest import config_error
+
 import json
 import math
 
 import pytest
 import torch
 
-from lrtrain.config import ConfigValueError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -87,6 +88,4 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
     ("lr_find.diverge_factor=1", "lr_find.diverge_factor=1.0: must be > 1"),
 ])
 def test_bad_lr_find_settings_are_named(compose, override, message):
-    with pytest.raises(ConfigValueError) as e:
-        compose(override)
-    assert str(e.value) == message
+    assert config_error(compose, override) == message

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import get_object
 
-from conftest import FAST, group_options, loss_fell
+from conftest import config_error, FAST, group_options, loss_fell
 from lrtrain.optimizers import make_optimizer
 
 OPTIMIZERS = group_options("optimizer")
@@ -142,11 +142,7 @@ def test_cli_lists_reach_torch_as_plain_values(compose, tmp_path):
     ],
 )
 def test_bad_optimizer_values_fail_with_the_key(compose, overrides, message):
-    from lrtrain.config import ConfigValueError
-
-    with pytest.raises(ConfigValueError) as e:
-        compose(*overrides)
-    assert str(e.value) == message
+    assert config_error(compose, *overrides) == message
 
 
 def test_cli_run_with_lists_and_decoupled_decay(lrtrain):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FAST, REPO, group_options, loss_fell
+from conftest import config_error, FAST, REPO, group_options, loss_fell
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty
 
 OPTIONS = group_options("regularization")
@@ -79,11 +79,7 @@ def test_combining_options_composes_all_of_them(compose, train_briefly):
     ],
 )
 def test_bad_values_fail_before_training_naming_the_key(compose, overrides, message):
-    from lrtrain.config import ConfigValueError
-
-    with pytest.raises(ConfigValueError) as e:
-        compose(*overrides)
-    assert str(e.value) == message
+    assert config_error(compose, *overrides) == message
 
 
 # --- augmentation
