@@ -73,8 +73,22 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     device = resolve_device(trainer.device)
     seed_everything(trainer.seed)
 
+    dist = None
+    if trainer.strategy == "ddp":
+        from lrtrain.distributed import Dist
+
+        dist = Dist.start(device)
+        device = dist.device
+        out_dir = Path(dist.from_main(str(out_dir)))  # rank 0's run dir: resume reads it, only rank 0 writes
     data = load_data(cfg.dataset).to(device)
-    steps_per_epoch = math.ceil(len(data.train) / data.batch_size)
+    world = dist.world_size if dist else 1
+    if dist and not isinstance(data, TensorData):
+        raise ConfigValueError("trainer.strategy", "ddp", f"single with {data.name} (ddp shards in-memory data sets)")
+    if dist and (cfg.mode == "lr_find" or cfg.optimizer.lr == "auto"):
+        raise ConfigValueError("trainer.strategy", "ddp", "single for the LR range test (run it once, then "
+                                                          "train under ddp with the LR it suggests)")
+    # under ddp one optimizer step takes batch_size samples on each rank: a global batch of batch_size x world
+    steps_per_epoch = math.ceil(len(data.train) / (data.batch_size * world))
     # max_steps, when set, is the run's length; otherwise max_epochs is.
     total_steps = trainer.max_steps or trainer.max_epochs * steps_per_epoch
     timeline = Timeline(steps_per_epoch, total_steps)
@@ -104,6 +118,9 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     auto_lr = {"lr": cfg.lr_find.min_lr} if cfg.optimizer.lr == "auto" else {}
     optimizer = make_optimizer(instantiate(cfg.optimizer, _partial_=True, _convert_="all", **auto_lr), groups,
                                decoupled=reg.l2 is not None and reg.l2.decoupled)
+    if dist and trainer.scale_lr_with_world_size:  # the linear scaling rule: LR x world size
+        for group in optimizer.param_groups:
+            group["lr"] *= world
     if reg.label_smoothing is not None and not classify:
         raise ConfigValueError("regularization", "label_smoothing",
                                f"a list without label_smoothing: {data.name} is a regression data set")
@@ -136,7 +153,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         tensorboard=trainer.tensorboard, plots=trainer.plots, regularizer=regularizer,
         checkpoint_every_n_steps=trainer.checkpoint_every_n_steps, keep_last_k=trainer.keep_last_k,
         on_divergence=trainer.on_divergence, rollback_factor=trainer.rollback_factor,
-        max_rollbacks=trainer.max_rollbacks, resume=resume, truncate_outputs=in_place, config=config,
+        max_rollbacks=trainer.max_rollbacks, resume=resume, truncate_outputs=in_place, config=config, dist=dist,
     )
 
 

@@ -82,13 +82,21 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict:
         from lrtrain.lr_find import use_lr
 
         use_lr(run, lr_search["suggested_lr"])
-    summary = fit(run)
+    try:
+        summary = fit(run)
+    finally:
+        if run.dist:
+            run.dist.stop()
+            if not run.dist.main:  # this rank's scratch Hydra dir (lrtrain.distributed.scratch_run_dir)
+                import shutil
+
+                shutil.rmtree(out_dir, ignore_errors=True)
     if lr_search is not None:
         from lrtrain.writers import write_json_atomic
 
         summary["lr_find"] = lr_search
         write_json_atomic(summary, out_dir / "summary.json")
-    if run.progress != "none":
+    if run.progress != "none" and (run.dist is None or run.dist.main):
         from rich.console import Console
 
         from lrtrain.progress import summary_table

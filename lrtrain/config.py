@@ -570,6 +570,8 @@ class TrainerConfig:
     on_divergence: str = MISSING
     rollback_factor: float = MISSING
     max_rollbacks: int = MISSING
+    strategy: str = MISSING
+    scale_lr_with_world_size: bool = MISSING
 
     def __post_init__(self) -> None:
         check("max_epochs", self.max_epochs, self.max_epochs >= 1, ">= 1")
@@ -582,6 +584,7 @@ class TrainerConfig:
         check_choice(self, "precision", ("32", "bf16"))
         check_choice(self, "mode", ("min", "max"))
         check_choice(self, "progress", ("auto", "rich", "plain", "none"))
+        check_choice(self, "strategy", ("single", "ddp"))
 
 
 # ------------------------------------------------------------------------------------------ LR range test
@@ -670,8 +673,14 @@ def register() -> None:
         OmegaConf.register_new_resolver("lrtrain_run_dir", run_dir_for)
 
 
-def run_dir_for(resume: Optional[str], default: str) -> str:
-    """`trainer.resume=<run dir>` continues in that run dir; anything else gets a new dated one."""
+def run_dir_for(resume: Optional[str], default: str, strategy: str = "single") -> str:
+    """`trainer.resume=<run dir>` continues in that run dir; anything else gets a new dated one.
+    Under `trainer.strategy=ddp`, ranks > 0 get a scratch dir: rank 0 alone writes the run dir."""
+    if strategy == "ddp":
+        from lrtrain.distributed import launched_rank, scratch_run_dir
+
+        if launched_rank():
+            return scratch_run_dir()
     if resume and resume != "auto" and Path(resume).expanduser().is_dir():
         return str(Path(resume).expanduser())
     return default

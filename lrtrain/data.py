@@ -58,13 +58,22 @@ class TensorData:
         """Stored inputs to model inputs: float32, normalised with the training split's statistics."""
         return (x.float() - self.mean) / self.std
 
-    def train_batches(self, generator: torch.Generator, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, generator: torch.Generator, start: int = 0,
+                      shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of stored batches from batch `start` on: a permutation drawn on the generator's device,
-        then one gather per batch. The caller augments and normalises (`inputs`)."""
+        then one gather per batch. The caller augments and normalises (`inputs`).
+
+        `shard=(rank, world_size)`: every rank draws the same permutation and takes every world_size-th sample
+        of each global batch of batch_size x world_size samples, so the ranks' batches are disjoint."""
         x, y, bs = self.train.x, self.train.y, self.batch_size
         perm = torch.randperm(len(x), generator=generator, device=generator.device)
-        for i in range(start * bs, len(x), bs):
-            idx = perm[i:i + bs]
+        rank, world = shard
+        step = bs * world
+        for i in range(start * step, len(x), step):
+            idx = perm[i:i + step]
+            if len(idx) < world:  # a last global batch too small to share: top it up from the epoch's start
+                idx = torch.cat([idx, perm[:world - len(idx)]])
+            idx = idx[rank::world]
             yield x[idx], y[idx]
 
     def eval_batches(self, split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -28,6 +28,7 @@ from torch import nn
 import lrtrain
 from lrtrain.checkpoints import load, save_atomic, save_copies
 from lrtrain.data import FolderData, TensorData
+from lrtrain.distributed import Dist, weights_hash
 from lrtrain.durations import Timeline
 from lrtrain.early_stopping import NoEarlyStopping, improved
 from lrtrain.progress import ProgressDisplay
@@ -67,6 +68,7 @@ class Run:
     truncate_outputs: bool = False  # continue this run dir's CSVs from the checkpoint's row counts
     config: dict[str, Any] = field(default_factory=dict)
     regularizer: Regularizer = field(default_factory=Regularizer)  # in-step hooks, None when off
+    dist: Optional[Dist] = None  # trainer.strategy=ddp: this process's rank among the job's processes
 
 
 @dataclass
@@ -168,6 +170,12 @@ class Trainer:
         self._pending_lrs: list[float] = []
         self._pending_correct: list[torch.Tensor] = []
         self._pending_norms: list[torch.Tensor] = []  # gradient norms before clipping, with grad_clip
+        self.dist = run.dist
+        self.main = run.dist is None or run.dist.main  # rank 0 alone writes outputs
+        self.world = run.dist.world_size if run.dist else 1
+        self.shard = (run.dist.rank, self.world) if run.dist else (0, 1)
+        # checkpoints hold run.model, the unwrapped model: they load with and without ddp
+        self.train_model = (nn.parallel.DistributedDataParallel(run.model) if run.dist else run.model)
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -204,6 +212,8 @@ class Trainer:
         set_rng_state(ckpt["rng"])
 
     def save(self, best: bool) -> None:
+        if not self.main:
+            return
         ckpt = self.checkpoint()
         last = self.ckpt_dir / "last.pt"
         if best:
@@ -212,6 +222,8 @@ class Trainer:
             save_atomic(ckpt, last)
 
     def save_step_checkpoint(self) -> None:
+        if not self.main:
+            return
         step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
         ckpt = self.checkpoint()
         save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if self.run.keep_last_k else []))
@@ -236,11 +248,13 @@ class Trainer:
                             *(["train_acc", "val_acc"] if self.classify else []), "seconds"]
         step_cols = (["step", "epoch", "lr", "loss"] + (["grad_norm"] if run.regularizer.clip else [])
                      + (["rollbacks"] if run.on_divergence == "rollback" else []))
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        self.steps_log = CSVLog(out / "steps.csv", step_cols)
-        self.metrics_log = CSVLog(out / "metrics.csv", self.metric_cols)
-        self.tb = TensorBoard(out / "tensorboard" if run.tensorboard else None)
-        self.progress = ProgressDisplay(run.progress, total_steps, self.epochs, run.data.batch_size)
+        if self.main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.steps_log = CSVLog(out / "steps.csv", step_cols) if self.main else _NoLog()
+        self.metrics_log = CSVLog(out / "metrics.csv", self.metric_cols) if self.main else _NoLog()
+        self.tb = TensorBoard(out / "tensorboard" if run.tensorboard and self.main else None)
+        self.progress = ProgressDisplay(run.progress if self.main else "none", total_steps, self.epochs,
+                                        run.data.batch_size * self.world)
         summary: dict[str, Any] = {
             "status": "running", "stop_reason": None, "monitor": run.monitor, "mode": run.mode,
             "best_epoch": None, "best_value": None, "final": None, "test": None, "epochs": 0, "steps": 0,
@@ -248,6 +262,8 @@ class Trainer:
             "threads": torch.get_num_threads(), "seed": run.seed, "run_dir": str(out), "resumed_from_step": self.pos.step if run.resume is not None else None,
             "versions": versions(),
         }
+        if self.dist:
+            summary.update(world_size=self.world, global_batch_size=run.data.batch_size * self.world)
         self.summary = summary
         started = time.perf_counter()
         seconds_before = self.pos.step_seconds
@@ -268,6 +284,9 @@ class Trainer:
             if run.data.test is not None and summary["status"] != "diverged":
                 test = evaluate(run.model, run.data.test, run.data, self.amp)
                 summary["test"] = {f"test_{k}": v for k, v in test.items()}
+            if self.dist:  # the weights every rank ends with: identical unless the ranks fell out of step
+                hashes = self.dist.gather(weights_hash(run.model.state_dict()))
+                summary.update(rank_weight_hashes=hashes, ranks_in_sync=len(set(hashes)) == 1)
         except BaseException as e:
             summary.update(status="failed", stop_reason=f"{type(e).__name__}: {e}".splitlines()[0])
             raise
@@ -281,8 +300,9 @@ class Trainer:
             for log in (self.steps_log, self.metrics_log):
                 log.close()
             self.tb.close()
-            write_json_atomic(summary, out / "summary.json")
-        if run.plots and self.pos.metrics_rows:
+            if self.main:
+                write_json_atomic(summary, out / "summary.json")
+        if run.plots and self.pos.metrics_rows and self.main:
             from lrtrain.report import plot_curves
 
             plot_curves(out)
@@ -291,14 +311,15 @@ class Trainer:
     def _epoch(self, total_steps: int) -> None:
         run, pos, data = self.run, self.pos, self.run.data
         model, opt, schedule, reg = run.model, run.optimizer, run.schedule, run.regularizer
-        spe, n, bs = run.timeline.steps_per_epoch, len(data.train), data.batch_size
+        spe, n, bs = run.timeline.steps_per_epoch, len(data.train), data.batch_size * self.world
         every_ckpt = run.checkpoint_every_n_steps
         started = time.perf_counter()
         self.order.set_state(pos.order_state)
         model.train()
         base_lrs = [base * pos.lr_scale for base in self.base_lrs]
         first_batch = pos.batch
-        for stored, y in data.train_batches(self.order, start=pos.batch):  # the order comes from self.order
+        shard = {"shard": self.shard} if self.dist else {}
+        for stored, y in data.train_batches(self.order, start=pos.batch, **shard):  # order: from self.order
             if pos.step >= total_steps:
                 break
             if reg.augment is not None:
@@ -307,7 +328,7 @@ class Trainer:
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = schedule(pos.step, base)
             with self.amp:
-                output = model(x)
+                output = self.train_model(x)
                 loss = run.loss_fn(output if self.classify else output.squeeze(-1), y)
             opt.zero_grad(set_to_none=True)
             (loss + reg.penalty() if reg.penalty is not None else loss).backward()  # logged: the data loss
@@ -334,10 +355,15 @@ class Trainer:
         if not self._pending_losses:
             return
         pos, run = self.pos, self.run
-        losses = torch.stack(self._pending_losses).float().tolist()
+        losses_t = torch.stack(self._pending_losses).float()
+        correct_t = torch.stack(self._pending_correct).sum() if self._pending_correct else torch.zeros(())
+        norms_t = torch.stack(self._pending_norms).float() if self._pending_norms else None
+        if self.dist:  # every rank gets the same values, so every rank decides on divergence the same way
+            losses_t, correct_t = self.dist.mean(losses_t), self.dist.sum(correct_t)
+        losses = losses_t.tolist()
         lrs = self._pending_lrs
-        correct = int(torch.stack(self._pending_correct).sum()) if self._pending_correct else 0
-        norms = [[v] for v in torch.stack(self._pending_norms).float().tolist()] if self._pending_norms else None
+        correct = int(correct_t)
+        norms = [[v] for v in norms_t.tolist()] if norms_t is not None else None
         self._clear_pending()
         first = pos.step - len(losses)
         diverged = run.stopper.divergence(losses)
@@ -351,7 +377,7 @@ class Trainer:
             self.tb.scalars({"train/loss_step": row[3], "train/lr": row[2]}, row[0])
         if diverged is not None:
             raise Diverged(first + diverged[0], diverged[1])
-        n, bs = len(run.data.train), run.data.batch_size
+        n, bs = len(run.data.train), run.data.batch_size * self.world
         start_batch = pos.batch - len(losses)
         for j, loss in enumerate(losses):
             size = min(bs, n - (start_batch + j) * bs)
@@ -365,7 +391,9 @@ class Trainer:
 
     def _end_epoch(self, started: float) -> None:
         run, pos = self.run, self.pos
-        val = evaluate(run.model, run.data.val, run.data, self.amp)
+        val = evaluate(run.model, run.data.val, run.data, self.amp)  # every rank: the full validation set
+        if self.dist:
+            val = self.dist.from_main(val)  # rank 0's numbers, so every rank takes the same decisions
         if run.stopper.check_finite and not math.isfinite(val["loss"]):
             raise Diverged(pos.step, f"the validation loss became {val['loss']}")
         row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr,
@@ -382,6 +410,8 @@ class Trainer:
 
         run.schedule.observe(pos.epoch, row)
         reason = run.stopper.update(pos.epoch, row, run.model)
+        if self.dist:
+            reason = self.dist.from_main(reason)
         best = improved(row[run.monitor], pos.best_value, run.mode)
         if best:
             pos.best_value, pos.best_epoch = row[run.monitor], pos.epoch
@@ -398,6 +428,8 @@ class Trainer:
         run, pos = self.run, self.pos
         self._clear_pending()
         if run.on_divergence == "rollback" and len(pos.rollbacks) < run.max_rollbacks:
+            if self.dist:
+                self.dist.barrier()
             ckpt = load(self.ckpt_dir / "last.pt")
             self.restore(ckpt, keep_history=True)
             self.pos.lr_scale *= run.rollback_factor
@@ -409,6 +441,16 @@ class Trainer:
             return
         tail = f" (after {len(pos.rollbacks)} rollbacks)" if pos.rollbacks else ""
         self.summary.update(status="diverged", stop_reason=f"{d.reason} at step {d.step}{tail}")
+
+
+class _NoLog:
+    """The CSV logs of ranks > 0: rank 0 writes the run's files."""
+
+    def write(self, rows: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def fit(run: Run) -> dict[str, Any]:
