@@ -110,3 +110,12 @@ def test_a_lost_rank_ends_the_job_with_a_message(tmp_path):
     cause = out.split("Root Cause", 1)[-1]  # torchrun's report names the lost rank and why
     assert re.search(r"rank\s*:\s*1\b", cause) and "SIGKILL" in cause, out[-3000:]
     assert not _descendants(proc.pid)
+
+
+def test_ddp_outside_torchrun_is_a_one_line_error(lrtrain):
+    result = lrtrain("trainer.strategy=ddp", "trainer.max_epochs=1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lrtrain: error: trainer.strategy='ddp': must be single outside torchrun (start the job with `torchrun "
+        "--nproc_per_node=N -m lrtrain trainer.strategy=ddp ...`; RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
+        "MASTER_PORT not set)"]
