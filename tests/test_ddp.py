@@ -21,7 +21,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 def torchrun(*overrides: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(TORCHRUN + list(overrides), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=lrtrain_env(), start_new_session=True)
+                            text=True, env=lrtrain_env({"TMPDIR": str(cwd)}), start_new_session=True)
 
 
 def test_train_batches_shards_are_disjoint_and_cover_the_epoch():
@@ -45,6 +45,7 @@ def test_two_ranks_train_one_run_in_step_and_resume_without_ddp(tmp_path, lrtrai
     assert proc.returncode == 0, out
     run_dirs = [p.parent for p in (tmp_path / "outputs").rglob(".hydra")]
     assert len(run_dirs) == 1, run_dirs  # rank 1 wrote no run dir of its own
+    assert not list(tmp_path.glob("lrtrain-rank*"))  # and removed its scratch dir
     run = Result(0, out, "", run_dirs[0])
     rows = run.csv("metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
@@ -110,6 +111,7 @@ def test_a_lost_rank_ends_the_job_with_a_message(tmp_path):
     cause = out.split("Root Cause", 1)[-1]  # torchrun's report names the lost rank and why
     assert re.search(r"rank\s*:\s*1\b", cause) and "SIGKILL" in cause, out[-3000:]
     assert not _descendants(proc.pid)
+    assert [p.name for p in tmp_path.glob("lrtrain-rank*")] == [f"lrtrain-rank1-{victim}"]  # where rank 1 ran
 
 
 def test_ddp_outside_torchrun_is_a_one_line_error(lrtrain):
