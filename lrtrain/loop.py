@@ -175,7 +175,8 @@ class Trainer:
         self.world = run.dist.world_size if run.dist else 1
         self.shard = (run.dist.rank, self.world) if run.dist else (0, 1)
         # checkpoints hold run.model, the unwrapped model: they load with and without ddp
-        self.train_model = (nn.parallel.DistributedDataParallel(run.model) if run.dist else run.model)
+        self.train_model = (nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device] if run.device.type == "cuda" else None) if run.dist else run.model)
 
     # ------------------------------------------------------------------------------------------ state
 
