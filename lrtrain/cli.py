@@ -87,7 +87,10 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict:
     finally:
         if run.dist:
             run.dist.stop()
-            if not run.dist.main:  # this rank's scratch Hydra dir (lrtrain.distributed.scratch_run_dir)
+            from lrtrain.distributed import scratch_run_dir
+
+            # This rank's own scratch Hydra dir, never a run dir given with hydra.run.dir (all ranks share it).
+            if not run.dist.main and out_dir == Path(scratch_run_dir()):
                 import shutil
 
                 shutil.rmtree(out_dir, ignore_errors=True)

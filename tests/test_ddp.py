@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import json
 import subprocess
 import sys
 import time
@@ -69,6 +70,16 @@ def test_two_ranks_train_one_run_in_step_and_resume_without_ddp(tmp_path, lrtrai
     assert more.returncode == 0, more.stderr
     assert [(r["epoch"], r["step"]) for r in more.csv("metrics.csv")] == [("3", "114")]
     assert more.summary()["resumed_from_step"] == 69
+
+
+def test_an_explicit_run_dir_shared_by_the_ranks_survives(tmp_path):
+    """With hydra.run.dir every rank's Hydra dir is the run dir itself: no rank may remove it as scratch."""
+    run_dir = tmp_path / "shared"
+    proc = torchrun("trainer.max_steps=10", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    assert (run_dir / "metrics.csv").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 10
 
 
 def _descendants(pid: int) -> dict[int, str]:
