@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 # Exit codes (documented in the README).
@@ -27,6 +29,13 @@ def _omegaconf_error(e: Any) -> str:
     return f"{key}: {msg}" if key else msg
 
 
+def _unknown_option(group: str, name: str) -> str:
+    from lrtrain.cli import _config_dir
+
+    options = sorted(p.stem for p in (Path(_config_dir()) / group).glob("*.yaml"))
+    return f"{group}={name}: no such option; valid: {', '.join(options)}"
+
+
 def describe(e: BaseException) -> tuple[str, int]:
     """A one-line cause and the exit code for an exception that ended a run."""
     from hydra.errors import MissingConfigException
@@ -40,9 +49,7 @@ def describe(e: BaseException) -> tuple[str, int]:
         missing = getattr(e, "missing_cfg_file", None) or ""
         options = getattr(e, "options", None)
         if options and "/" in missing:
-            group, name = missing.rsplit("/", 1)
-            return f"{group}={name}: no such option; valid: {', '.join(sorted(options))}", EXIT_CONFIG
-        return _first_line(str(e)), EXIT_CONFIG
+            return _unknown_option(*missing.rsplit("/", 1)), EXIT_CONFIG
     if isinstance(e, ConfigValueError):
         return str(e), EXIT_CONFIG
     if isinstance(e, OmegaConfBaseException):
@@ -51,6 +58,10 @@ def describe(e: BaseException) -> tuple[str, int]:
     if type(e).__module__.startswith("hydra") and isinstance(cause, OmegaConfBaseException):
         return _omegaconf_error(cause), EXIT_CONFIG
     if type(e).__module__.startswith("hydra"):
+        # e.g. an unknown option inside a multi-select list: regularization=[l2,foo]
+        missing = re.search(r"Could not (?:load|find) '([\w/]+)/([^'/]+)'", str(e))
+        if missing:
+            return _unknown_option(*missing.groups()), EXIT_CONFIG
         return _first_line(str(e)), EXIT_CONFIG
     if isinstance(e, CheckpointError):
         return _first_line(str(e)), EXIT_CONFIG  # bad input, like a bad config value

@@ -43,6 +43,9 @@ def test_out_of_range_values_name_the_key(compose, override, needle):
     [
         (["optimizer=adamm"], "lrtrain: error: optimizer=adamm: no such option; "
                               "valid: adagrad, adam, adamw, amsgrad, momentum, nadam, radam, rmsprop, sgd"),
+        (["regularization=[l2,foo]"],
+         "lrtrain: error: regularization=foo: no such option; valid: augment, dropout, grad_clip, l1, l2, "
+         "label_smoothing, none"),
         (["optimizer.lrr=1"], "lrtrain: error: optimizer.lrr: unknown key; valid keys here: lr, betas, eps, amsgrad"),
         (["optimizer.lr=abc"], "lrtrain: error: optimizer.lr='abc': must be a finite number > 0, or auto"),
         (["optimizer.lr=-1"], "lrtrain: error: optimizer.lr=-1: must be a finite number > 0, or auto"),
