@@ -95,8 +95,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
 
     classify = data.num_classes is not None
     metrics = ["train_loss", "val_loss"] + (["train_acc", "val_acc"] if classify else [])
-    if trainer.monitor not in metrics:
-        raise ConfigValueError("trainer.monitor", trainer.monitor, "one of " + ", ".join(metrics))
+    _check_logged("trainer.monitor", trainer.monitor, metrics)
 
     reg = cfg.regularization
     model_kwargs = {"dropout": reg.dropout.p} if reg.dropout is not None else {}
@@ -129,13 +128,11 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
                           if classify else nn.MSELoss())
     regularizer = _regularizer(reg, model, data)
 
-    if cfg.scheduler.get("monitor") is not None and cfg.scheduler.monitor not in metrics:
-        raise ConfigValueError("scheduler.monitor", cfg.scheduler.monitor, "one of " + ", ".join(metrics))
+    _check_logged("scheduler.monitor", cfg.scheduler.get("monitor"), metrics)
     schedule = build_schedule(cfg, timeline)
 
     stopper = instantiate(cfg.early_stopping, _convert_="all")
-    if stopper.monitor is not None and stopper.monitor not in metrics:
-        raise ConfigValueError("early_stopping.monitor", stopper.monitor, "one of " + ", ".join(metrics))
+    _check_logged("early_stopping.monitor", stopper.monitor, metrics)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     resume, in_place = None, False
@@ -155,6 +152,12 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         on_divergence=trainer.on_divergence, rollback_factor=trainer.rollback_factor,
         max_rollbacks=trainer.max_rollbacks, resume=resume, truncate_outputs=in_place, config=config, dist=dist,
     )
+
+
+def _check_logged(key: str, metric: str | None, metrics: list[str]) -> None:
+    """A monitored metric (when one is set) must be one the run logs."""
+    if metric is not None and metric not in metrics:
+        raise ConfigValueError(key, metric, "one of " + ", ".join(metrics))
 
 
 def _resume_path(resume: str, out_dir: Path) -> Path | None:
