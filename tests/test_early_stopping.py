@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FAST
 from lrtrain.early_stopping import NoEarlyStopping, Patience, Target
 
 

@@ -8,6 +8,7 @@ value must agree to 1e-12 relative (`assert_close`).
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -216,7 +217,7 @@ def test_inverse_sqrt_is_the_noam_formula(schedule, scale_key, scale):
 def test_wsd(schedule, decay_type, f, warmup):
     spe, total = 45, 900
     s = schedule("scheduler=wsd", f"scheduler.decay_type={decay_type}", "scheduler.decay_fraction=0.2",
-                 "scheduler.min_lr=0.001", *([f"warmup=linear", f"warmup.length={warmup}steps"] if warmup else []),
+                 "scheduler.min_lr=0.001", *(["warmup=linear", f"warmup.length={warmup}steps"] if warmup else []),
                  spe=spe, total=total)
     D = 180  # 20% of the whole run
     stable_end = total - D
@@ -346,9 +347,7 @@ def test_plateau_state_round_trips(schedule):
         assert a.state_dict() == b.state_dict() and a((epoch + 1) * 7, 0.1) == b((epoch + 1) * 7, 0.1)
 
 
-def _save(obj) -> "io.BytesIO":
-    import io
-
+def _save(obj) -> io.BytesIO:
     buf = io.BytesIO()
     torch.save(obj, buf)
     buf.seek(0)
