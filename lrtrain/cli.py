@@ -82,6 +82,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict:
         from lrtrain.lr_find import use_lr
 
         use_lr(run, lr_search["suggested_lr"])
+        run.summary_extra["lr_find"] = lr_search
     try:
         summary = fit(run)
     finally:
@@ -94,11 +95,6 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict:
                 import shutil
 
                 shutil.rmtree(out_dir, ignore_errors=True)
-    if lr_search is not None:
-        from lrtrain.writers import write_json_atomic
-
-        summary["lr_find"] = lr_search
-        write_json_atomic(summary, out_dir / "summary.json")
     if run.progress != "none" and (run.dist is None or run.dist.main):
         from rich.console import Console
 

@@ -69,6 +69,7 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict)
     regularizer: Regularizer = field(default_factory=Regularizer)  # in-step hooks, None when off
     dist: Optional[Dist] = None  # trainer.strategy=ddp: this process's rank among the job's processes
+    summary_extra: dict[str, Any] = field(default_factory=dict)  # written into summary.json as is (lr_find)
 
 
 @dataclass
@@ -265,6 +266,7 @@ class Trainer:
         }
         if self.dist:
             summary.update(world_size=self.world, global_batch_size=run.data.batch_size * self.world)
+        summary.update(run.summary_extra)
         self.summary = summary
         started = time.perf_counter()
         seconds_before = self.pos.step_seconds
