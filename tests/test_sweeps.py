@@ -138,3 +138,37 @@ def test_optuna_preset_searches_lr_decay_and_warmup(compose):
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.scheduler._target_ == "lrtrain.schedules.Step" and cfg.warmup._target_ == "lrtrain.warmup.LinearWarmup"
     compose("hparams_search=optuna")  # and the job config it makes validates
+
+
+def write_run(run: Path, epochs: int, steps_per_epoch: int, scale: float, acc: bool = True) -> Path:
+    """steps.csv and metrics.csv as a run writes them (only what curves.png reads)."""
+    run.mkdir(parents=True)
+    steps = ["step,epoch,lr,loss"] + [f"{k},{k // steps_per_epoch},{scale * 0.1 / (1 + k)!r},{scale / (1 + k)!r}"
+                                      for k in range(epochs * steps_per_epoch)]
+    cols = ["epoch", "step", "lr", "train_loss", "val_loss"] + (["train_acc", "val_acc"] if acc else [])
+    metrics = [",".join(cols)]
+    for e in range(1, epochs + 1):
+        k = e * steps_per_epoch
+        values = [e, k, 0.1 / k, scale / k, scale / k + (float("nan") if e == 2 else 0.0)]
+        metrics.append(",".join(map(str, values + ([1 - 1 / k, 1 - 2 / k] if acc else []))))
+    (run / "steps.csv").write_text("\n".join(steps) + "\n")
+    (run / "metrics.csv").write_text("\n".join(metrics) + "\n")
+    return run
+
+
+@pytest.mark.parametrize("acc", [True, False], ids=["classification", "regression"])
+def test_curves_drawn_after_another_run_equal_a_fresh_drawing(tmp_path, acc):
+    """Sweep jobs refill one figure per process: what it draws must not depend on the runs drawn before."""
+    from lrtrain import report
+
+    small = write_run(tmp_path / "small", epochs=3, steps_per_epoch=5, scale=1.0, acc=acc)
+    big = write_run(tmp_path / "big", epochs=12, steps_per_epoch=40, scale=1e3, acc=acc)
+    report._CURVES.clear()
+    fresh = report.plot_curves(small).read_bytes()
+    report.plot_curves(big)
+    assert report.plot_curves(small).read_bytes() == fresh
+    assert fresh[:8] == PNG and len(report._CURVES) == 1
+    (fig, _), = report._CURVES.values()
+    for ax in fig.axes:  # and the axes fit the small run's data, not the big one's
+        assert 14 <= ax.get_xlim()[1] < 16
+    assert fig.axes[0].get_ylim()[1] < 2 and fig.axes[-1].get_ylim()[1] < 0.2
