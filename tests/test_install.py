@@ -1,7 +1,8 @@
-"""An installed wheel (not the editable checkout) carries the configs and runs."""
+"""An installed wheel (not the editable checkout) carries the configs and lrtrain's launcher, and runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -20,16 +21,20 @@ def test_wheel_carries_the_configs_and_runs_from_them(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for yaml in CONFIGS.rglob("*.yaml"):
         assert f"lrtrain/configs/{yaml.relative_to(CONFIGS)}" in names
+    assert "hydra_plugins/lrtrain_launcher/__init__.py" in names and "hydra_plugins/__init__.py" not in names
 
     site = tmp_path / "site"
     subprocess.run([uv, "pip", "install", "--no-deps", "--target", str(site), str(wheel)], check=True,
                    capture_output=True)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import lrtrain.cli as c; print(c.__file__, c._config_dir())"],
+    where = subprocess.run([sys.executable, "-c", "import lrtrain.cli as c, hydra_plugins.lrtrain_launcher as l; "
+                            "print(c.__file__, c._config_dir(), l.__file__)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert where[0].startswith(str(site)) and where[1] == str(site / "lrtrain" / "configs")
-    run = subprocess.run([sys.executable, "-m", "lrtrain", "trainer.max_steps=5", "trainer.progress=none",
-                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
+    assert where[2].startswith(str(site))
+    # a two-job sweep: the training runs, with the wheel's launcher
+    run = subprocess.run([sys.executable, "-m", "lrtrain", "-m", "trainer.max_steps=5,6", "trainer.progress=none",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=env, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr
-    assert (tmp_path / "run" / "summary.json").is_file()
+    assert [json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["steps"] for job in "01"] == [5, 6]

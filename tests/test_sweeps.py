@@ -107,6 +107,75 @@ def test_joblib_runs_jobs_in_parallel_without_oversubscribing(lrtrain, tmp_path)
         assert json.loads((sweep / job / "summary.json").read_text())["threads"] == max(1, cores // 2)
 
 
+# Runs lrtrain with Hydra's composition of sweep jobs counted (on stderr at exit).
+COUNT_COMPOSITIONS = """
+import atexit, sys
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+calls, compose = [], ConfigLoaderImpl.load_sweep_config
+def counted(self, master_config, sweep_overrides):
+    calls.append(tuple(sweep_overrides))
+    return compose(self, master_config, sweep_overrides)
+ConfigLoaderImpl.load_sweep_config = counted
+atexit.register(lambda: print(f"compositions={len(calls)}", file=sys.stderr))
+from lrtrain.cli import main
+sys.argv[0] = "lrtrain"
+main()
+"""
+
+
+@pytest.mark.parametrize("launcher, compositions", [("lrtrain", 3), ("basic", 6)])
+def test_default_launcher_composes_each_job_once(tmp_path, launcher, compositions):
+    """Hydra's sweeper composes each job to check the batch; lrtrain's launcher runs that config (the basic
+    one composes it again). A repeated job gets its own config and trains to the same result."""
+    import subprocess
+    import sys
+
+    from conftest import lrtrain_env
+
+    sweep = tmp_path / "sweep"
+    r = subprocess.run([sys.executable, "-c", COUNT_COMPOSITIONS, "-m", f"hydra/launcher={launcher}",
+                        "optimizer.lr=0.01,0.01,0.001", *TINY, f"hydra.sweep.dir={sweep}"],
+                       cwd=tmp_path, capture_output=True, text=True, env=lrtrain_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"compositions={compositions}" in r.stderr
+    jobs = {row["job"]: row for row in read_rows(sweep)}
+    assert [jobs[j]["overrides"] for j in "012"] == ["optimizer.lr=0.01", "optimizer.lr=0.01", "optimizer.lr=0.001"]
+    assert jobs["0"]["best_value"] == jobs["1"]["best_value"] != jobs["2"]["best_value"]
+    from omegaconf import OmegaConf
+
+    for job in "012":
+        hydra_cfg = OmegaConf.load(sweep / job / ".hydra" / "hydra.yaml").hydra
+        assert hydra_cfg.job.num == int(job) and hydra_cfg.runtime.output_dir == str(sweep / job)
+
+
+def test_remembered_configs_are_handed_out_once_as_copies():
+    from hydra_plugins.lrtrain_launcher import REMEMBER, ComposedOnce
+    from omegaconf import OmegaConf
+
+    class Loader:
+        calls = 0
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            Loader.calls += 1
+            return OmegaConf.create({"overrides": list(sweep_overrides), "num": None})
+
+        def get_search_path(self):
+            return "search path"
+
+    loader = ComposedOnce(Loader())
+    checked = loader.load_sweep_config(None, ["a=1"])
+    checked.num = 99  # what the first caller does to its config does not reach the second
+    run = loader.load_sweep_config(None, ["a=1"])
+    assert Loader.calls == 1 and run == {"overrides": ["a=1"], "num": None}
+    loader.load_sweep_config(None, ["a=1"])  # handed out once: the third request composes again
+    assert Loader.calls == 2 and loader.get_search_path() == "search path"
+    for i in range(REMEMBER + 10):  # a batch larger than the memory: the rest is composed again
+        loader.load_sweep_config(None, [f"b={i}"])
+    assert sum(map(len, loader.composed.values())) == REMEMBER
+    loader.forget()
+    assert not loader.composed
+
+
 def compose_with_hydra(*overrides: str):
     """The composed config including its `hydra` section (launcher, sweeper, callbacks)."""
     from hydra import compose, initialize_config_dir
