@@ -23,9 +23,9 @@ def plot_curves(run_dir: Path) -> Path:
     steps = read_csv(run_dir / "steps.csv")
     epochs = read_csv(run_dir / "metrics.csv")
     fig, lines = _curves_figure(bool(steps), bool(epochs), "val_acc" in epochs)
-    for line, (table, x, y) in lines:
-        columns = steps if table == "steps" else epochs
-        line.set_data(columns[x], columns[y])
+    for line, table, column in lines:
+        rows = steps if table == "steps" else epochs
+        line.set_data(rows["step"], rows[column])
     for ax in fig.axes:
         ax.relim()
         ax.autoscale_view()
@@ -40,7 +40,7 @@ _CURVES: dict[tuple[bool, bool, bool], tuple] = {}
 
 
 def _curves_figure(has_steps: bool, has_epochs: bool, has_acc: bool) -> tuple:
-    """The figure and its lines, each with the (table, x column, y column) that fills it."""
+    """The figure and its lines, each with the table and column it plots against the step."""
     key = (has_steps, has_epochs, has_acc)
     if key in _CURVES:
         return _CURVES[key]
@@ -60,7 +60,7 @@ def _curves_figure(has_steps: bool, has_epochs: bool, has_acc: bool) -> tuple:
 
     def plot(ax, table: str, y: str, **style) -> None:
         (line,) = ax.plot([], [], **style)
-        lines.append((line, (table, "step", y)))
+        lines.append((line, table, y))
 
     ax = axes[0]
     if has_steps:
