@@ -6,6 +6,7 @@ import inspect
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 from hydra.errors import InstantiationException
@@ -14,15 +15,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lrtrain.build_schedule import build_schedule
-from lrtrain.checkpoints import CheckpointError, load
-from lrtrain.config import ConfigValueError
-from lrtrain.data import DataError, FolderData, TensorData
+from lrtrain.checkpoints import load
+from lrtrain.config import TrainerConfig
+from lrtrain.data import FolderData, TensorData
 from lrtrain.durations import Timeline
+from lrtrain.errors import CheckpointError, ConfigValueError, DataError, ModelInputError
+from lrtrain.loggers import CSVLogger, Sink
 from lrtrain.loop import Run, seed_everything
 from lrtrain.lr_find import LRFinder
-from lrtrain.models import ModelInputError
 from lrtrain.optimizers import make_optimizer, param_groups
-from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, Regularizer
+from lrtrain.progress import ProgressDisplay
+from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, StepHooks
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,8 +69,9 @@ def build_lr_finder(cfg: DictConfig) -> LRFinder:
     return instantiate(cfg.lr_find, _convert_="all")
 
 
-def build(cfg: DictConfig, out_dir: Path) -> Run:
-    trainer = cfg.trainer
+def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_num: Optional[int] = None) -> Run:
+    """The run `cfg` describes, writing into `out_dir` (a job of the sweep in `sweep_dir`, when given)."""
+    trainer: TrainerConfig = OmegaConf.to_object(cfg.trainer)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
     device = resolve_device(trainer.device)
@@ -126,7 +130,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     loss_fn: nn.Module = (nn.CrossEntropyLoss(label_smoothing=reg.label_smoothing.epsilon if
                                               reg.label_smoothing is not None else 0.0)
                           if classify else nn.MSELoss())
-    regularizer = _regularizer(reg, model, data)
+    hooks = _step_hooks(reg, model, data)
 
     _check_logged("scheduler.monitor", cfg.scheduler.get("monitor"), metrics)
     schedule = build_schedule(cfg, timeline)
@@ -142,16 +146,35 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
             resume = load(path)
             check_compatible(path, resume, config, model)
             in_place = path.resolve().parent.parent == out_dir.resolve()
-    return Run(
-        model=model, optimizer=optimizer, schedule=schedule, data=data, loss_fn=loss_fn, device=device,
-        timeline=timeline, seed=trainer.seed, monitor=trainer.monitor,
-        mode=trainer.mode, out_dir=out_dir, stopper=stopper, precision=trainer.precision,
-        log_every_n_steps=trainer.log_every_n_steps, progress=trainer.progress,
-        tensorboard=trainer.tensorboard, plots=trainer.plots, regularizer=regularizer,
-        checkpoint_every_n_steps=trainer.checkpoint_every_n_steps, keep_last_k=trainer.keep_last_k,
-        on_divergence=trainer.on_divergence, rollback_factor=trainer.rollback_factor,
-        max_rollbacks=trainer.max_rollbacks, resume=resume, truncate_outputs=in_place, config=config, dist=dist,
-    )
+    sinks: list[Sink] = []
+    if dist is None or dist.main:  # rank 0 alone writes outputs
+        epochs = math.ceil(total_steps / steps_per_epoch)
+        sinks = [*build_loggers(cfg.logger),
+                 ProgressDisplay(trainer.progress, total_steps, epochs, data.batch_size * world)]
+    return Run(model=model, optimizer=optimizer, schedule=schedule, data=data, loss_fn=loss_fn, hooks=hooks,
+               stopper=stopper, sinks=sinks, settings=trainer, device=device, timeline=timeline, out_dir=out_dir,
+               config=config, resume=resume, resumed_in_place=in_place, dist=dist, sweep_dir=sweep_dir,
+               job_num=job_num)
+
+
+def build_loggers(nodes: DictConfig) -> list[Sink]:
+    """The `logger` group's sinks, the CSV logger first (the outputs contract: always written, with curves.png
+    only when `csv` is listed). Each logger checks its own keys, named here as `logger.<name>.<key>`."""
+    loggers: list[Sink] = [] if "csv" in nodes else [CSVLogger(plots=False)]
+    for name in sorted(nodes, key=lambda n: n != "csv"):
+        node = nodes[name]
+        cls = get_object(node._target_)
+        accepted = inspect.signature(cls).parameters
+        for key in node:
+            if key != "_target_" and key not in accepted:
+                raise ConfigValueError(f"logger.{name}.{key}", node[key],
+                                       f"a key of the {name} logger ({', '.join(accepted) or 'none'})")
+        try:
+            kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+            loggers.append(cls(**kwargs))
+        except ConfigValueError as e:
+            raise e.under(f"logger.{name}") from None
+    return loggers
 
 
 def _check_logged(key: str, metric: str | None, metrics: list[str]) -> None:
@@ -201,8 +224,8 @@ def check_compatible(path: Path, ckpt: dict, config: dict, model: nn.Module) -> 
             raise CheckpointError(f"{path}: model parameter {key} is {where} in the checkpoint, {here} here")
 
 
-def _regularizer(reg: DictConfig, model: nn.Module, data) -> Regularizer:
-    """The in-step regularization hooks; each is None when its option is off."""
+def _step_hooks(reg: DictConfig, model: nn.Module, data) -> StepHooks:
+    """What regularization adds to the training step; each hook is None when its option is off."""
     params = [p for p in model.parameters() if p.requires_grad]
     augment = None
     if reg.augment is not None:
@@ -211,7 +234,7 @@ def _regularizer(reg: DictConfig, model: nn.Module, data) -> Regularizer:
                                    f"a list without augment: {data.name} is not an image data set")
         augment = BatchAugment(data.kind, data.input_shape, reg.augment.max_shift, reg.augment.flip,
                                reg.augment.rotation)
-    return Regularizer(
+    return StepHooks(
         augment=augment,
         penalty=L1Penalty(params, reg.l1.coefficient) if reg.l1 is not None else None,
         clip=GradClip(params, reg.grad_clip.max_norm, reg.grad_clip.value) if reg.grad_clip is not None else None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
-from lrtrain.config import ConfigValueError
+from lrtrain.errors import ConfigValueError
 from lrtrain.durations import Timeline
 from lrtrain.schedules import Cyclic, Schedule
 from lrtrain.warmup import Warmup

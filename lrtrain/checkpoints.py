@@ -10,9 +10,7 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message says which file and why."""
+from lrtrain.errors import CheckpointError
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:

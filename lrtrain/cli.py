@@ -12,22 +12,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lrtrain.config import register, validate
+from lrtrain.paths import config_dir
+from lrtrain.summary import Summary
 
-
-def _config_dir() -> str:
-    """The configs inside an installed wheel, else the top-level `configs/` of a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"lrtrain configs not found in {here / 'configs'} or {here.parent / 'configs'}")
-
-
-register()
 _SHOW_TRACEBACK = False  # set by main() from HYDRA_FULL_ERROR
 
 
-@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="config")
 def train(cfg: DictConfig) -> Optional[float]:
     """One run. Returns the best monitored value, for Hydra sweepers to optimise (None: the run failed)."""
     single = HydraConfig.get().mode.name == "RUN"
@@ -47,34 +37,34 @@ def train(cfg: DictConfig) -> Optional[float]:
         return None
     from lrtrain.errors import EXIT_DIVERGED
 
-    if single and summary["status"] == "diverged":
-        print(f"lrtrain: diverged: {summary['stop_reason']}; the last good state is in "
+    if single and summary.status == "diverged":
+        print(f"lrtrain: diverged: {summary.stop_reason}; the last good state is in "
               f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
-    return summary["best_value"] if summary["status"] in ("completed", "early_stopped") else None
+    return summary.best_value if summary.succeeded else None
 
 
-def _train(cfg: DictConfig, out_dir: Path) -> dict:
+def _train(cfg: DictConfig, out_dir: Path) -> Summary:
+    hydra_cfg = HydraConfig.get()
+    sweep = (Path(hydra_cfg.sweep.dir), hydra_cfg.job.num) if hydra_cfg.mode.name == "MULTIRUN" else (None, None)
+    plots = "csv" in cfg.logger and cfg.logger.csv.plots
     try:
         validate(cfg)
         _threads_for_parallel_jobs(cfg)
         from lrtrain.build import build
 
-        run = build(cfg, out_dir)
+        run = build(cfg, out_dir, *sweep)
         lr_search = None
         if cfg.mode == "lr_find" or cfg.optimizer.lr == "auto":
             from lrtrain.build import build_lr_finder
 
-            lr_search = build_lr_finder(cfg).run(run)
+            lr_search = build_lr_finder(cfg).run(run, plots=plots)
     except Exception as e:
         _record_failure(out_dir, e)
         raise
     if cfg.mode == "lr_find":
-        from lrtrain.writers import write_json_atomic
-
-        summary = {"status": "completed", "stop_reason": None, "best_value": None, "run_dir": str(out_dir),
-                   "lr_find": lr_search}
-        write_json_atomic(summary, out_dir / "summary.json")
+        summary = Summary(status="completed", run_dir=str(out_dir), lr_find=lr_search)
+        summary.write(out_dir / "summary.json")
         return summary
     from lrtrain.loop import fit
 
@@ -82,9 +72,9 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict:
         from lrtrain.lr_find import use_lr
 
         use_lr(run, lr_search["suggested_lr"])
-        run.summary_extra["lr_find"] = lr_search
+        run.lr_find = lr_search
     try:
-        summary = fit(run)
+        return fit(run)
     finally:
         if run.dist:
             run.dist.stop()
@@ -95,13 +85,6 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict:
                 import shutil
 
                 shutil.rmtree(out_dir, ignore_errors=True)
-    if run.progress != "none" and (run.dist is None or run.dist.main):
-        from rich.console import Console
-
-        from lrtrain.progress import summary_table
-
-        Console().print(summary_table(summary))
-    return summary
 
 
 def _threads_for_parallel_jobs(cfg: DictConfig) -> None:
@@ -122,11 +105,9 @@ def _threads_for_parallel_jobs(cfg: DictConfig) -> None:
 def _record_failure(out_dir: Path, e: BaseException) -> None:
     """A run that fails before training still leaves a summary.json saying why."""
     from lrtrain.errors import describe
-    from lrtrain.writers import write_json_atomic
 
     if out_dir.is_dir():
-        write_json_atomic({"status": "failed", "stop_reason": describe(e)[0], "run_dir": str(out_dir)},
-                          out_dir / "summary.json")
+        Summary(status="failed", stop_reason=describe(e)[0], run_dir=str(out_dir)).write(out_dir / "summary.json")
 
 
 def main() -> None:
@@ -134,8 +115,9 @@ def main() -> None:
     global _SHOW_TRACEBACK
     _SHOW_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise, so the error is reported here, once
+    register()
     try:
-        train()
+        hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)()
     except Exception as e:
         if _SHOW_TRACEBACK:
             raise

@@ -10,24 +10,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lrtrain.durations import parse_duration
-
-
-class ConfigValueError(ValueError):
-    """A value outside its valid range; `key` is relative to the schema that raised it."""
-
-    def __init__(self, key: str, value: Any, valid: str):
-        self.key, self.value, self.valid = key, value, valid
-        super().__init__(f"{key}={value!r}: must be {valid}")
-
-    def under(self, prefix: str) -> "ConfigValueError":
-        return ConfigValueError(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.valid)
+from lrtrain.errors import ConfigValueError
 
 
 def check(key: str, value: Any, ok: bool, valid: str) -> None:
@@ -431,7 +421,7 @@ class RegularizationConfig:
 
 
 @dataclass
-class NoEarlyStoppingConfig:
+class EarlyStoppingConfig:
     """Every option checks the training loss for divergence (the trainer's on_divergence decides what then)."""
 
     _target_: str = MISSING
@@ -440,7 +430,7 @@ class NoEarlyStoppingConfig:
 
 
 @dataclass
-class MonitoredStoppingConfig(NoEarlyStoppingConfig):
+class MonitoredStoppingConfig(EarlyStoppingConfig):
     monitor: str = MISSING
     mode: str = MISSING
     restore_best_weights: bool = MISSING
@@ -559,11 +549,9 @@ class TrainerConfig:
     seed: int = MISSING
     num_threads: Optional[int] = None
     monitor: str = MISSING
-    mode: str = MISSING
+    monitor_mode: str = MISSING
     log_every_n_steps: int = MISSING
     progress: str = MISSING
-    tensorboard: bool = MISSING
-    plots: bool = MISSING
     checkpoint_every_n_steps: Optional[int] = None
     keep_last_k: int = MISSING
     resume: Optional[str] = None
@@ -582,7 +570,7 @@ class TrainerConfig:
         check("max_rollbacks", self.max_rollbacks, self.max_rollbacks >= 0, ">= 0")
         check_choice(self, "device", ("auto", "cpu", "cuda", "mps"))
         check_choice(self, "precision", ("32", "bf16"))
-        check_choice(self, "mode", ("min", "max"))
+        check_choice(self, "monitor_mode", ("min", "max"))
         check_choice(self, "progress", ("auto", "rich", "plain", "none"))
         check_choice(self, "strategy", ("single", "ddp"))
 
@@ -614,6 +602,7 @@ class Config:
     scheduler: Any = MISSING
     warmup: Any = MISSING
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    logger: dict[str, Any] = field(default_factory=dict)  # name -> a sink's _target_ and arguments
     early_stopping: Any = MISSING
     dataset: Any = MISSING
     model: Any = MISSING
@@ -648,7 +637,7 @@ SCHEMAS = {
     "schema_scheduler_wsd": WSDScheduleConfig,
     "schema_warmup": WarmupConfig,
     "schema_warmup_exponential": ExponentialWarmupConfig,
-    "schema_early_stopping_none": NoEarlyStoppingConfig,
+    "schema_early_stopping_none": EarlyStoppingConfig,
     "schema_early_stopping_patience": PatienceConfig,
     "schema_early_stopping_target": TargetConfig,
     "schema_dataset": DatasetConfig,
@@ -698,6 +687,3 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         except ConfigValueError as e:
             raise e.under(prefix[:-1]) from None
 
-
-def schema_keys(obj: Any) -> list[str]:
-    return [f.name for f in fields(obj)]

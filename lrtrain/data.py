@@ -19,9 +19,7 @@ from typing import Iterator, Optional
 
 import torch
 
-
-class DataError(Exception):
-    """A data set that cannot be read: names the root and what was expected there."""
+from lrtrain.errors import DataError
 
 
 @dataclass

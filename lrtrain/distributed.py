@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as tdist
 
-from lrtrain.config import ConfigValueError
+from lrtrain.errors import ConfigValueError
 
 TIMEOUT = datetime.timedelta(minutes=5)
 

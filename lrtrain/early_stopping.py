@@ -1,8 +1,9 @@
-"""Early stopping and divergence checks (the `early_stopping` group).
+"""Early stopping (the `early_stopping` group) and the divergence guard every option carries.
 
-Every option checks for divergence: a non-finite training loss (`check_finite`) or one above
-`divergence_threshold`. `Patience` stops when the monitored metric stalls (Keras/Lightning semantics);
-`Target` stops once it reaches a threshold. Both can keep the best weights and restore them at the end.
+`EarlyStopping` (option `none`) never stops on a metric; `Patience` stops when the monitored metric stalls
+(Keras/Lightning semantics); `Target` stops once it reaches a threshold. Both can keep the best weights and
+restore them at the end. Every option holds a `DivergenceGuard`: a non-finite training loss (`check_finite`)
+or one above `divergence_threshold` counts as divergence (the trainer's `on_divergence` decides what then).
 """
 
 from __future__ import annotations
@@ -23,25 +24,32 @@ def improved(value: float, best: Optional[float], mode: str, min_delta: float = 
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
-class NoEarlyStopping:
-    """Never stops on a metric; still reports divergence of the training loss."""
+class DivergenceGuard:
+    """A training loss that is non-finite (`check_finite`) or above `threshold` means the run diverged."""
+
+    def __init__(self, check_finite: bool, threshold: Optional[float]):
+        self.check_finite, self.threshold = check_finite, threshold
+
+    def check(self, losses: Iterable[float]) -> Optional[tuple[int, str]]:
+        """(index, reason) of the first loss that counts as divergence, or None."""
+        for i, loss in enumerate(losses):
+            if self.check_finite and not math.isfinite(loss):
+                return i, f"the training loss became {loss}"
+            if self.threshold is not None and loss > self.threshold:
+                return i, f"the training loss {loss:.6g} exceeded divergence_threshold={self.threshold}"
+        return None
+
+
+class EarlyStopping:
+    """Base class, and the `none` option: never stops on a metric."""
 
     monitor: Optional[str] = None
     restore_best_weights = False
 
     def __init__(self, check_finite: bool, divergence_threshold: Optional[float]):
-        self.check_finite, self.divergence_threshold = check_finite, divergence_threshold
+        self.guard = DivergenceGuard(check_finite, divergence_threshold)
         self.best_weights: Optional[dict[str, torch.Tensor]] = None
         self.best_epoch: Optional[int] = None
-
-    def divergence(self, losses: Iterable[float]) -> Optional[tuple[int, str]]:
-        """(index, reason) of the first loss that counts as divergence, or None."""
-        for i, loss in enumerate(losses):
-            if self.check_finite and not math.isfinite(loss):
-                return i, f"the training loss became {loss}"
-            if self.divergence_threshold is not None and loss > self.divergence_threshold:
-                return i, f"the training loss {loss:.6g} exceeded divergence_threshold={self.divergence_threshold}"
-        return None
 
     def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> Optional[str]:
         """Feed one epoch's metrics; return the stop reason, or None to go on."""
@@ -69,7 +77,7 @@ class NoEarlyStopping:
             setattr(self, k, v)
 
 
-class Patience(NoEarlyStopping):
+class Patience(EarlyStopping):
     """Stop after `patience` consecutive epochs whose `monitor` did not beat the best by more than
     `min_delta`. Epochs before `start_from_epoch` are not counted. With `baseline`, an epoch only resets the
     count if it also beats the baseline (Keras)."""
@@ -101,7 +109,7 @@ class Patience(NoEarlyStopping):
         return None
 
 
-class Target(NoEarlyStopping):
+class Target(EarlyStopping):
     """Stop as soon as `monitor` reaches `stopping_threshold` (<= for mode min, >= for mode max)."""
 
     def __init__(self, monitor: str, mode: str, stopping_threshold: float, restore_best_weights: bool,

@@ -1,4 +1,6 @@
-"""Turn any failure into one line in the user's words: the key, value or file, and what would be valid."""
+"""Every error type lrtrain raises, and `describe`: any failure as one line in the user's words (the key,
+value or file, and what would be valid) with its exit code. A leaf module: it imports nothing of lrtrain's
+but the config-dir lookup, so every other module can import it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,37 @@ EXIT_CONFIG = 2
 EXIT_DIVERGED = 3
 
 
+class ConfigValueError(ValueError):
+    """A value outside its valid range; `key` is relative to the schema that raised it."""
+
+    def __init__(self, key: str, value: Any, valid: str):
+        self.key, self.value, self.valid = key, value, valid
+        super().__init__(f"{key}={value!r}: must be {valid}")
+
+    def under(self, prefix: str) -> "ConfigValueError":
+        return ConfigValueError(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.valid)
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message says which file and why."""
+
+
+class DataError(Exception):
+    """A data set that cannot be read: names the root and what was expected there."""
+
+
+class ModelInputError(ValueError):
+    """The model cannot take the data set's inputs (e.g. a ConvNet on tabular rows)."""
+
+
+# Keys that moved: the old spelling is refused with a message naming the new one.
+RENAMED = {
+    "trainer.mode": "trainer.monitor_mode",
+    "trainer.tensorboard": "the logger group: logger=[csv] (no TensorBoard) or logger=[csv,tensorboard]",
+    "trainer.plots": "logger.csv.plots (curves.png is drawn from the CSV logger's files)",
+}
+
+
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
 
@@ -21,6 +54,8 @@ def _omegaconf_error(e: Any) -> str:
     key = getattr(e, "full_key", None) or getattr(e, "key", None)
     msg = _first_line(getattr(e, "msg", None) or str(e))
     obj_type = getattr(e, "object_type", None)
+    if type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError") and key in RENAMED:
+        return f"{key}: renamed; use {RENAMED[key]}"
     if type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError") and key and is_dataclass(obj_type):
         valid = ", ".join(f.name for f in fields(obj_type) if not f.name.startswith("_"))
         return f"{key}: unknown key; valid keys here: {valid}"
@@ -30,9 +65,9 @@ def _omegaconf_error(e: Any) -> str:
 
 
 def _unknown_option(group: str, name: str) -> str:
-    from lrtrain.cli import _config_dir
+    from lrtrain.paths import config_dir
 
-    options = sorted(p.stem for p in (Path(_config_dir()) / group).glob("*.yaml"))
+    options = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
     return f"{group}={name}: no such option; valid: {', '.join(options)}"
 
 
@@ -40,10 +75,6 @@ def describe(e: BaseException) -> tuple[str, int]:
     """A one-line cause and the exit code for an exception that ended a run."""
     from hydra.errors import MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
-
-    from lrtrain.checkpoints import CheckpointError
-    from lrtrain.config import ConfigValueError
-    from lrtrain.data import DataError
 
     if isinstance(e, MissingConfigException):
         missing = getattr(e, "missing_cfg_file", None) or ""

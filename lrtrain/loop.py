@@ -11,7 +11,6 @@ and the loop carries on from there, mid-epoch included, drawing the same data or
 
 from __future__ import annotations
 
-import contextlib
 import math
 import platform
 import random
@@ -30,46 +29,44 @@ from lrtrain.checkpoints import load, save_atomic, save_copies
 from lrtrain.data import FolderData, TensorData
 from lrtrain.distributed import Dist, weights_hash
 from lrtrain.durations import Timeline
-from lrtrain.early_stopping import NoEarlyStopping, improved
-from lrtrain.progress import ProgressDisplay
-from lrtrain.regularization import Regularizer
+from lrtrain.config import TrainerConfig
+from lrtrain.early_stopping import EarlyStopping, improved
+from lrtrain.loggers import RunContext, Sink
+from lrtrain.regularization import StepHooks
 from lrtrain.schedules import Schedule
+from lrtrain.step import TrainStep
+from lrtrain.summary import Summary
 from lrtrain.warmup import Warmup
-from lrtrain.writers import CSVLog, TensorBoard, truncate_csv, write_json_atomic
 
 
 @dataclass
 class Run:
-    """Everything `fit` needs, built from the config by `lrtrain.build`."""
+    """Everything `fit` needs: the objects `lrtrain.build` made from the config, and the trainer's settings."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Schedule | Warmup  # lr(step, base_lr), observe(epoch, metrics), state_dict()
     data: TensorData | FolderData  # a batch source: train_batches(generator, start), eval_batches(split)
     loss_fn: nn.Module
+    hooks: StepHooks  # what regularization adds to the step
+    stopper: EarlyStopping  # early stopping and the divergence guard
+    sinks: list[Sink]  # outputs; empty on ranks > 0
+    settings: TrainerConfig  # trainer.*, validated
     device: torch.device
     timeline: Timeline
-    seed: int
-    monitor: str
-    mode: str
     out_dir: Path
-    stopper: NoEarlyStopping
-    precision: str = "32"
-    log_every_n_steps: int = 1
-    progress: str = "auto"
-    tensorboard: bool = True
-    plots: bool = True
-    checkpoint_every_n_steps: Optional[int] = None
-    keep_last_k: int = 0
-    on_divergence: str = "stop"  # stop | rollback
-    rollback_factor: float = 0.1
-    max_rollbacks: int = 3
+    config: dict[str, Any]  # the resolved config, saved in every checkpoint
     resume: Optional[dict[str, Any]] = None  # a loaded checkpoint to continue from
-    truncate_outputs: bool = False  # continue this run dir's CSVs from the checkpoint's row counts
-    config: dict[str, Any] = field(default_factory=dict)
-    regularizer: Regularizer = field(default_factory=Regularizer)  # in-step hooks, None when off
+    resumed_in_place: bool = False  # the checkpoint is this run dir's own: its CSVs continue from it
     dist: Optional[Dist] = None  # trainer.strategy=ddp: this process's rank among the job's processes
-    summary_extra: dict[str, Any] = field(default_factory=dict)  # written into summary.json as is (lr_find)
+    lr_find: Optional[dict[str, Any]] = None  # the LR range test's result, when one ran before training
+    sweep_dir: Optional[Path] = None  # when the run is a job of a sweep: the sweep's dir and the job's number
+    job_num: Optional[int] = None
+
+    def step_fn(self, model: Optional[nn.Module] = None) -> TrainStep:
+        """The training step over `model` (default: the run's model; the loop passes its ddp wrapper)."""
+        return TrainStep(model or self.model, self.optimizer, self.loss_fn, self.data, self.hooks,
+                         self.settings.precision, self.device)
 
 
 @dataclass
@@ -159,12 +156,10 @@ class Diverged(Exception):
 
 class Trainer:
     def __init__(self, run: Run):
-        self.run = run
+        self.run, self.settings = run, run.settings
         self.classify = run.data.num_classes is not None
         self.base_lrs = [group["lr"] for group in run.optimizer.param_groups]  # the configured LRs
-        self.amp = (torch.autocast(run.device.type, dtype=torch.bfloat16) if run.precision == "bf16"
-                    else contextlib.nullcontext())
-        self.order = torch.Generator(device=run.device).manual_seed(run.seed)
+        self.order = torch.Generator(device=run.device).manual_seed(run.settings.seed)
         self.pos = Position(order_state=self.order.get_state())
         self.ckpt_dir = run.out_dir / "checkpoints"
         self._pending_losses: list[torch.Tensor] = []
@@ -172,12 +167,15 @@ class Trainer:
         self._pending_correct: list[torch.Tensor] = []
         self._pending_norms: list[torch.Tensor] = []  # gradient norms before clipping, with grad_clip
         self.dist = run.dist
-        self.main = run.dist is None or run.dist.main  # rank 0 alone writes outputs
+        self.main = run.dist is None or run.dist.main  # rank 0 alone writes checkpoints
         self.world = run.dist.world_size if run.dist else 1
         self.shard = (run.dist.rank, self.world) if run.dist else (0, 1)
+        self.sinks = run.sinks
+        self.live = [s for s in run.sinks if s.live]
         # checkpoints hold run.model, the unwrapped model: they load with and without ddp
         self.train_model = (nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device] if run.device.type == "cuda" else None) if run.dist else run.model)
+        self.step = run.step_fn(self.train_model)
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -226,125 +224,116 @@ class Trainer:
     def save_step_checkpoint(self) -> None:
         if not self.main:
             return
+        keep = self.settings.keep_last_k
         step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
         ckpt = self.checkpoint()
-        save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if self.run.keep_last_k else []))
-        for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-self.run.keep_last_k or None]:
+        save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if keep else []))
+        for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None]:
             old.unlink()
 
     # ------------------------------------------------------------------------------------------- loop
 
-    def fit(self) -> dict[str, Any]:
-        """Train, validate every epoch, test at the end; write the outputs contract; return the summary."""
-        run, out = self.run, self.run.out_dir
+    def fit(self) -> Summary:
+        """Train, validate every epoch, test at the end; hand every row to the sinks; return the summary."""
+        run, settings, out = self.run, self.settings, self.run.out_dir
         if run.resume is not None:
             self.restore(run.resume)
-            if run.truncate_outputs:  # rows written after the checkpoint will be written again, identically
-                truncate_csv(out / "steps.csv", self.pos.steps_rows)
-                truncate_csv(out / "metrics.csv", self.pos.metrics_rows)
-            else:  # continuing into a new run dir: its CSVs start at the checkpoint
+            if not run.resumed_in_place:  # continuing into a new run dir: its CSVs start at the checkpoint
                 self.pos.steps_rows = self.pos.metrics_rows = 0
-        spe, total_steps = run.timeline.steps_per_epoch, run.timeline.total_steps
-        self.epochs = math.ceil(total_steps / spe)
+        total_steps = run.timeline.total_steps
         self.metric_cols = ["epoch", "step", "lr", "train_loss", "val_loss",
                             *(["train_acc", "val_acc"] if self.classify else []), "seconds"]
-        step_cols = (["step", "epoch", "lr", "loss"] + (["grad_norm"] if run.regularizer.clip else [])
-                     + (["rollbacks"] if run.on_divergence == "rollback" else []))
+        self.step_cols = (["step", "epoch", "lr", "loss"] + (["grad_norm"] if run.hooks.clip else [])
+                          + (["rollbacks"] if settings.on_divergence == "rollback" else []))
         if self.main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        self.steps_log = CSVLog(out / "steps.csv", step_cols) if self.main else _NoLog()
-        self.metrics_log = CSVLog(out / "metrics.csv", self.metric_cols) if self.main else _NoLog()
-        self.tb = TensorBoard(out / "tensorboard" if run.tensorboard and self.main else None)
-        self.progress = ProgressDisplay(run.progress if self.main else "none", total_steps, self.epochs,
-                                        run.data.batch_size * self.world)
-        summary: dict[str, Any] = {
-            "status": "running", "stop_reason": None, "monitor": run.monitor, "mode": run.mode,
-            "best_epoch": None, "best_value": None, "final": None, "test": None, "epochs": 0, "steps": 0,
-            "train_seconds": 0.0, "samples_per_second": 0.0, "device": str(run.device),
-            "threads": torch.get_num_threads(), "seed": run.seed, "run_dir": str(out), "resumed_from_step": self.pos.step if run.resume is not None else None,
-            "versions": versions(),
-        }
+        ctx = RunContext(out, self.step_cols, self.metric_cols, run.config, self.pos.steps_rows,
+                         self.pos.metrics_rows, run.resumed_in_place, run.sweep_dir, run.job_num)
+        summary = self.summary = Summary(
+            status="running", run_dir=str(out), monitor=settings.monitor, mode=settings.monitor_mode, epochs=0,
+            steps=0, train_seconds=0.0, samples_per_second=0.0, device=str(run.device),
+            threads=torch.get_num_threads(), seed=settings.seed,
+            resumed_from_step=self.pos.step if run.resume is not None else None, lr_find=run.lr_find,
+            versions=versions())
         if self.dist:
-            summary.update(world_size=self.world, global_batch_size=run.data.batch_size * self.world)
-        summary.update(run.summary_extra)
-        self.summary = summary
+            summary.world_size, summary.global_batch_size = self.world, run.data.batch_size * self.world
         started = time.perf_counter()
         seconds_before = self.pos.step_seconds
         try:
+            for sink in self.sinks:
+                sink.on_start(ctx)
             if run.resume is None:
                 self.save(best=False)  # step 0: a state to resume or roll back to from the first epoch on
-            while self.pos.step < total_steps and summary["status"] == "running":
+            while self.pos.step < total_steps and summary.status == "running":
                 try:
                     self._epoch(total_steps)
                 except Diverged as d:
                     self._on_divergence(d)
-            if summary["status"] == "running":
-                summary["status"] = "completed"
+            if summary.status == "running":
+                summary.status = "completed"
             stopper = run.stopper
             if stopper.restore_best_weights and stopper.best_weights is not None:
                 run.model.load_state_dict(stopper.best_weights)
-                summary["restored_best_weights_from_epoch"] = stopper.best_epoch
-            if run.data.test is not None and summary["status"] != "diverged":
-                test = evaluate(run.model, run.data.test, run.data, self.amp)
-                summary["test"] = {f"test_{k}": v for k, v in test.items()}
+                summary.restored_best_weights_from_epoch = stopper.best_epoch
+            if run.data.test is not None and summary.status != "diverged":
+                test = evaluate(run.model, run.data.test, run.data, self.step.amp)
+                summary.test = {f"test_{k}": v for k, v in test.items()}
             if self.dist:  # the weights every rank ends with: identical unless the ranks fell out of step
                 hashes = self.dist.gather(weights_hash(run.model.state_dict()))
-                summary.update(rank_weight_hashes=hashes, ranks_in_sync=len(set(hashes)) == 1)
+                summary.rank_weight_hashes, summary.ranks_in_sync = hashes, len(set(hashes)) == 1
         except BaseException as e:
-            summary.update(status="failed", stop_reason=f"{type(e).__name__}: {e}".splitlines()[0])
+            summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            summary.stop_reason = f"{type(e).__name__}: {e}".splitlines()[0]
             raise
         finally:
-            self.progress.close()
-            summary.update(best_value=self.pos.best_value, best_epoch=self.pos.best_epoch, steps=self.pos.step,
-                           epochs=self.pos.epoch + (self.pos.batch > 0), rollbacks=self.pos.rollbacks,
-                           train_seconds=time.perf_counter() - started + seconds_before)
-            summary["samples_per_second"] = (self.pos.samples / self.pos.step_seconds
-                                             if self.pos.step_seconds else 0.0)
-            for log in (self.steps_log, self.metrics_log):
-                log.close()
-            self.tb.close()
-            if self.main:
-                write_json_atomic(summary, out / "summary.json")
-        if run.plots and self.pos.metrics_rows and self.main:
-            from lrtrain.report import plot_curves
-
-            plot_curves(out)
+            pos = self.pos
+            summary.best_value, summary.best_epoch = pos.best_value, pos.best_epoch
+            summary.steps, summary.epochs = pos.step, pos.epoch + (pos.batch > 0)
+            summary.rollbacks = pos.rollbacks
+            summary.train_seconds = time.perf_counter() - started + seconds_before
+            summary.samples_per_second = pos.samples / pos.step_seconds if pos.step_seconds else 0.0
+            self._end_sinks(summary)
         return summary
 
+    def _end_sinks(self, summary: Summary) -> None:
+        """Every sink gets the summary and is closed, even when another one fails; the first error is raised."""
+        error: Optional[BaseException] = None
+        for sink in self.sinks:
+            try:
+                sink.on_end(summary)
+            except Exception as e:
+                error = error or e
+            finally:
+                sink.close()
+        if error is not None and summary.status not in ("failed", "interrupted"):
+            raise error
+
     def _epoch(self, total_steps: int) -> None:
-        run, pos, data = self.run, self.pos, self.run.data
-        model, opt, schedule, reg = run.model, run.optimizer, run.schedule, run.regularizer
+        run, pos, data, step = self.run, self.pos, self.run.data, self.step
+        schedule, live = run.schedule, self.live
         spe, n, bs = run.timeline.steps_per_epoch, len(data.train), data.batch_size * self.world
-        every_ckpt = run.checkpoint_every_n_steps
+        every_ckpt = self.settings.checkpoint_every_n_steps
         started = time.perf_counter()
         self.order.set_state(pos.order_state)
-        model.train()
+        run.model.train()
         base_lrs = [base * pos.lr_scale for base in self.base_lrs]
         first_batch = pos.batch
         shard = {"shard": self.shard} if self.dist else {}
         for stored, y in data.train_batches(self.order, start=pos.batch, **shard):  # order: from self.order
             if pos.step >= total_steps:
                 break
-            if reg.augment is not None:
-                stored = reg.augment(stored)
-            x = data.inputs(stored)
-            for group, base in zip(opt.param_groups, base_lrs):
-                group["lr"] = schedule(pos.step, base)
-            with self.amp:
-                output = self.train_model(x)
-                loss = run.loss_fn(output if self.classify else output.squeeze(-1), y)
-            opt.zero_grad(set_to_none=True)
-            (loss + reg.penalty() if reg.penalty is not None else loss).backward()  # logged: the data loss
-            if reg.clip is not None:
-                self._pending_norms.append(reg.clip())
-            opt.step()
-            self._pending_losses.append(loss.detach())
-            self._pending_lrs.append(opt.param_groups[0]["lr"])
-            if self.classify:
-                self._pending_correct.append((output.argmax(1) == y).sum())
+            result = step(stored, y, [schedule(pos.step, base) for base in base_lrs])
+            self._pending_losses.append(result.loss)
+            lr = run.optimizer.param_groups[0]["lr"]
+            self._pending_lrs.append(lr)
+            if result.correct is not None:
+                self._pending_correct.append(result.correct)
+            if result.grad_norm is not None:
+                self._pending_norms.append(result.grad_norm)
             pos.step += 1
             pos.batch += 1
-            self.progress.step(pos.step, pos.epoch, self._pending_lrs[-1], loss)
+            for sink in live:
+                sink.on_step(pos.step, pos.epoch, lr, result.loss)
             if every_ckpt and pos.step % every_ckpt == 0 and pos.batch < spe and pos.step < total_steps:
                 self._flush()
                 self.save_step_checkpoint()
@@ -354,10 +343,10 @@ class Trainer:
         self._end_epoch(started)
 
     def _flush(self) -> None:
-        """Read back the pending steps (one host sync), write their rows, check for divergence."""
+        """Read back the pending steps (one host sync), hand their rows to the sinks, check for divergence."""
         if not self._pending_losses:
             return
-        pos, run = self.pos, self.run
+        pos, run, settings = self.pos, self.run, self.settings
         losses_t = torch.stack(self._pending_losses).float()
         correct_t = torch.stack(self._pending_correct).sum() if self._pending_correct else torch.zeros(())
         norms_t = torch.stack(self._pending_norms).float() if self._pending_norms else None
@@ -369,15 +358,15 @@ class Trainer:
         norms = [[v] for v in norms_t.tolist()] if norms_t is not None else None
         self._clear_pending()
         first = pos.step - len(losses)
-        diverged = run.stopper.divergence(losses)
+        diverged = run.stopper.guard.check(losses)
         count = len(losses) if diverged is None else diverged[0] + 1  # keep the offending step's row
-        every, extra = run.log_every_n_steps, ([len(pos.rollbacks)] if run.on_divergence == "rollback" else [])
+        every = settings.log_every_n_steps
+        extra = [len(pos.rollbacks)] if settings.on_divergence == "rollback" else []
         rows = [[first + j, pos.epoch, lrs[j], losses[j], *(norms[j] if norms else ()), *extra]
                 for j in range(count) if (first + j) % every == 0]
-        self.steps_log.write(rows)
+        for sink in self.sinks:
+            sink.on_steps(rows)
         pos.steps_rows += len(rows)
-        for row in rows:
-            self.tb.scalars({"train/loss_step": row[3], "train/lr": row[2]}, row[0])
         if diverged is not None:
             raise Diverged(first + diverged[0], diverged[1])
         n, bs = len(run.data.train), run.data.batch_size * self.world
@@ -393,11 +382,11 @@ class Trainer:
         self._pending_losses, self._pending_lrs, self._pending_correct, self._pending_norms = [], [], [], []
 
     def _end_epoch(self, started: float) -> None:
-        run, pos = self.run, self.pos
-        val = evaluate(run.model, run.data.val, run.data, self.amp)  # every rank: the full validation set
+        run, pos, settings = self.run, self.pos, self.settings
+        val = evaluate(run.model, run.data.val, run.data, self.step.amp)  # every rank: the full validation set
         if self.dist:
             val = self.dist.from_main(val)  # rank 0's numbers, so every rank takes the same decisions
-        if run.stopper.check_finite and not math.isfinite(val["loss"]):
+        if run.stopper.guard.check_finite and not math.isfinite(val["loss"]):
             raise Diverged(pos.step, f"the validation loss became {val['loss']}")
         row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr,
                                "train_loss": pos.loss_sum / pos.seen, "val_loss": val["loss"]}
@@ -405,56 +394,45 @@ class Trainer:
             row["train_acc"] = pos.correct / pos.seen
             row["val_acc"] = val["acc"]
         row["seconds"] = time.perf_counter() - started
-        self.metrics_log.write([[row[c] for c in self.metric_cols]])
+        for sink in self.sinks:
+            sink.on_epoch(row)
         pos.metrics_rows += 1
-        self.progress.epoch_end(row)
-        self.tb.scalars({k: v for k, v in row.items() if k not in ("epoch", "step")}, pos.step)
-        self.summary["final"] = row
+        self.summary.final = row
 
         run.schedule.observe(pos.epoch, row)
         reason = run.stopper.update(pos.epoch, row, run.model)
         if self.dist:
             reason = self.dist.from_main(reason)
-        best = improved(row[run.monitor], pos.best_value, run.mode)
+        best = improved(row[settings.monitor], pos.best_value, settings.monitor_mode)
         if best:
-            pos.best_value, pos.best_epoch = row[run.monitor], pos.epoch
+            pos.best_value, pos.best_epoch = row[settings.monitor], pos.epoch
         pos.epoch, pos.batch = pos.epoch + 1, 0
         pos.order_state = self.order.get_state()
         pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
         self.save(best=best)
-        self.tb.flush()
         if reason:
-            self.summary.update(status="early_stopped", stop_reason=reason)
+            self.summary.status, self.summary.stop_reason = "early_stopped", reason
 
     def _on_divergence(self, d: Diverged) -> None:
         """Stop (keeping the last good checkpoint), or roll back to it with a smaller LR."""
-        run, pos = self.run, self.pos
+        run, pos, settings = self.run, self.pos, self.settings
         self._clear_pending()
-        if run.on_divergence == "rollback" and len(pos.rollbacks) < run.max_rollbacks:
+        if settings.on_divergence == "rollback" and len(pos.rollbacks) < settings.max_rollbacks:
             if self.dist:
                 self.dist.barrier()
             ckpt = load(self.ckpt_dir / "last.pt")
             self.restore(ckpt, keep_history=True)
-            self.pos.lr_scale *= run.rollback_factor
+            self.pos.lr_scale *= settings.rollback_factor
             event = {"diverged_at_step": d.step, "reason": d.reason, "restored_step": self.pos.step,
                      "lr_scale": self.pos.lr_scale}
             self.pos.rollbacks.append(event)
-            self.progress.message(f"rollback {len(self.pos.rollbacks)}/{run.max_rollbacks}: {d.reason} at step "
-                                  f"{d.step}; back to step {self.pos.step} with the LR x{self.pos.lr_scale:g}")
+            for sink in self.sinks:
+                sink.on_message(f"rollback {len(self.pos.rollbacks)}/{settings.max_rollbacks}: {d.reason} at step "
+                                f"{d.step}; back to step {self.pos.step} with the LR x{self.pos.lr_scale:g}")
             return
         tail = f" (after {len(pos.rollbacks)} rollbacks)" if pos.rollbacks else ""
-        self.summary.update(status="diverged", stop_reason=f"{d.reason} at step {d.step}{tail}")
+        self.summary.status, self.summary.stop_reason = "diverged", f"{d.reason} at step {d.step}{tail}"
 
 
-class _NoLog:
-    """The CSV logs of ranks > 0: rank 0 writes the run's files."""
-
-    def write(self, rows: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def fit(run: Run) -> dict[str, Any]:
+def fit(run: Run) -> Summary:
     return Trainer(run).fit()

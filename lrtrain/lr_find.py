@@ -7,6 +7,9 @@ falls fastest against log(LR) (the most negative slope), looked for before the s
 minimum: past the minimum the loss is already blowing up. The model, the optimizer and the RNG are restored
 afterwards, so a real run that follows starts exactly as it would have without the test.
 
+Each step is the training step itself (`Run.step_fn`, `lrtrain.step`): augmentation, the L1 penalty, clipping
+and bf16 autocast apply as they will in the run, so the suggestion is measured on the step the run takes.
+
 Unlike the training loop, this reads each loss back at once (one host sync per step): the stopping rule
 needs it, and the test is a hundred steps long.
 """
@@ -33,13 +36,13 @@ class LRFinder:
     def lr(self, i: int) -> float:
         return self.min_lr * (self.max_lr / self.min_lr) ** (i / (self.num_steps - 1))
 
-    def run(self, run: Run) -> dict[str, Any]:
-        """Run the test on `run`'s model and optimizer, write lr_find.csv/.png/.json, print the suggestion,
-        restore the model and optimizer; return the result (`suggested_lr`, ...)."""
+    def run(self, run: Run, plots: bool) -> dict[str, Any]:
+        """Run the test on `run`'s model and optimizer, write lr_find.csv/.json (and .png with `plots`), print
+        the suggestion, restore the model and optimizer; return the result (`suggested_lr`, ...)."""
         model, opt, data = run.model, run.optimizer, run.data
         saved = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), torch.get_rng_state()
-        generator = torch.Generator(device=run.device).manual_seed(run.seed)
-        classify = data.num_classes is not None
+        generator = torch.Generator(device=run.device).manual_seed(run.settings.seed)
+        step = run.step_fn()
         lrs, losses, smoothed = [], [], []
         avg, best, stop_reason = 0.0, math.inf, None
         batches = iter(())
@@ -51,14 +54,7 @@ class LRFinder:
                     batches = data.train_batches(generator)
                     stored, y = next(batches)
                 lr = self.lr(i)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                output = model(data.inputs(stored))
-                loss = run.loss_fn(output if classify else output.squeeze(-1), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                value = loss.item()
+                value = step(stored, y, [lr] * len(opt.param_groups)).loss.item()
                 avg = self.beta * avg + (1 - self.beta) * value
                 smooth = avg / (1 - self.beta ** (i + 1))
                 lrs.append(lr), losses.append(value), smoothed.append(smooth)
@@ -82,7 +78,7 @@ class LRFinder:
         log.write(zip(range(len(lrs)), lrs, losses, smoothed))
         log.close()
         write_json_atomic(result, out / "lr_find.json")
-        if run.plots:
+        if plots:
             plot_lr_find(out, result)
         print(f"lr_find: suggested lr {result['suggested_lr']:.3g} (tested {self.min_lr:g} to {lrs[-1]:.3g} "
               f"in {len(lrs)} steps; stopped: {result['stop_reason']}); {out / 'lr_find.csv'}", flush=True)

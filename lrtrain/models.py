@@ -9,9 +9,7 @@ import math
 
 from torch import nn
 
-
-class ModelInputError(ValueError):
-    """The model cannot take the data set's inputs (e.g. a ConvNet on tabular rows)."""
+from lrtrain.errors import ModelInputError
 
 
 def _image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:

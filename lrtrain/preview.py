@@ -114,8 +114,9 @@ def plot(curves: list[tuple[str, list[float]]], spe: int, path: Path, log: bool,
 def run(argv: list[str]) -> int:
     from hydra import compose, initialize_config_dir
 
-    from lrtrain.cli import _config_dir
-    from lrtrain.config import ConfigValueError, validate
+    from lrtrain.config import register, validate
+    from lrtrain.errors import ConfigValueError
+    from lrtrain.paths import config_dir
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     own = {"steps_per_epoch": None, "out": "schedule.png", "log": "false"}
@@ -139,7 +140,8 @@ def run(argv: list[str]) -> int:
     runs = expand(overrides, multirun)
     swept = [i for i in range(len(runs[0])) if len({r[i] for r in runs}) > 1]
     curves: list[tuple[str, list[float]]] = []
-    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+    register()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         for run_overrides in runs:
             cfg = compose(config_name="config", overrides=run_overrides)
             validate(cfg)

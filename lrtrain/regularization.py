@@ -1,6 +1,6 @@
 """Regularization that acts inside the training step: batch augmentation, a loss penalty, gradient clipping.
 
-`build` makes a `Regularizer` whose hooks are None when their option is off, so the loop pays nothing for
+`build` makes the `StepHooks`, each None when its option is off, so the loop pays nothing for
 what is not used. (Weight decay lives with the optimizer, `lrtrain/optimizers.py`; dropout in the models;
 label smoothing in the training loss.)
 """
@@ -19,7 +19,9 @@ IMAGE_KINDS = ("natural", "digits")  # TensorData.kind values that are images
 
 
 @dataclass
-class Regularizer:
+class StepHooks:
+    """What regularization adds to a training step (`lrtrain.step.TrainStep`)."""
+
     augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # stored batch -> stored batch
     penalty: Optional[Callable[[], torch.Tensor]] = None  # added to the training loss
     clip: Optional[Callable[[], torch.Tensor]] = None  # clips gradients, returns their norm before clipping

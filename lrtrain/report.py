@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -93,8 +94,6 @@ OK_STATUSES = ("completed", "early_stopped")
 
 
 def _read_summary(job_dir: Path) -> dict:
-    import json
-
     try:
         return json.loads((job_dir / "summary.json").read_text())
     except (OSError, ValueError):
@@ -180,7 +179,7 @@ def sweep_table(rows: list[dict], title: str):
     """The ranking table printed at the end of a sweep (and by `lrtrain-report`)."""
     from rich.table import Table
 
-    from lrtrain.progress import _short
+    from lrtrain.progress import short
 
     monitor = next((r["monitor"] for r in rows if r.get("monitor")), "best")
     table = Table(title=title, title_justify="left")
@@ -189,12 +188,12 @@ def sweep_table(rows: list[dict], title: str):
         table.add_column(name, overflow="fold")
     for i, row in enumerate(rows, 1):
         ok = row["status"] in OK_STATUSES
-        best = (f"{_short(row['best_value'])} ({row['best_epoch'] + 1})" if row["best_value"] is not None
+        best = (f"{short(row['best_value'])} ({row['best_epoch'] + 1})" if row["best_value"] is not None
                 and row["best_epoch"] is not None else "-")
         acc = row.get("final_val_acc")
         table.add_row(str(i), row["job"], _short_overrides(row["overrides"]) or "-",
                       f"[green]{row['status']}[/]" if ok else f"[red]{row['status']}[/]", best,
-                      _short(acc) if acc is not None else "-",
+                      short(acc) if acc is not None else "-",
                       f"{row['seconds']:.1f}" if row["seconds"] is not None else "-", row["cause"])
     return table
 
@@ -274,12 +273,24 @@ class SweepReport(Callback):
         SweepReport.sweep_dir = sweep_dir
         SweepReport.failed = [r for r in sweep_rows(sweep_dir) if r["status"] not in OK_STATUSES]
         report_sweep(sweep_dir)
+        end_logger_sweeps(config, sweep_dir, succeeded=not SweepReport.failed)
+
+
+def end_logger_sweeps(config, sweep_dir: Path, succeeded: bool) -> None:
+    """Let each logger that groups a sweep's jobs (one with an `end_sweep`, like MLflow's parent run) close it."""
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    for node in (config.get("logger") or {}).values():
+        end_sweep = getattr(get_object(node._target_), "end_sweep", None)
+        if end_sweep is not None:
+            end_sweep(sweep_dir, succeeded, **{k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+                                               if k != "_target_"})
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """`lrtrain-report DIR`: rebuild a run's curves.png or a sweep's summary, table and sweep.png from disk."""
     import argparse
-    import json
     import sys
 
     from rich.console import Console
@@ -291,15 +302,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     path: Path = args.dir
     if (path / "summary.json").is_file() or (path / "metrics.csv").is_file():
         from lrtrain.progress import summary_table
+        from lrtrain.summary import Summary
 
         if not args.no_plots and (path / "metrics.csv").is_file():
             print(f"wrote {plot_curves(path)}")
-        summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
-        if "epochs" in summary:
+        summary = Summary.read(path / "summary.json") if (path / "summary.json").is_file() else None
+        if summary is not None and summary.epochs is not None:
             Console().print(summary_table(summary))
-        elif summary:  # a run that failed before training, or an LR range test
-            print(f"{path}: {summary['status']}" + (f": {summary['stop_reason']}" if summary.get("stop_reason")
-                                                     else ""))
+        elif summary is not None:  # a run that failed before training, or an LR range test
+            print(f"{path}: {summary.status}" + (f": {summary.stop_reason}" if summary.stop_reason else ""))
         return
     if path.is_dir() and job_dirs(path):
         report_sweep(path, plots=not args.no_plots)

@@ -1,4 +1,4 @@
-"""What a run writes: steps.csv, metrics.csv, summary.json and TensorBoard events."""
+"""File writing that never leaves a half-written file behind: append-only CSVs, atomic JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 
 class CSVLog:
@@ -68,27 +68,3 @@ def _jsonable(obj: Any) -> Any:
         return None  # JSON has no NaN/inf
     return obj
 
-
-class TensorBoard:
-    """Scalars in TensorBoard's event format; the writer (and its import) is created at the first write."""
-
-    def __init__(self, log_dir: Optional[Path]):
-        self.log_dir, self._writer = log_dir, None
-
-    def scalars(self, tag_values: dict[str, float], step: int) -> None:
-        if self.log_dir is None:
-            return
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=str(self.log_dir))
-        for tag, value in tag_values.items():
-            self._writer.add_scalar(tag, value, step)
-
-    def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()

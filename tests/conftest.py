@@ -96,7 +96,7 @@ def compose():
 
 def config_error(compose, *overrides: str) -> str:
     """The one-line message of the ConfigValueError that composing these overrides raises."""
-    from lrtrain.config import ConfigValueError
+    from lrtrain.errors import ConfigValueError
 
     with pytest.raises(ConfigValueError) as e:
         compose(*overrides)
@@ -115,8 +115,8 @@ def train_briefly(compose, tmp_path):
     from lrtrain.loop import fit
 
     def _train(*overrides: str, steps: int = 40):
-        cfg = compose(*overrides, f"trainer.max_steps={steps}", "trainer.progress=none", "trainer.plots=false",
-                      "trainer.tensorboard=false", "trainer.device=cpu")
+        cfg = compose(*overrides, f"trainer.max_steps={steps}", "trainer.progress=none", "logger=[csv]",
+                      "logger.csv.plots=false", "trainer.device=cpu")
         run = build(cfg, tmp_path)
         fit(run)
         with open(tmp_path / "steps.csv", newline="") as f:

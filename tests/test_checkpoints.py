@@ -9,7 +9,8 @@ import subprocess
 import pytest
 import torch
 
-from lrtrain.checkpoints import CheckpointError, load, save_atomic, save_copies
+from lrtrain.checkpoints import load, save_atomic, save_copies
+from lrtrain.errors import CheckpointError
 
 
 def test_save_is_atomic_and_leaves_no_temporary(tmp_path):
@@ -78,7 +79,7 @@ def test_hostile_checkpoint_refused_by_the_cli(lrtrain, tmp_path):
 
 
 def test_checkpoint_from_another_model_or_data_is_refused(lrtrain, tmp_path):
-    first = lrtrain("trainer.max_steps=5", "trainer.progress=none", "trainer.plots=false", run_dir=tmp_path / "a")
+    first = lrtrain("trainer.max_steps=5", "trainer.progress=none", "logger.csv.plots=false", run_dir=tmp_path / "a")
     assert first.returncode == 0, first.stderr
     other_model = lrtrain("model.hidden=[64]", f"trainer.resume={tmp_path / 'a'}")
     assert other_model.returncode == 2
@@ -91,7 +92,7 @@ def test_checkpoint_from_another_model_or_data_is_refused(lrtrain, tmp_path):
 
 
 def test_checkpoint_contents_are_plain_data(lrtrain):
-    r = lrtrain("trainer.max_epochs=1", "trainer.progress=none", "trainer.plots=false")
+    r = lrtrain("trainer.max_epochs=1", "trainer.progress=none", "logger.csv.plots=false")
     assert r.returncode == 0, r.stderr
     ckpt = torch.load(r.run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert {"model", "optimizer", "schedule", "early_stopping", "step", "epoch", "position", "rng", "config",

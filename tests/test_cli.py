@@ -83,7 +83,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(lrtrain, tmp_path):
 
 
 def test_max_steps_sets_the_run_length(lrtrain):
-    r = lrtrain("trainer.max_steps=50", "trainer.progress=none", "trainer.plots=false")
+    r = lrtrain("trainer.max_steps=50", "trainer.progress=none", "logger.csv.plots=false")
     assert r.returncode == 0, r.stderr
     assert len(r.csv("steps.csv")) == 50 and r.summary()["steps"] == 50
     assert [int(m["step"]) for m in r.csv("metrics.csv")] == [45, 50]
@@ -91,7 +91,7 @@ def test_max_steps_sets_the_run_length(lrtrain):
 
 def test_multirun_sweep_gives_one_run_per_value(lrtrain, tmp_path):
     r = lrtrain("-m", "scheduler=step", "scheduler.gamma=0.8,0.9,0.95", "trainer.max_epochs=1",
-                "trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false",
+                "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false",
                 "hydra.sweep.dir=" + str(tmp_path / "sweep"))
     assert r.returncode == 0, r.stderr
     jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))

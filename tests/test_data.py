@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 
 from conftest import group_options, run_lrtrain
 from datafiles import write_cifar10, write_image_folder, write_mnist
-from lrtrain.data import DataError, FolderData, TensorData
+from lrtrain.data import FolderData, TensorData
+from lrtrain.errors import DataError
 
 TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 # option -> (num_classes, input_shape, has a test split, kind)
@@ -165,7 +166,7 @@ def test_cli_trains_on_mnist_files_without_downloading(tmp_path):
     root = write_mnist(tmp_path / "data")
     r = run_lrtrain("dataset=mnist", f"dataset.root={root}", "dataset.download=false", "model=cnn",
                     "model.channels=[4]", "model.hidden=8", "trainer.max_epochs=1", "trainer.progress=plain",
-                    "trainer.plots=false", "trainer.tensorboard=false", cwd=tmp_path)
+                    "logger=[csv]", "logger.csv.plots=false", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     summary = r.summary()
     assert summary["status"] == "completed" and set(summary["test"]) == {"test_loss", "test_acc"}
@@ -180,7 +181,7 @@ def test_cli_missing_files_is_one_line(tmp_path):
 
 def test_cli_regression_with_linear_model_has_no_accuracy(tmp_path):
     r = run_lrtrain("dataset=regression", "model=linear", "optimizer.lr=0.05", "trainer.max_epochs=3",
-                    "trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false", cwd=tmp_path)
+                    "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     metrics = r.csv("metrics.csv")
     assert list(metrics[0]) == ["epoch", "step", "lr", "train_loss", "val_loss", "seconds"]
@@ -194,7 +195,7 @@ def test_cli_trains_on_an_image_folder_with_workers(tmp_path):
     r = run_lrtrain("dataset=folder", f"dataset.root={root}", f"dataset.test_root={test_root}",
                     "dataset.image_size=8", "dataset.num_workers=1", "dataset.batch_size=4", "model=cnn",
                     "model.channels=[4]", "model.hidden=8", "trainer.max_epochs=2", "trainer.progress=none",
-                    "trainer.plots=false", "trainer.tensorboard=false", cwd=tmp_path)
+                    "logger=[csv]", "logger.csv.plots=false", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     summary = r.summary()
     assert summary["steps"] == 2 * 3 and set(summary["test"]) == {"test_loss", "test_acc"}  # 11 train images

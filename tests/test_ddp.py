@@ -16,8 +16,8 @@ import torch
 from conftest import Result, lrtrain_env
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lrtrain",
-            "trainer.strategy=ddp", "trainer.num_threads=1", "trainer.progress=plain", "trainer.plots=false",
-            "trainer.tensorboard=false"]
+            "trainer.strategy=ddp", "trainer.num_threads=1", "trainer.progress=plain", "logger=[csv]",
+            "logger.csv.plots=false"]
 
 
 def torchrun(*overrides: str, cwd: Path) -> subprocess.Popen:
@@ -66,7 +66,7 @@ def test_two_ranks_train_one_run_in_step_and_resume_without_ddp(tmp_path, lrtrai
     # the checkpoint holds the unwrapped model: a single process continues the run, counting optimizer steps
     # (one epoch of one process's 32-sample batches is 45 steps)
     more = lrtrain(f"trainer.resume={run.run_dir / 'checkpoints' / 'last.pt'}", "trainer.max_steps=114",
-                   "trainer.plots=false", run_dir=tmp_path / "single")
+                   "logger.csv.plots=false", run_dir=tmp_path / "single")
     assert more.returncode == 0, more.stderr
     assert [(r["epoch"], r["step"]) for r in more.csv("metrics.csv")] == [("3", "114")]
     assert more.summary()["resumed_from_step"] == 69

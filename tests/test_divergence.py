@@ -6,7 +6,7 @@ import torch
 
 # SGD at lr 20 blows the digits loss up to ~188 at step 1.
 HOT = ["optimizer=sgd", "optimizer.lr=20", "early_stopping.divergence_threshold=10", "trainer.max_epochs=2",
-       "trainer.progress=none", "trainer.plots=false"]
+       "trainer.progress=none", "logger.csv.plots=false"]
 
 
 def test_stop_keeps_the_last_good_checkpoint_and_exits_3(lrtrain):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrtrain.early_stopping import NoEarlyStopping, Patience, Target
+from lrtrain.early_stopping import EarlyStopping, Patience, Target
 
 
 def patience(**kw) -> Patience:
@@ -50,11 +50,11 @@ def test_target_stops_once_reached_in_either_mode():
 
 
 def test_divergence_is_the_first_bad_loss():
-    s = NoEarlyStopping(check_finite=True, divergence_threshold=10.0)
-    assert s.divergence([1.0, 2.0]) is None
-    assert s.divergence([1.0, float("nan"), 20.0])[0] == 1
-    assert s.divergence([1.0, 11.0, float("inf")])[0] == 1
-    assert NoEarlyStopping(check_finite=False, divergence_threshold=None).divergence([float("nan")]) is None
+    s = EarlyStopping(check_finite=True, divergence_threshold=10.0)
+    assert s.guard.check([1.0, 2.0]) is None
+    assert s.guard.check([1.0, float("nan"), 20.0])[0] == 1
+    assert s.guard.check([1.0, 11.0, float("inf")])[0] == 1
+    assert EarlyStopping(check_finite=False, divergence_threshold=None).guard.check([float("nan")]) is None
 
 
 def test_best_weights_are_a_copy_and_survive_state_dict():
@@ -74,7 +74,7 @@ def test_best_weights_are_a_copy_and_survive_state_dict():
 def test_patience_stops_a_real_run_and_says_why(lrtrain):
     # No later epoch can beat the first val_loss (~1.0) by more than 1.0: stops after `patience` epochs.
     r = lrtrain("early_stopping=patience", "early_stopping.patience=2", "early_stopping.min_delta=1.0",
-                "trainer.max_epochs=10", "trainer.progress=plain", "trainer.plots=false")
+                "trainer.max_epochs=10", "trainer.progress=plain", "logger.csv.plots=false")
     assert r.returncode == 0, r.stderr
     summary = r.summary()
     assert summary["status"] == "early_stopped" and "did not improve for 2 epochs" in summary["stop_reason"]
@@ -85,7 +85,7 @@ def test_patience_stops_a_real_run_and_says_why(lrtrain):
 def test_target_with_restored_best_weights(lrtrain):
     r = lrtrain("early_stopping=target", "early_stopping.stopping_threshold=0.9",
                 "early_stopping.restore_best_weights=true", "trainer.max_epochs=10", "trainer.progress=none",
-                "trainer.plots=false")
+                "logger.csv.plots=false")
     assert r.returncode == 0, r.stderr
     summary = r.summary()
     accs = [float(m["val_acc"]) for m in r.csv("metrics.csv")]

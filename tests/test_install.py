@@ -27,8 +27,8 @@ def test_wheel_carries_the_configs_and_runs_from_them(tmp_path):
     subprocess.run([uv, "pip", "install", "--no-deps", "--target", str(site), str(wheel)], check=True,
                    capture_output=True)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import lrtrain.cli as c, hydra_plugins.lrtrain_launcher as l; "
-                            "print(c.__file__, c._config_dir(), l.__file__)"],
+    where = subprocess.run([sys.executable, "-c", "import lrtrain.cli as c, lrtrain.paths as p, hydra_plugins.lrtrain_launcher as l; "
+                            "print(c.__file__, p.config_dir(), l.__file__)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert where[0].startswith(str(site)) and where[1] == str(site / "lrtrain" / "configs")
     assert where[2].startswith(str(site))

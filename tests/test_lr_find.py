@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from conftest import config_error
 
+import csv
 import json
 import math
 
@@ -38,7 +39,7 @@ def test_lr_find_mode_writes_the_test_and_a_suggestion_in_range(lrtrain, compose
 
 
 def test_lr_auto_trains_with_the_suggestion_from_an_untouched_start(lrtrain, tmp_path):
-    args = ["trainer.max_epochs=1", "trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false"]
+    args = ["trainer.max_epochs=1", "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false"]
     auto = lrtrain("optimizer.lr=auto", *args, run_dir=tmp_path / "auto")
     assert auto.returncode == 0, auto.stderr
     suggested = auto.summary()["lr_find"]["suggested_lr"]
@@ -57,12 +58,12 @@ def test_lr_auto_trains_with_the_suggestion_from_an_untouched_start(lrtrain, tmp
 def test_lr_finder_restores_model_and_optimizer(compose, tmp_path):
     from lrtrain.build import build, build_lr_finder
 
-    cfg = compose("optimizer=sgd", "optimizer.momentum=0.9", "trainer.plots=false", "lr_find.num_steps=20")
+    cfg = compose("optimizer=sgd", "optimizer.momentum=0.9", "logger.csv.plots=false", "lr_find.num_steps=20")
     run = build(cfg, tmp_path)
     model_before = {k: v.clone() for k, v in run.model.state_dict().items()}
     opt_before = run.optimizer.state_dict()
     rng_before = torch.get_rng_state()
-    result = build_lr_finder(cfg).run(run)
+    result = build_lr_finder(cfg).run(run, plots=False)
     assert result["steps"] == 20
     assert all(torch.equal(model_before[k], v) for k, v in run.model.state_dict().items())
     assert run.optimizer.state_dict()["state"] == {} == opt_before["state"]  # no momentum buffers left
@@ -89,3 +90,29 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
 ])
 def test_bad_lr_find_settings_are_named(compose, override, message):
     assert config_error(compose, override) == message
+
+
+def _range_test_losses(compose, out_dir, *overrides: str) -> list[float]:
+    from lrtrain.build import build, build_lr_finder
+
+    cfg = compose(*overrides, "lr_find.num_steps=12", "trainer.device=cpu")
+    run = build(cfg, out_dir)
+    build_lr_finder(cfg).run(run, plots=False)
+    with open(out_dir / "lr_find.csv", newline="") as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("reg", [["regularization=[l1]", "regularization.l1.coefficient=0.5"],
+                                 ["regularization=[augment]"],
+                                 ["regularization=[grad_clip]", "regularization.grad_clip.max_norm=1e-3"]],
+                         ids=["l1", "augment", "grad_clip"])
+def test_the_range_test_takes_the_training_step(compose, tmp_path, reg):
+    """The range test's step is the run's: a regularizer that acts inside the step changes its losses."""
+    (tmp_path / "plain").mkdir(), (tmp_path / "reg").mkdir()
+    plain = _range_test_losses(compose, tmp_path / "plain")
+    regularized = _range_test_losses(compose, tmp_path / "reg", *reg)
+    assert len(plain) == len(regularized) == 12
+    assert plain[0] == regularized[0] or reg == ["regularization=[augment]"]  # same start, same first batch
+    assert plain != regularized
+    if "grad_clip" in reg[0]:  # tiny steps: the loss hardly moves, while the plain test's loss falls
+        assert abs(regularized[-1] - regularized[0]) < abs(plain[-1] - plain[0])

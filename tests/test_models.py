@@ -10,8 +10,8 @@ from torch import nn
 
 from conftest import group_options
 from lrtrain.build import build
-from lrtrain.config import ConfigValueError
-from lrtrain.models import ModelInputError
+from lrtrain.errors import ConfigValueError
+from lrtrain.errors import ModelInputError
 
 IMAGE_SHAPES = [(1, 8, 8), (3, 32, 32)]
 TAKES_TABULAR = {"mlp", "linear"}

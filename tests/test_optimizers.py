@@ -146,7 +146,7 @@ def test_bad_optimizer_values_fail_with_the_key(compose, overrides, message):
 
 
 def test_cli_run_with_lists_and_decoupled_decay(lrtrain):
-    r = lrtrain(*FAST, "trainer.max_epochs=1", "trainer.plots=false", "optimizer=nadam",
+    r = lrtrain(*FAST, "trainer.max_epochs=1", "logger.csv.plots=false", "optimizer=nadam",
                 "optimizer.betas=[0.8,0.99]", "regularization=[l2]", "regularization.l2.decoupled=true")
     assert r.returncode == 0, r.stderr
     groups = torch.load(r.run_dir / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"]

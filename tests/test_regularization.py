@@ -22,17 +22,17 @@ def _no_decay(run, rows):
 
 # What each option must visibly change in the built run (and the steps.csv it wrote); `none` changes nothing.
 EFFECTS = {
-    "none": lambda run, rows: (_no_decay(run, rows) and run.regularizer.augment is None
-                               and run.regularizer.penalty is None and run.regularizer.clip is None
+    "none": lambda run, rows: (_no_decay(run, rows) and run.hooks.augment is None
+                               and run.hooks.penalty is None and run.hooks.clip is None
                                and run.loss_fn.label_smoothing == 0
                                and not any(isinstance(m, nn.Dropout) for m in run.model.modules())
                                and "grad_norm" not in rows[0]),
     "l2": lambda run, rows: [g["weight_decay"] for g in run.optimizer.param_groups] == [0.0005, 0.0],
     "dropout": lambda run, rows: [m.p for m in run.model.modules() if isinstance(m, nn.Dropout)] == [0.1],
-    "augment": lambda run, rows: isinstance(run.regularizer.augment, BatchAugment),
+    "augment": lambda run, rows: isinstance(run.hooks.augment, BatchAugment),
     "label_smoothing": lambda run, rows: run.loss_fn.label_smoothing == 0.1,
     "grad_clip": lambda run, rows: all(float(r["grad_norm"]) > 0 for r in rows),
-    "l1": lambda run, rows: isinstance(run.regularizer.penalty, L1Penalty),
+    "l1": lambda run, rows: isinstance(run.hooks.penalty, L1Penalty),
 }
 
 
@@ -176,7 +176,7 @@ def test_l1_penalty_is_the_coefficient_times_the_weights_absolute_sum():
 
 
 def test_cli_combination_logs_the_gradient_norm(lrtrain):
-    r = lrtrain(*FAST, "trainer.max_epochs=1", "trainer.plots=false", "regularization=[l2,dropout,augment,grad_clip]")
+    r = lrtrain(*FAST, "trainer.max_epochs=1", "logger.csv.plots=false", "regularization=[l2,dropout,augment,grad_clip]")
     assert r.returncode == 0, r.stderr
     steps = r.csv("steps.csv")
     assert list(steps[0]) == ["step", "epoch", "lr", "loss", "grad_norm"]

@@ -17,7 +17,7 @@ from conftest import lrtrain_env, run_lrtrain
 # 90 steps an epoch, a checkpoint every 7 steps (mostly mid-epoch); shuffling, dropout and augmentation all
 # draw random numbers, which a resume must replay exactly.
 ARGS = ["dataset.batch_size=16", "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=7",
-        "trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false",
+        "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false",
         "regularization=[dropout,augment,grad_clip]", "model.hidden=[256,256]"]
 
 

@@ -17,7 +17,7 @@ from torch.optim import lr_scheduler as tls
 
 from conftest import config_error, group_options
 from lrtrain.build_schedule import build_schedule
-from lrtrain.config import ConfigValueError
+from lrtrain.errors import ConfigValueError
 from lrtrain.durations import Timeline
 
 REL = 1e-12

@@ -19,7 +19,7 @@ from lrtrain.build_schedule import build_schedule
 from lrtrain.durations import Timeline
 
 # one torch thread: several runs share the test machine's cores, and oversubscribed threads slow tiny models 100x
-QUIET = ["trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false", "trainer.num_threads=1"]
+QUIET = ["trainer.progress=none", "logger=[csv]", "logger.csv.plots=false", "trainer.num_threads=1"]
 SPE = math.ceil(round(1797 * 0.8) / 32)  # digits: 45 steps per epoch
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # One short epoch per job, nothing written that these tests do not read.
-TINY = ["trainer.max_epochs=1", "trainer.progress=none", "trainer.plots=false", "trainer.tensorboard=false"]
+TINY = ["trainer.max_epochs=1", "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

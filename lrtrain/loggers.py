@@ -1,0 +1,179 @@
+"""Sinks: everything that consumes a run's progress. The loop hands each of them the same rows.
+
+A sink sees the run start (`on_start`), the step rows at each flush point (`on_steps`: one host sync per flush,
+never per step), one row per epoch (`on_epoch`), the final `Summary` (`on_end`), and is closed. A sink that
+wants every step (the live progress bar) sets `live` and gets `on_step`, which must be cheap.
+
+The `logger` config group picks the loggers (`logger=[csv,tensorboard]`); each option is one class here (or
+in a module of its own, like `lrtrain.mlflow_logger`) plus one YAML in `configs/logger/`. Ranks other than 0
+of a ddp job get no sinks at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from lrtrain.summary import Summary
+from lrtrain.writers import CSVLog, truncate_csv
+
+
+@dataclass
+class RunContext:
+    """What a sink may want to know about the run it is given."""
+
+    out_dir: Path
+    step_columns: list[str]  # the columns of each row `on_steps` receives, in order
+    metric_columns: list[str]  # the keys of each row `on_epoch` receives, in order
+    config: dict[str, Any]  # the resolved config, as plain containers
+    steps_rows: int = 0  # rows already in steps.csv / metrics.csv that belong to this run (resumed in place)
+    metrics_rows: int = 0
+    resumed_in_place: bool = False
+    sweep_dir: Optional[Path] = None  # the sweep this run is a job of, if any
+    job_num: Optional[int] = None
+
+
+class Sink:
+    """The interface; every method is optional."""
+
+    live = False  # True: on_step is called after every optimizer step
+
+    def on_start(self, ctx: RunContext) -> None:
+        pass
+
+    def on_step(self, step: int, epoch: int, lr: float, loss: Any) -> None:
+        """`loss` is a tensor on the device: read it (a host sync) only when it is really needed."""
+
+    def on_steps(self, rows: list[list[Any]]) -> None:
+        pass
+
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        pass
+
+    def on_message(self, text: str) -> None:
+        pass
+
+    def on_end(self, summary: Summary) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class CSVLogger(Sink):
+    """The outputs contract: steps.csv, metrics.csv, summary.json, and curves.png drawn from them (`plots`).
+
+    Always on: the sweep report, resume and `lrtrain-report` read these files.
+    """
+
+    def __init__(self, plots: bool):
+        self.plots = plots
+        self.steps: Optional[CSVLog] = None
+        self.metrics: Optional[CSVLog] = None
+
+    def on_start(self, ctx: RunContext) -> None:
+        out = self.out_dir = ctx.out_dir
+        if ctx.resumed_in_place:  # rows written after the checkpoint will be written again, identically
+            truncate_csv(out / "steps.csv", ctx.steps_rows)
+            truncate_csv(out / "metrics.csv", ctx.metrics_rows)
+        self.steps = CSVLog(out / "steps.csv", ctx.step_columns)
+        self.metrics = CSVLog(out / "metrics.csv", ctx.metric_columns)
+        self.metric_columns = ctx.metric_columns
+        self.epochs = ctx.metrics_rows
+
+    def on_steps(self, rows: list[list[Any]]) -> None:
+        self.steps.write(rows)
+
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        self.metrics.write([[row[c] for c in self.metric_columns]])
+        self.epochs += 1
+
+    def on_end(self, summary: Summary) -> None:
+        self.close()
+        summary.write(self.out_dir / "summary.json")
+        if self.plots and self.epochs:
+            from lrtrain.report import plot_curves
+
+            plot_curves(self.out_dir)
+
+    def close(self) -> None:
+        for log in (self.steps, self.metrics):
+            if log is not None:
+                log.close()
+        self.steps = self.metrics = None
+
+
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"optimizer": {"lr": 0.1}}` -> `{"optimizer.lr": 0.1}`; lists and None become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = "null" if value is None else str(value)
+    return flat
+
+
+class TensorBoardLogger(Sink):
+    """Scalars per step and per epoch, and (`hparams`) the run's config and final metrics in TensorBoard's HParams
+    format, so `tensorboard --logdir <sweep dir>` compares a sweep's jobs in the HParams tab."""
+
+    def __init__(self, hparams: bool):
+        self.hparams = hparams
+        self._writer = None
+
+    def on_start(self, ctx: RunContext) -> None:
+        self.log_dir, self.config = ctx.out_dir / "tensorboard", ctx.config
+        self.loss_col, self.lr_col = ctx.step_columns.index("loss"), ctx.step_columns.index("lr")
+
+    @property
+    def writer(self):
+        if self._writer is None:  # torch.utils.tensorboard is imported at the first write, not at start-up
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        return self._writer
+
+    def on_steps(self, rows: list[list[Any]]) -> None:
+        for row in rows:
+            self.writer.add_scalar("train/loss_step", row[self.loss_col], row[0])
+            self.writer.add_scalar("train/lr", row[self.lr_col], row[0])
+
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if key not in ("epoch", "step"):
+                self.writer.add_scalar(key, value, row["step"])
+        self.writer.flush()
+
+    def on_end(self, summary: Summary) -> None:
+        if self.hparams and summary.status != "running":
+            from torch.utils.tensorboard.summary import hparams
+
+            metrics = {f"hparams/{k}": v for k, v in summary_metrics(summary).items()}
+            experiment, start, end = hparams(flat_config(self.config), metrics)
+            for event in (experiment, start, end):
+                self.writer.file_writer.add_summary(event)
+            for tag, value in metrics.items():
+                self.writer.add_scalar(tag, value, summary.steps or 0)
+        self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def summary_metrics(summary: Summary) -> dict[str, float]:
+    """The numbers a run ends with, named as the sweep report names them: best_value, final_<metric>,
+    test_<metric>. TensorBoard's HParams and MLflow log these, so every view of a sweep agrees."""
+    values: dict[str, Any] = {"best_value": summary.best_value}
+    for key, value in (summary.final or {}).items():
+        if key not in ("epoch", "step", "seconds"):
+            values[f"final_{key}"] = value
+    values.update(summary.test or {})
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
+

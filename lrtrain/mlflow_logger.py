@@ -1,0 +1,170 @@
+"""`logger=[...,mlflow]`: one MLflow run per lrtrain run, through MLflow's own client (`MlflowClient`).
+
+Params are the flattened config; `lr`, `loss` (and `grad_norm`) are logged per step and the epoch metrics
+with the optimizer step they ended on, in batches at the loop's flush points; summary.json, curves.png and
+the best checkpoint become artifacts; the run ends FINISHED, FAILED or KILLED as the run did. The jobs of a
+sweep are children of one parent run (tag `mlflow.parentRunId`), which the sweep report ends.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from lrtrain.errors import ConfigValueError
+from lrtrain.loggers import RunContext, Sink, flat_config, summary_metrics
+from lrtrain.summary import Summary
+
+# lrtrain's statuses in MLflow's words
+STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FAILED", "failed": "FAILED",
+          "interrupted": "KILLED"}
+PARENT_FILE = ".mlflow_parent_run"  # in the sweep dir: the parent run's id, written by the first job
+_MAX_PARAM = 6000  # MLflow's limit on a param value's length
+
+
+class MLflowLogger(Sink):
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: Optional[str] = None,
+                 log_checkpoint: bool = True):
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigValueError("logger", "mlflow", "a logger that is installed: mlflow is not; install it "
+                                   "with `pip install 'lrtrain[mlflow]'` (or `uv sync --extra mlflow`)")
+        if not tracking_uri:
+            raise ConfigValueError("tracking_uri", tracking_uri, "an MLflow tracking URI, e.g. sqlite:///outputs/mlflow.db")
+        self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
+        self.artifact_location, self.log_checkpoint = artifact_location, log_checkpoint
+        self.client: Any = None
+        self.run_id: Optional[str] = None
+
+    def on_start(self, ctx: RunContext) -> None:
+        from mlflow.entities import Param, RunTag
+        from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # a new database's migrations are logged at INFO: not the user's news
+            logging.getLogger(name).setLevel(logging.WARNING)
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.out_dir, self.step_columns = ctx.out_dir, ctx.step_columns
+        experiment_id = experiment(client, self.experiment_name, self._artifact_root())
+        tags = {"lrtrain.run_dir": str(ctx.out_dir)}
+        if ctx.sweep_dir is not None:
+            tags["mlflow.parentRunId"] = parent_run(client, experiment_id, ctx.sweep_dir)
+            tags["lrtrain.job"] = str(ctx.job_num)
+        id_file = ctx.out_dir / ".mlflow_run_id"
+        if ctx.resumed_in_place and id_file.is_file():  # the same MLflow run goes on
+            self.run_id = id_file.read_text().strip()
+            client.update_run(self.run_id, status="RUNNING")
+            return
+        name = ctx.out_dir.name if ctx.sweep_dir is None else f"job {ctx.job_num}"
+        self.run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        id_file.write_text(self.run_id + "\n")
+        params = [Param(k, str(v)[:_MAX_PARAM]) for k, v in flat_config(ctx.config).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(self.run_id, params=params[i:i + 100])
+        client.log_batch(self.run_id, tags=[RunTag("lrtrain.version", _version())])
+
+    def on_steps(self, rows: list[list[Any]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(name, float(row[i]), now, int(row[0]))
+                   for row in rows for i, name in enumerate(self.step_columns) if name in ("lr", "loss", "grad_norm")]
+        self._log(metrics)
+
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        # the epoch's lr is its last step's, already logged with the steps
+        self._log([Metric(k, float(v), now, int(row["step"])) for k, v in row.items() if k not in ("step", "lr")])
+
+    def on_end(self, summary: Summary) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._log([Metric(f"summary/{k}", v, now, summary.steps or 0) for k, v in summary_metrics(summary).items()])
+        out = self.out_dir
+        for name in ("summary.json", "curves.png"):
+            if (out / name).is_file():
+                self.client.log_artifact(self.run_id, str(out / name))
+        if self.log_checkpoint:
+            best = next((p for p in (out / "checkpoints" / "best.pt", out / "checkpoints" / "last.pt")
+                         if p.is_file()), None)
+            if best is not None:
+                self.client.log_artifact(self.run_id, str(best), artifact_path="checkpoints")
+        self.client.set_terminated(self.run_id, status=STATUS.get(summary.status, "FAILED"))
+        self.run_id = None
+
+    def _log(self, metrics: list) -> None:
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+
+    def _artifact_root(self) -> Optional[str]:
+        if self.artifact_location:
+            return self.artifact_location
+        if self.tracking_uri.startswith("sqlite:///"):  # beside the database, not in the working directory
+            return (Path(self.tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+        return None
+
+    @staticmethod
+    def end_sweep(sweep_dir: Path, succeeded: bool, tracking_uri: str, **_: Any) -> None:
+        """Called by the sweep report: end the sweep's parent run and attach the sweep's summary."""
+        id_file = Path(sweep_dir) / PARENT_FILE
+        if not id_file.is_file():
+            return
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        run_id = id_file.read_text().strip()
+        for name in ("sweep_summary.csv", "sweep.png"):
+            if (Path(sweep_dir) / name).is_file():
+                client.log_artifact(run_id, str(Path(sweep_dir) / name))
+        client.set_terminated(run_id, status="FINISHED" if succeeded else "FAILED")
+
+
+def experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:
+    """The id of experiment `name`, created if new (by whichever job of a parallel sweep gets there first)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # another process created it in the meantime
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def parent_run(client: Any, experiment_id: str, sweep_dir: Path, wait: float = 60.0) -> str:
+    """The sweep's parent run: the first job to claim `<sweep dir>/.mlflow_parent_run.lock` creates it and
+    writes its id; the others (parallel launchers) wait for the id."""
+    id_file = Path(sweep_dir) / PARENT_FILE
+    try:
+        fd = os.open(id_file.with_suffix(".lock"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        deadline = time.monotonic() + wait
+        while not id_file.is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{id_file}: the sweep's MLflow parent run was not created within {wait:g} s")
+            time.sleep(0.1)
+        return id_file.read_text().strip()
+    os.close(fd)
+    run_id = client.create_run(experiment_id, run_name=f"sweep {Path(sweep_dir).name}",
+                               tags={"lrtrain.sweep_dir": str(sweep_dir)}).info.run_id
+    tmp = id_file.with_suffix(".tmp")
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, id_file)
+    return run_id
+
+
+def _version() -> str:
+    import lrtrain
+
+    return lrtrain.__version__

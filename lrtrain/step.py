@@ -1,0 +1,46 @@
+"""One optimizer step, exactly as training takes it. The loop and the LR range test both call it, so the LR the
+range test suggests is measured on the step the run then trains with (augmentation, L1, clipping, bf16)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+from torch import nn
+
+from lrtrain.regularization import StepHooks
+
+
+class StepResult(NamedTuple):
+    loss: torch.Tensor  # the data loss (without a penalty), on the device: no host sync here
+    correct: Optional[torch.Tensor]  # correct predictions in the batch, when classifying
+    grad_norm: Optional[torch.Tensor]  # the gradients' norm before clipping, when clipping
+
+
+class TrainStep:
+    """set the LRs -> augment -> forward under autocast -> loss (+ penalty) -> backward -> clip -> optimizer step."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, data,
+                 hooks: StepHooks, precision: str, device: torch.device):
+        self.model, self.optimizer, self.loss_fn, self.data, self.hooks = model, optimizer, loss_fn, data, hooks
+        self.classify = data.num_classes is not None
+        self.amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                    else contextlib.nullcontext())
+
+    def __call__(self, stored: torch.Tensor, y: torch.Tensor, lrs: Sequence[float]) -> StepResult:
+        """One step on the stored batch with `lrs[i]` as the LR of parameter group i."""
+        opt, hooks = self.optimizer, self.hooks
+        for group, lr in zip(opt.param_groups, lrs):
+            group["lr"] = lr
+        if hooks.augment is not None:
+            stored = hooks.augment(stored)
+        with self.amp:
+            output = self.model(self.data.inputs(stored))
+            loss = self.loss_fn(output if self.classify else output.squeeze(-1), y)
+        opt.zero_grad(set_to_none=True)
+        (loss + hooks.penalty() if hooks.penalty is not None else loss).backward()  # logged: the data loss
+        norm = hooks.clip() if hooks.clip is not None else None
+        opt.step()
+        correct = (output.argmax(1) == y).sum() if self.classify else None
+        return StepResult(loss.detach(), correct, norm)

@@ -1,0 +1,69 @@
+"""`Summary`: what a run ended as. The loop fills it, `summary.json` holds it, the CLI, the progress table and
+the sweep report read it back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+# Statuses a run ends with; the first two count as a result for sweepers and reports.
+SUCCEEDED = ("completed", "early_stopped")
+
+
+@dataclass
+class Summary:
+    status: str = "running"  # running | completed | early_stopped | diverged | failed | interrupted
+    stop_reason: Optional[str] = None
+    run_dir: str = ""
+    best_value: Optional[float] = None  # of monitor
+    best_epoch: Optional[int] = None
+    monitor: Optional[str] = None
+    mode: Optional[str] = None  # min | max: the direction of monitor
+    final: Optional[dict[str, Any]] = None  # the last epoch's metrics row
+    test: Optional[dict[str, float]] = None
+    epochs: Optional[int] = None
+    steps: Optional[int] = None
+    train_seconds: Optional[float] = None
+    samples_per_second: Optional[float] = None
+    device: Optional[str] = None
+    threads: Optional[int] = None
+    seed: Optional[int] = None
+    resumed_from_step: Optional[int] = None
+    rollbacks: Optional[list[dict[str, Any]]] = None
+    restored_best_weights_from_epoch: Optional[int] = None
+    world_size: Optional[int] = None  # ddp
+    global_batch_size: Optional[int] = None
+    rank_weight_hashes: Optional[list[str]] = None
+    ranks_in_sync: Optional[bool] = None
+    lr_find: Optional[dict[str, Any]] = None  # the LR range test's result, when one ran
+    versions: Optional[dict[str, str]] = None
+
+    # Written even when empty: a reader can always look these up (all but the extras, once training started).
+    _ALWAYS = ("status", "stop_reason", "run_dir", "best_value")
+    _EXTRAS = ("restored_best_weights_from_epoch", "world_size", "global_batch_size", "rank_weight_hashes",
+               "ranks_in_sync", "lr_find")
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status in SUCCEEDED
+
+    def to_dict(self) -> dict[str, Any]:
+        trained = self.epochs is not None
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k in self._ALWAYS or (trained and k not in self._EXTRAS)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Summary":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def read(cls, path: Path) -> "Summary":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def write(self, path: Path) -> None:
+        from lrtrain.writers import write_json_atomic
+
+        write_json_atomic(self.to_dict(), path)

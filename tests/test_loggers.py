@@ -1,0 +1,133 @@
+"""The `logger` group: CSV (always), TensorBoard with HParams, MLflow on a real SQLite store, read back with
+each tool's own reader and compared with the run's CSV files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import run_lrtrain
+
+QUIET = ["trainer.max_epochs=2", "trainer.progress=none"]
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_default_loggers_write_tensorboard_hparams(lrtrain):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    r = lrtrain(*QUIET, "optimizer.lr=0.003")
+    assert r.returncode == 0, r.stderr
+    events = EventAccumulator(str(r.run_dir / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["optimizer.lr"].number_value == 0.003
+    assert hparams["scheduler._target_"].string_value == "lrtrain.schedules.Constant"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    summary = r.summary()
+    assert {"hparams/best_value", "hparams/final_val_acc", "hparams/final_train_loss"} <= metric_tags
+    best = events.Scalars("hparams/best_value")
+    assert [e.value for e in best] == [pytest.approx(summary["best_value"], rel=1e-6)]
+    # the per-epoch scalars are the metrics.csv rows
+    val = events.Scalars("val_loss")
+    metrics = r.csv("metrics.csv")
+    assert [(e.step, e.value) for e in val] == [(int(m["step"]), pytest.approx(float(m["val_loss"]), rel=1e-6))
+                                               for m in metrics]
+    assert (r.run_dir / "curves.png").is_file()
+
+
+@pytest.mark.parametrize("loggers, tensorboard, curves", [("[csv]", False, True), ("[tensorboard]", True, False)])
+def test_the_csv_outputs_are_always_written(lrtrain, loggers, tensorboard, curves):
+    r = lrtrain(*QUIET, f"logger={loggers}")
+    assert r.returncode == 0, r.stderr
+    assert len(r.csv("metrics.csv")) == 2 and r.csv("steps.csv") and r.summary()["status"] == "completed"
+    assert (r.run_dir / "tensorboard").is_dir() == tensorboard
+    assert (r.run_dir / "curves.png").is_file() == curves
+
+
+@pytest.mark.parametrize("override, says", [
+    ("trainer.mode=max", "trainer.monitor_mode"),
+    ("trainer.tensorboard=false", "logger=[csv]"),
+    ("trainer.plots=false", "logger.csv.plots"),
+    ("+logger.csv.colour=red", "logger.csv.colour='red': must be a key of the csv logger (plots)"),
+    ("logger=[csv,wandb]", "logger=wandb: no such option; valid: csv, mlflow, tensorboard"),
+])
+def test_old_and_wrong_logger_keys_are_one_line_errors(lrtrain, override, says):
+    r = lrtrain(*QUIET, override)
+    assert r.returncode == 2
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_mlflow_missing_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from lrtrain.errors import ConfigValueError
+    from lrtrain.mlflow_logger import MLflowLogger
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(ConfigValueError, match=r"pip install 'lrtrain\[mlflow\]'"):
+        MLflowLogger(tracking_uri="sqlite:///x.db", experiment_name="e")
+
+
+def _mlflow_runs(db: Path) -> tuple:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("lrtrain")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_mlflow_run_matches_the_csv_files(lrtrain, tmp_path):
+    r = lrtrain(*QUIET, "logger=[csv,tensorboard,mlflow]", "optimizer.lr=0.002")
+    assert r.returncode == 0, r.stderr
+    db = tmp_path / "outputs" / "mlflow.db"
+    assert sqlite3.connect(db).execute("select count(*) from runs").fetchone() == (1,)  # a real SQLite store
+    client, runs = _mlflow_runs(db)
+    (run,) = runs
+    assert run.info.status == "FINISHED" and run.data.tags["lrtrain.run_dir"] == str(r.run_dir)
+    assert run.data.params["optimizer.lr"] == "0.002" and run.data.params["model._target_"] == "lrtrain.models.MLP"
+    for column in ("val_loss", "train_acc", "val_acc"):
+        history = client.get_metric_history(run.info.run_id, column)
+        assert [(m.step, m.value) for m in history] == [(int(row["step"]), float(row[column]))
+                                                        for row in r.csv("metrics.csv")]
+    steps = r.csv("steps.csv")
+    for column in ("lr", "loss"):
+        history = sorted(client.get_metric_history(run.info.run_id, column), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == [(int(row["step"]), float(row[column])) for row in steps]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"summary.json", "curves.png", "checkpoints"} <= artifacts
+    local = Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path)))
+    assert json.loads(local.read_text())["best_value"] == r.summary()["best_value"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+
+
+def test_mlflow_sweep_is_a_parent_with_a_child_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    # job 1 diverges: its child run ends FAILED, and so does the sweep's parent run
+    r = run_lrtrain("-m", *QUIET, "logger=[csv,mlflow]", "optimizer.lr=0.001,1000",
+                    "early_stopping.divergence_threshold=5", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    client, runs = _mlflow_runs(tmp_path / "outputs" / "mlflow.db")
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = sorted((run for run in runs if "mlflow.parentRunId" in run.data.tags),
+                      key=lambda run: run.data.tags["lrtrain.job"])
+    assert len(parents) == 1 and len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert [float(c.data.params["optimizer.lr"]) for c in children] == [0.001, 1000]
+    assert [c.info.status for c in children] == ["FINISHED", "FAILED"]
+    assert parents[0].info.status == "FAILED"
+    assert "sweep_summary.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    statuses = [json.loads((sweep / job / "summary.json").read_text())["status"] for job in "01"]
+    assert statuses == ["completed", "diverged"]
