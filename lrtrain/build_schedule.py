@@ -21,7 +21,7 @@ def build_schedule(cfg: DictConfig, timeline: Timeline) -> Schedule | Warmup:
     total_steps, spe = timeline.total_steps, timeline.steps_per_epoch
     warmup_steps = timeline.steps(cfg.warmup.length) if cfg.warmup._target_ else 0
     if warmup_steps and cfg.scheduler.interval == "epoch":  # stepped per epoch: whole epochs of warmup
-        warmup_steps = max(1, round(warmup_steps / spe)) * spe
+        warmup_steps = timeline.ticks(cfg.warmup.length, "epoch") * spe
     warmup = (cfg.warmup._target_ or "none").rsplit(".", 1)[-1].replace("Warmup", "").lower()
     if warmup_steps and target.own_ramp:
         raise ConfigValueError("warmup", warmup, f"none with scheduler={target.__name__.lower()}, "

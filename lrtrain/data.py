@@ -48,10 +48,6 @@ class TensorData:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
 
-    @property
-    def task(self) -> str:
-        return "regression" if self.num_classes is None else "classification"
-
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Stored inputs to model inputs: float32, normalised with the training split's statistics."""
         return (x.float() - self.mean) / self.std
@@ -255,7 +251,6 @@ class FolderData:
     val: torch.utils.data.Dataset
     test: Optional[torch.utils.data.Dataset]
     num_classes: int
-    classes: list[str]
     mean: torch.Tensor  # in stored units (0..255), shaped (C, 1, 1)
     std: torch.Tensor
     batch_size: int
@@ -272,10 +267,6 @@ class FolderData:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (3, self.image_size, self.image_size)
-
-    @property
-    def task(self) -> str:
-        return "classification"
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
@@ -333,5 +324,5 @@ def folder(root: str, test_root: Optional[str], image_size: int, mean: list[floa
         raise DataError(f"dataset.test_root={test_root}: its class folders {test.classes} differ from "
                         f"dataset.root's {full.classes}")
     as_stored = lambda v: torch.tensor(v, dtype=torch.float32).reshape(-1, 1, 1) * 255  # noqa: E731
-    return FolderData("folder", train, val, test, len(full.classes), list(full.classes), as_stored(mean),
+    return FolderData("folder", train, val, test, len(full.classes), as_stored(mean),
                       as_stored(std), batch_size, eval_batch_size, image_size, num_workers)

@@ -1,7 +1,8 @@
 """Durations with units: `5ep` (epochs), `500steps` (optimizer steps), `10%` (of the whole run).
 
 A bare number means epochs. Every duration key of every group (step sizes, milestones, `T_max`, `T_0`,
-`total`, warmup `length`, ...) is read through `Timeline.steps`, so the rule is written once.
+`total`, warmup `length`, ...) is read through `Timeline.steps`, and turned into a schedule's clock (steps,
+or epochs for `interval: epoch`) by `Timeline.tick`/`ticks`, so each rule is written once.
 """
 
 from __future__ import annotations
@@ -47,10 +48,6 @@ class Timeline:
     # The whole run, which `10%` is a fraction of, when total_steps is a part of it (a schedule after warmup).
     run_steps: Optional[int] = None
 
-    @property
-    def total_epochs(self) -> float:
-        return self.total_steps / self.steps_per_epoch
-
     def steps(self, value: object) -> int:
         """A duration in optimizer steps (rounded to the nearest step)."""
         d = value if isinstance(value, Duration) else parse_duration(value)
@@ -60,8 +57,14 @@ class Timeline:
             return int(round(d.amount * self.steps_per_epoch))
         return int(round(d.amount / 100 * (self.run_steps or self.total_steps)))
 
-    def epoch_of(self, step: int) -> int:
-        return step // self.steps_per_epoch
+    def tick(self, step: int, interval: str) -> int:
+        """The clock of a schedule stepped per `interval` at optimizer step `step`: the step, or the epoch."""
+        return step if interval == "step" else step // self.steps_per_epoch
 
-    def ceil_epochs(self, steps: int) -> int:
-        return math.ceil(steps / self.steps_per_epoch)
+    def ticks(self, value: object, interval: str) -> int:
+        """A duration on that clock: steps, or whole epochs (at least one) for interval=epoch."""
+        steps = self.steps(value)
+        return steps if interval == "step" else max(1, round(steps / self.steps_per_epoch))
+
+    def total_ticks(self, interval: str) -> int:
+        return self.total_steps if interval == "step" else math.ceil(self.total_steps / self.steps_per_epoch)

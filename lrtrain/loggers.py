@@ -93,7 +93,7 @@ class CSVLogger(Sink):
         self.close()
         summary.write(self.out_dir / "summary.json")
         if self.plots and self.epochs:
-            from lrtrain.report import plot_curves
+            from lrtrain.plots import plot_curves
 
             plot_curves(self.out_dir)
 

@@ -415,7 +415,7 @@ class Trainer:
 
     def _on_divergence(self, d: Diverged) -> None:
         """Stop (keeping the last good checkpoint), or roll back to it with a smaller LR."""
-        run, pos, settings = self.run, self.pos, self.settings
+        pos, settings = self.pos, self.settings
         self._clear_pending()
         if settings.on_divergence == "rollback" and len(pos.rollbacks) < settings.max_rollbacks:
             if self.dist:

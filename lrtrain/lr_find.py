@@ -112,7 +112,7 @@ def plot_lr_find(out_dir: Path, result: dict[str, Any]) -> Path:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
-    from lrtrain.report import read_csv
+    from lrtrain.plots import read_csv
 
     rows = read_csv(out_dir / "lr_find.csv")
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)

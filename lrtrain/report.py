@@ -1,4 +1,4 @@
-"""Plots and tables built from a run directory on disk (so they can be rebuilt at any time)."""
+"""Sweep reports built from the job directories on disk (so they can be rebuilt at any time)."""
 
 from __future__ import annotations
 
@@ -9,84 +9,8 @@ from typing import Optional
 
 from hydra.experimental.callback import Callback
 
+from lrtrain.plots import plot_curves, read_csv
 
-def read_csv(path: Path) -> dict[str, list[float]]:
-    """Columns of a numeric CSV as lists (empty cells become NaN)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {}
-    return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in rows[0]}
-
-
-def plot_curves(run_dir: Path) -> Path:
-    """Write `curves.png`: loss (per step and per epoch), accuracy when classifying, and the LR."""
-    steps = read_csv(run_dir / "steps.csv")
-    epochs = read_csv(run_dir / "metrics.csv")
-    fig, lines = _curves_figure(bool(steps), bool(epochs), "val_acc" in epochs)
-    for line, table, column in lines:
-        rows = steps if table == "steps" else epochs
-        line.set_data(rows["step"], rows[column])
-    for ax in fig.axes:
-        ax.relim()
-        ax.autoscale_view()
-    out = run_dir / "curves.png"
-    fig.savefig(out, dpi=110, pil_kwargs={"compress_level": 1})  # zlib's fastest level: a third less time
-    return out
-
-
-# One figure per layout, kept for the process and refilled with each run's data: a sweep's jobs all draw
-# the same figure, and a fresh figure costs about twice as much to render as a refilled one.
-_CURVES: dict[tuple[bool, bool, bool], tuple] = {}
-
-
-def _curves_figure(has_steps: bool, has_epochs: bool, has_acc: bool) -> tuple:
-    """The figure and its lines, each with the table and column it plots against the step."""
-    key = (has_steps, has_epochs, has_acc)
-    if key in _CURVES:
-        return _CURVES[key]
-    import logging
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(15 if has_acc else 10, 4))
-    axes = fig.subplots(1, 3 if has_acc else 2)
-    # Fixed margins: a layout engine doubles the cost of this figure, which every run (and sweep job) draws.
-    fig.subplots_adjust(left=0.06 if has_acc else 0.08, right=0.99, bottom=0.13, top=0.91, wspace=0.3)
-    lines = []
-
-    def plot(ax, table: str, y: str, **style) -> None:
-        (line,) = ax.plot([], [], **style)
-        lines.append((line, table, y))
-
-    ax = axes[0]
-    if has_steps:
-        plot(ax, "steps", "loss", lw=0.6, alpha=0.35, label="train (per step)")
-    if has_epochs:
-        plot(ax, "epochs", "train_loss", marker="o", ms=3, label="train (epoch mean)")
-        plot(ax, "epochs", "val_loss", marker="o", ms=3, label="validation")
-    ax.set(xlabel="optimizer step", ylabel="loss", title="loss")
-    ax.set_yscale("log")
-    ax.legend()
-    if has_acc:
-        ax = axes[1]
-        plot(ax, "epochs", "train_acc", marker="o", ms=3, label="train")
-        plot(ax, "epochs", "val_acc", marker="o", ms=3, label="validation")
-        ax.set(xlabel="optimizer step", ylabel="accuracy", title="accuracy")
-        ax.legend()
-    ax = axes[-1]
-    if has_steps:
-        plot(ax, "steps", "lr")
-    ax.set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")
-    _CURVES[key] = fig, lines
-    return _CURVES[key]
-
-
-# ------------------------------------------------------------------------------------------ sweep reports
 
 # What a job's row says, in this order (sweep_summary.csv's columns before the final and test metrics).
 SWEEP_COLUMNS = ["job", "overrides", "status", "cause", "monitor", "best_value", "best_epoch", "seconds"]

@@ -40,20 +40,14 @@ class Schedule:
 
     def ticks(self, duration: Any) -> int:
         """A duration in this schedule's clock units (steps, or whole epochs for interval=epoch)."""
-        steps = self.timeline.steps(duration)
-        if self.interval == "step":
-            return steps
-        return max(1, round(steps / self.timeline.steps_per_epoch))
+        return self.timeline.ticks(duration, self.interval)
 
     @property
     def total_ticks(self) -> int:
-        if self.interval == "step":
-            return self.timeline.total_steps
-        return self.timeline.ceil_epochs(self.timeline.total_steps)
+        return self.timeline.total_ticks(self.interval)
 
     def __call__(self, step: int, base_lr: float) -> float:
-        t = step if self.interval == "step" else step // self.timeline.steps_per_epoch
-        return self.value(t, base_lr)
+        return self.value(self.timeline.tick(step, self.interval), base_lr)
 
     def value(self, t: int, base_lr: float) -> float:
         raise NotImplementedError
@@ -275,7 +269,7 @@ class InverseSqrt(Schedule):
     def __init__(self, timeline: Timeline, warmup: int, d_model: Optional[int] = None,
                  scale: Optional[float] = None, interval: str = "step"):
         super().__init__(timeline, interval)
-        self.warmup = warmup if interval == "step" else warmup // timeline.steps_per_epoch
+        self.warmup = timeline.ticks(f"{warmup}steps", interval)
         if d_model is not None:
             self.scale = d_model ** -0.5
         else:

@@ -23,9 +23,9 @@ class Warmup:
 
     def __init__(self, schedule: Schedule, length: int, start_factor: float):
         self.schedule, self.length, self.start_factor = schedule, length, start_factor
-        self.spe = schedule.timeline.steps_per_epoch
+        self.timeline = schedule.timeline
         # length in the schedule's clock (steps, or epochs for interval=epoch)
-        self.ticks = length if schedule.interval == "step" else length // self.spe
+        self.ticks = self.timeline.ticks(f"{length}steps", schedule.interval)
 
     @property
     def interval(self) -> str:
@@ -36,8 +36,7 @@ class Warmup:
 
     def __call__(self, step: int, base_lr: float) -> float:
         if step < self.length:
-            t = step if self.interval == "step" else step // self.spe
-            return self.factor(t) * self.schedule(0, base_lr)
+            return self.factor(self.timeline.tick(step, self.interval)) * self.schedule(0, base_lr)
         return self.schedule(step - self.length, base_lr)
 
     def observe(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -228,16 +228,16 @@ def write_run(run: Path, epochs: int, steps_per_epoch: int, scale: float, acc: b
 @pytest.mark.parametrize("acc", [True, False], ids=["classification", "regression"])
 def test_curves_drawn_after_another_run_equal_a_fresh_drawing(tmp_path, acc):
     """Sweep jobs refill one figure per process: what it draws must not depend on the runs drawn before."""
-    from lrtrain import report
+    from lrtrain import plots
 
     small = write_run(tmp_path / "small", epochs=3, steps_per_epoch=5, scale=1.0, acc=acc)
     big = write_run(tmp_path / "big", epochs=12, steps_per_epoch=40, scale=1e3, acc=acc)
-    report._CURVES.clear()
-    fresh = report.plot_curves(small).read_bytes()
-    report.plot_curves(big)
-    assert report.plot_curves(small).read_bytes() == fresh
-    assert fresh[:8] == PNG and len(report._CURVES) == 1
-    (fig, _), = report._CURVES.values()
+    plots._CURVES.clear()
+    fresh = plots.plot_curves(small).read_bytes()
+    plots.plot_curves(big)
+    assert plots.plot_curves(small).read_bytes() == fresh
+    assert fresh[:8] == PNG and len(plots._CURVES) == 1
+    (fig, _), = plots._CURVES.values()
     for ax in fig.axes:  # and the axes fit the small run's data, not the big one's
         assert 14 <= ax.get_xlim()[1] < 16
     assert fig.axes[0].get_ylim()[1] < 2 and fig.axes[-1].get_ylim()[1] < 0.2
