@@ -823,11 +823,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
                         help="a run folder (with summary.json), or sweep folders (and runs) to combine")
     parser.add_argument("--by", metavar="KEY", help="plot the monitored metric against KEY in lr_sensitivity.png "
-                        "(default: the sweep's report.x, optimizer.lr)")
+                        "(default: the jobs' report.x)")
     parser.add_argument("--replicate-keys", metavar="KEY[,KEY]", help="jobs differing only in these keys are "
-                        "one configuration (default: the sweep's report.replicate_keys, trainer.seed)")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="where a combined report goes (default: "
-                        "outputs/reports/<date>/<time>; one sweep's report goes into its own folder)")
+                        "one configuration (default: the jobs' report.replicate_keys)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="where the report goes (default: the sweep's own "
+                        "folder; for several folders, outputs/reports/<date>/<time>)")
     parser.add_argument("--no-plots", action="store_true", help="only the table and the CSV files")
     args = parser.parse_args(argv)
 

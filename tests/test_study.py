@@ -48,21 +48,24 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
     return stats.t.interval(confidence, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
 
 
-def assert_statistics(row: dict[str, str], metric: str, values: list[float]) -> None:
+def assert_statistics(row: dict[str, str], metric: str, values: list[float], confidence: float = 0.95) -> None:
     """The row's mean, std and interval of `metric` are numpy's and scipy's over `values`."""
     assert float(row[f"{metric}_mean"]) == pytest.approx(np.mean(values), rel=1e-12)
     if len(values) == 1:
         assert row[f"{metric}_std"] == row[f"{metric}_ci_low"] == row[f"{metric}_ci_high"] == ""
         return
     assert float(row[f"{metric}_std"]) == pytest.approx(np.std(values, ddof=1), rel=1e-12)
-    low, high = t_interval(values)
+    assert float(row["confidence"]) == confidence
+    low, high = t_interval(values, confidence)
     assert float(row[f"{metric}_ci_low"]) == pytest.approx(low, rel=1e-9)
     assert float(row[f"{metric}_ci_high"]) == pytest.approx(high, rel=1e-9)
 
 
 def test_seeds_of_a_sweep_form_configurations_with_t_intervals(lrtrain, tmp_path):
+    """Also: the sweep's callback reports with the composed config's `report` node (a 90% interval here)."""
     sweep = tmp_path / "sweep"
-    r = lrtrain("-m", "optimizer.lr=1e-3,1e-2", f"trainer.seed=0,1,2,{BAD_SEED}", *TINY, f"hydra.sweep.dir={sweep}")
+    r = lrtrain("-m", "optimizer.lr=1e-3,1e-2", f"trainer.seed=0,1,2,{BAD_SEED}", "report.confidence=0.9", *TINY,
+                f"hydra.sweep.dir={sweep}")
     assert r.returncode == 1  # two jobs failed, and the sweep says so
     jobs = read_csv(sweep / "sweep_summary.csv")
     assert len(jobs) == 8 and sum(job["status"] == "failed" for job in jobs) == 2  # still one row per job
@@ -75,9 +78,9 @@ def test_seeds_of_a_sweep_form_configurations_with_t_intervals(lrtrain, tmp_path
         mine = [summary for overrides, summary in done if float(overrides["optimizer.lr"]) == lr]
         assert (row["jobs"], row["n"], row["failed"], row["diverged"], row["incomplete"]) == ("4", "3", "1", "0", "0")
         assert len(mine) == 3  # the failed job is counted above and left out of the statistics
-        assert_statistics(row, "best_value", [s["best_value"] for s in mine])
-        assert_statistics(row, "final_val_acc", [s["final"]["val_acc"] for s in mine])
-        assert_statistics(row, "final_train_loss", [s["final"]["train_loss"] for s in mine])
+        assert_statistics(row, "best_value", [s["best_value"] for s in mine], 0.9)
+        assert_statistics(row, "final_val_acc", [s["final"]["val_acc"] for s in mine], 0.9)
+        assert_statistics(row, "final_train_loss", [s["final"]["train_loss"] for s in mine], 0.9)
         # lr_sensitivity.png's points, read back from the figure, are the table's
         assert float(row["sensitivity_x"]) == lr and row["sensitivity_line"] == "best val_loss"
         for metric in ("best_value", "final_val_acc"):
@@ -97,7 +100,8 @@ def test_seeds_of_a_sweep_form_configurations_with_t_intervals(lrtrain, tmp_path
                                                          "final_train_acc", "final_val_acc"}
 
     assert "lrtrain sweep · 8 jobs in 2 configurations · 2 did not complete" in r.stdout
-    assert "optimizer.lr=0.01" in r.stdout and "n = 3" in r.stdout and "failed: ValueError" in r.stdout
+    assert "optimizer.lr=0.01" in r.stdout and "90% t-interval" in r.stdout and "n = 3" in r.stdout
+    assert r.stdout.count("failed: ValueError") == 2  # each failed job's cause, below the table
     for png in ("sweep.png", "lr_sensitivity.png"):
         assert (sweep / png).read_bytes()[:8] == PNG
     assert not (sweep / "search.png").exists()
@@ -224,8 +228,8 @@ def test_bad_report_settings_name_the_key(compose, override, message):
     assert config_error(compose, override) == message
 
 
-def test_report_settings_reach_the_sweep_callback(compose):
-    """SweepReport reads the composed `report` node; a sweep without one gets configs/report/default.yaml."""
+def test_report_settings_come_from_the_composed_config_or_the_yaml(compose):
+    """The `report` node as SweepReport reads it; a sweep run without one gets configs/report/default.yaml."""
     from lrtrain.report import report_settings
 
     cfg = compose("report.x=scheduler.gamma", "report.replicate_keys=[trainer.seed,dataset.split_seed]")
