@@ -595,6 +595,23 @@ class LRFindConfig:
         check("diverge_factor", self.diverge_factor, self.diverge_factor > 1, "> 1")
 
 
+# ------------------------------------------------------------------------------------------- sweep report
+
+
+@dataclass
+class ReportConfig:
+    """How a sweep's report (lrtrain/report.py) groups, summarises and plots its jobs."""
+
+    replicate_keys: list[str] = MISSING  # jobs differing only in these keys are one configuration's replicates
+    x: str = MISSING  # the key lr_sensitivity.png plots the monitored metric against
+    confidence: float = MISSING  # of the t-interval around each configuration's mean
+    band: str = MISSING  # sweep.png's band around the mean curve: std | minmax
+
+    def __post_init__(self) -> None:
+        check("confidence", self.confidence, 0 < self.confidence < 1, "in (0, 1), e.g. 0.95")
+        check_choice(self, "band", ("std", "minmax"))
+
+
 @dataclass
 class Config:
     mode: str = MISSING  # train | lr_find
@@ -608,6 +625,7 @@ class Config:
     model: Any = MISSING
     trainer: TrainerConfig = MISSING
     lr_find: Any = MISSING
+    report: ReportConfig = MISSING
 
     def __post_init__(self) -> None:
         check_choice(self, "mode", ("train", "lr_find"))
@@ -649,6 +667,7 @@ SCHEMAS = {
     "schema_model_cnn": CNNConfig,
     "schema_trainer": TrainerConfig,
     "schema_lr_find": LRFindConfig,
+    "schema_report": ReportConfig,
 }
 
 

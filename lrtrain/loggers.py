@@ -11,6 +11,7 @@ of a ddp job get no sinks at all.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -168,12 +169,13 @@ class TensorBoardLogger(Sink):
 
 
 def summary_metrics(summary: Summary) -> dict[str, float]:
-    """The numbers a run ends with, named as the sweep report names them: best_value, final_<metric>,
-    test_<metric>. TensorBoard's HParams and MLflow log these, so every view of a sweep agrees."""
+    """The numbers a run ends with: `best_value` (of trainer.monitor), `final_<metric>` (the last epoch's, the
+    LR aside) and `test_<metric>`. The sweep report (sweep_summary.csv, study_summary.csv), TensorBoard's
+    HParams and MLflow all use these names, so every view of a sweep agrees."""
     values: dict[str, Any] = {"best_value": summary.best_value}
-    for key, value in (summary.final or {}).items():
-        if key not in ("epoch", "step", "seconds"):
-            values[f"final_{key}"] = value
-    values.update(summary.test or {})
-    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
+    values.update({f"final_{k}": v for k, v in (summary.final or {}).items()
+                   if k not in ("epoch", "step", "seconds", "lr")})
+    values.update(summary.test or {})  # already test_loss, test_acc
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 

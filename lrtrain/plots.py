@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Optional, Sequence
 
 
-def read_csv(path: Path) -> dict[str, list[float]]:
-    """Columns of a numeric CSV as lists (empty cells become NaN)."""
+def read_csv(path: Path, columns: Optional[Sequence[str]] = None) -> dict[str, list[float]]:
+    """Columns of a numeric CSV as lists (empty cells become NaN): all of them, or the named ones it has."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
         return {}
-    return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in rows[0]}
+    header = rows[0]
+    wanted = [(k, header.index(k)) for k in (header if columns is None else columns) if k in header]
+    return {k: [float(r[i]) if i < len(r) and r[i] != "" else float("nan") for r in rows[1:]] for k, i in wanted}
 
 
 def plot_curves(run_dir: Path) -> Path:

@@ -7,7 +7,7 @@ import pytest
 from conftest import config_error, group_options
 
 GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping", "dataset", "model", "trainer",
-          "lr_find"]  # hparams_search is global (it sets hydra.sweeper): tests/test_sweeps.py composes it
+          "lr_find", "report"]  # hparams_search is global (it sets hydra.sweeper): tests/test_sweeps.py composes it
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
