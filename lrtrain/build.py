@@ -22,6 +22,7 @@ from lrtrain.loop import Run, seed_everything
 from lrtrain.lr_find import LRFinder
 from lrtrain.models import ModelInputError
 from lrtrain.optimizers import make_optimizer, param_groups
+from lrtrain.pruning import TrialLink
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, Regularizer
 
 
@@ -142,6 +143,10 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
             resume = load(path)
             check_compatible(path, resume, config, model)
             in_place = path.resolve().parent.parent == out_dir.resolve()
+    pruning = None
+    link = TrialLink.from_environment()  # set by lrtrain's Optuna sweeper for the jobs of a pruned study
+    if link is not None and (dist is None or dist.main):
+        pruning = link.connect(trainer.monitor, epochs=math.ceil(total_steps / steps_per_epoch))
     return Run(
         model=model, optimizer=optimizer, schedule=schedule, data=data, loss_fn=loss_fn, device=device,
         timeline=timeline, seed=trainer.seed, monitor=trainer.monitor,
@@ -151,6 +156,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         checkpoint_every_n_steps=trainer.checkpoint_every_n_steps, keep_last_k=trainer.keep_last_k,
         on_divergence=trainer.on_divergence, rollback_factor=trainer.rollback_factor,
         max_rollbacks=trainer.max_rollbacks, resume=resume, truncate_outputs=in_place, config=config, dist=dist,
+        pruning=pruning,
     )
 
 

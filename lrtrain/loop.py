@@ -32,6 +32,7 @@ from lrtrain.distributed import Dist, weights_hash
 from lrtrain.durations import Timeline
 from lrtrain.early_stopping import NoEarlyStopping, improved
 from lrtrain.progress import ProgressDisplay
+from lrtrain.pruning import TrialPruning
 from lrtrain.regularization import Regularizer
 from lrtrain.schedules import Schedule
 from lrtrain.warmup import Warmup
@@ -70,6 +71,7 @@ class Run:
     regularizer: Regularizer = field(default_factory=Regularizer)  # in-step hooks, None when off
     dist: Optional[Dist] = None  # trainer.strategy=ddp: this process's rank among the job's processes
     summary_extra: dict[str, Any] = field(default_factory=dict)  # written into summary.json as is (lr_find)
+    pruning: Optional[TrialPruning] = None  # a job of a pruned Optuna study: update(epoch, row) -> reason to stop
 
 
 @dataclass
@@ -413,8 +415,9 @@ class Trainer:
 
         run.schedule.observe(pos.epoch, row)
         reason = run.stopper.update(pos.epoch, row, run.model)
+        pruned = run.pruning.update(pos.epoch, row) if run.pruning else None
         if self.dist:
-            reason = self.dist.from_main(reason)
+            reason, pruned = self.dist.from_main((reason, pruned))
         best = improved(row[run.monitor], pos.best_value, run.mode)
         if best:
             pos.best_value, pos.best_epoch = row[run.monitor], pos.epoch
@@ -423,7 +426,9 @@ class Trainer:
         pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
         self.save(best=best)
         self.tb.flush()
-        if reason:
+        if pruned:
+            self.summary.update(status="pruned", stop_reason=pruned)
+        elif reason:
             self.summary.update(status="early_stopped", stop_reason=reason)
 
     def _on_divergence(self, d: Diverged) -> None:
