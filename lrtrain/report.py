@@ -90,6 +90,7 @@ def _curves_figure(has_steps: bool, has_epochs: bool, has_acc: bool) -> tuple:
 # What a job's row says, in this order (sweep_summary.csv's columns before the final and test metrics).
 SWEEP_COLUMNS = ["job", "overrides", "status", "cause", "monitor", "best_value", "best_epoch", "seconds"]
 OK_STATUSES = ("completed", "early_stopped")
+PRUNED = "pruned"  # stopped early by an Optuna pruner (lrtrain/pruning.py): a result, not a failure
 
 
 def _read_summary(job_dir: Path) -> dict:
@@ -193,7 +194,8 @@ def sweep_table(rows: list[dict], title: str):
                 and row["best_epoch"] is not None else "-")
         acc = row.get("final_val_acc")
         table.add_row(str(i), row["job"], _short_overrides(row["overrides"]) or "-",
-                      f"[green]{row['status']}[/]" if ok else f"[red]{row['status']}[/]", best,
+                      f"[green]{row['status']}[/]" if ok else f"[yellow]{PRUNED}[/]" if row["status"] == PRUNED
+                      else f"[red]{row['status']}[/]", best,
                       _short(acc) if acc is not None else "-",
                       f"{row['seconds']:.1f}" if row["seconds"] is not None else "-", row["cause"])
     return table
@@ -248,8 +250,10 @@ def report_sweep(sweep_dir: Path, console=None, plots: bool = True) -> list[dict
     write_sweep_csv(rows, sweep_dir / "sweep_summary.csv")
     if plots and rows:
         plot_sweep(rows, sweep_dir)
-    failed = [r for r in rows if r["status"] not in OK_STATUSES]
-    title = f"lrtrain sweep · {len(rows)} jobs" + (f" · {len(failed)} did not complete" if failed else "")
+    failed = [r for r in rows if r["status"] not in (*OK_STATUSES, PRUNED)]
+    pruned = sum(r["status"] == PRUNED for r in rows)
+    title = (f"lrtrain sweep · {len(rows)} jobs" + (f" · {pruned} pruned" if pruned else "")
+             + (f" · {len(failed)} did not complete" if failed else ""))
     if console is None:
         console = Console()
         if not console.is_terminal:  # a log file or a pipe: no reason to squeeze the table into 80 columns
@@ -272,7 +276,7 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         # first what decides the exit status: Hydra turns a callback's exception into a warning
         SweepReport.sweep_dir = sweep_dir
-        SweepReport.failed = [r for r in sweep_rows(sweep_dir) if r["status"] not in OK_STATUSES]
+        SweepReport.failed = [r for r in sweep_rows(sweep_dir) if r["status"] not in (*OK_STATUSES, PRUNED)]
         report_sweep(sweep_dir)
 
 
