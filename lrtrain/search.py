@@ -18,6 +18,7 @@ import shlex
 import socket
 import threading
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -37,6 +38,7 @@ OK = ("completed", "early_stopped")
 # This process, as recorded on each trial it claims: a later run on this machine fails the RUNNING trials of a
 # process that is gone (killed, crashed) and leaves those of live ones alone.
 HOST = socket.gethostname()
+ORPHAN_AFTER = 60  # seconds: a live worker writes itself on its new trial within milliseconds
 
 
 def _start_time(pid: int) -> Optional[str]:
@@ -162,6 +164,75 @@ def _uses_budget(trial: Any) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get("status") not in (None, "surplus")
 
 
+def check_installed(sampler_cfg: DictConfig) -> None:
+    """Optuna imports a sampler's own package only when it first samples: say what is missing up front."""
+    if str(sampler_cfg.get("_target_", "")).endswith("CmaEsSampler"):
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise ConfigValueError("hydra/sweeper/sampler", "cmaes", "installed first: pip install "
+                                   "'lrtrain[cmaes]' (or uv sync --extra cmaes)") from None
+
+
+def build_sampler(sampler_cfg: DictConfig, seed: Optional[int], space: dict[str, Dimension]) -> Any:
+    """The configured sampler with this seed; a grid sampler gets the grid of the (finite) search space."""
+    from hydra.utils import instantiate
+
+    check_installed(sampler_cfg)
+    kwargs: dict[str, Any] = {"seed": seed}
+    if str(sampler_cfg.get("_target_", "")).endswith("GridSampler"):
+        kwargs["search_space"] = grid_of(space)
+    return instantiate(sampler_cfg, **kwargs, _convert_="all")
+
+
+def grid_of(space: dict[str, Dimension]) -> dict[str, list]:
+    for dim in space.values():
+        if dim.values is None:
+            raise ConfigValueError(dim.where, dim.text, "finite with hydra/sweeper/sampler=grid: choice(...), "
+                                                        "range(...) or a,b,c")
+    return {name: dim.values for name, dim in space.items()}
+
+
+def suggest(trial: Any, name: str, d: Any) -> Any:
+    """Optuna's public suggest_* call for a distribution."""
+    kind = type(d).__name__
+    if kind == "CategoricalDistribution":
+        return trial.suggest_categorical(name, d.choices)
+    suggest_number = trial.suggest_int if kind == "IntDistribution" else trial.suggest_float
+    return suggest_number(name, d.low, d.high, step=d.step, log=d.log)
+
+
+def tell(study: Any, trial: Any, state: Any, value: Optional[float] = None) -> None:
+    try:
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except RuntimeError as e:  # GridSampler stops "the optimize loop" once the grid is done; there is none
+        if "Study.stop" not in str(e):
+            raise
+
+
+def fail_dead_workers(study: Any) -> list[int]:
+    """Mark FAIL the RUNNING trials of processes that are gone: on this machine by their pid, elsewhere (RDB
+    storages) by Optuna's heartbeat. Their jobs left no result, so they do not count toward n_trials."""
+    import optuna
+    from optuna.trial import TrialState
+
+    failed = []
+    now = datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        # a process killed between asking for a trial and writing itself on it leaves one with neither
+        orphan = worker is None and not trial.params and (now - trial.datetime_start).total_seconds() > ORPHAN_AFTER
+        if orphan or worker and worker["host"] == HOST and not _alive(worker["pid"], worker.get("started")):
+            tell(study, trial.number, TrialState.FAIL)
+            failed.append(trial.number)
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return sorted(failed + list(running - still))
+
+
 class Heartbeat:
     """While a batch runs, record its trials as alive (RDB storages): another worker's Optuna `fail_stale_trials`
     then marks them FAIL only if this process stops beating, e.g. on a machine that died."""
@@ -226,32 +297,10 @@ class Search:
         self.storage_url = _storage_url(s.storage, self.sweep_dir)
         self.params = OmegaConf.to_container(s.params, resolve=True) if s.params else {}
         self.sampler_cfg = s.sampler
+        check_installed(self.sampler_cfg)
         self.pruner_cfg = _pruner_config(s.pruner)
 
     # -------------------------------------------------------------------------------------------- setup
-
-    def _sampler(self, seed: Optional[int], space: dict[str, Dimension]) -> Any:
-        from hydra.utils import instantiate
-
-        cfg = OmegaConf.to_container(self.sampler_cfg, resolve=True)
-        target = cfg.get("_target_", "")
-        kwargs: dict[str, Any] = {"seed": seed}
-        if target.endswith("CmaEsSampler"):
-            try:
-                import cmaes  # noqa: F401  (Optuna imports it only when it first samples)
-            except ImportError:
-                raise ConfigValueError("hydra/sweeper/sampler", "cmaes", "installed first: pip install "
-                                       "'lrtrain[cmaes]' (or uv sync --extra cmaes)") from None
-        if target.endswith("GridSampler"):
-            grid = {}
-            for name, dim in space.items():
-                if dim.values is None:
-                    raise ConfigValueError(dim.where, dim.text, "finite with hydra/sweeper/sampler=grid: "
-                                                                "choice(...), range(...) or a,b,c")
-                grid[name] = dim.values
-            kwargs["search_space"] = grid
-            self.n_trials = min(self.n_trials, math.prod(map(len, grid.values())))  # each point once
-        return instantiate(cfg, **kwargs, _convert_="all")
 
     def _open(self, space: dict[str, Dimension]) -> Any:
         """Create the study, or join it: a process that joins (resumes, or is a second worker) draws its samples
@@ -270,7 +319,7 @@ class Search:
         pruner = instantiate(self.pruner_cfg, _convert_="all")
         try:
             study = optuna.create_study(storage=self.storage, study_name=self.study_name, direction=self.direction,
-                                        sampler=self._sampler(seed, space), pruner=pruner)
+                                        sampler=build_sampler(self.sampler_cfg, seed, space), pruner=pruner)
             self.joined = False
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=self.study_name, storage=self.storage, pruner=pruner,
@@ -279,9 +328,9 @@ class Search:
                 raise ConfigValueError("hydra.sweeper.direction", self.direction,
                                        f"{study.direction.name.lower()}, the direction of study {self.study_name} "
                                        f"in {self.storage_url}") from None
-            if seed is not None:  # its own, but written down: the same process would draw it again
+            if seed is not None:  # a seed of its own (logged): workers must not repeat each other's samples
                 seed = random.Random(f"{seed}/{HOST}/{os.getpid()}/{len(study.trials)}").randrange(2**31)
-            study.sampler = self._sampler(seed, space)
+            study.sampler = build_sampler(self.sampler_cfg, seed, space)
             self.joined = True
         self.seed = seed
         return study
@@ -298,20 +347,11 @@ class Search:
 
     # ------------------------------------------------------------------------------------------- trials
 
-    def _fail_dead_workers(self, study: Any) -> None:
-        """Mark FAIL the RUNNING trials of processes that are gone: on this machine by their pid, elsewhere
-        (RDB storages) by Optuna's heartbeat. Their jobs left no result; they do not count toward n_trials."""
-        import optuna
-        from optuna.trial import TrialState
-
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            worker = trial.user_attrs.get("worker") or {}
-            if worker.get("host") == HOST and not _alive(worker["pid"], worker.get("started")):
-                self._tell(study, trial.number, TrialState.FAIL)
-                log.info(f"trial {trial.number}: marked failed, its process ({worker['pid']}) is gone")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+    @staticmethod
+    def _log_dead(numbers: list[int]) -> None:
+        if numbers:
+            log.info(f"trial{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}: marked failed, "
+                     "the process running it is gone (not counted toward n_trials)")
 
     def _claim(self, study: Any, space: dict[str, Dimension]) -> Optional[Any]:
         """A new trial with sampled parameters, or None when the study already has n_trials. Two workers may ask
@@ -323,13 +363,16 @@ class Search:
             return None
         with warnings.catch_warnings():  # heartbeats are recorded here, by Heartbeat
             warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-            trial = study.ask({name: dim.distribution for name, dim in space.items()})
+            trial = study.ask()
+        # first the owner (see fail_dead_workers), then the check, then sampling, which may take seconds (GP)
         trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid(), "started": _start_time(os.getpid())})
         before = sum(_uses_budget(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
         if before >= self.n_trials:
             trial.set_user_attr("status", "surplus")
-            self._tell(study, trial, TrialState.FAIL)
+            tell(study, trial, TrialState.FAIL)
             return None
+        for name, dim in space.items():
+            suggest(trial, name, dim.distribution)
         return trial
 
     def _job_overrides(self, trial: Any, space: dict[str, Dimension], fixed: dict[str, str]) -> list[str]:
@@ -352,13 +395,6 @@ class Search:
         with read_write(self.config.hydra.overrides):
             self.config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{ENV}=''")
 
-    def _tell(self, study: Any, trial: Any, state: Any, value: Optional[float] = None) -> None:
-        try:
-            study.tell(trial, value, state=state, skip_if_finished=True)
-        except RuntimeError as e:  # GridSampler stops "the optimize loop" once the grid is done; there is none
-            if "Study.stop" not in str(e):
-                raise
-
     def _tell_result(self, study: Any, trial: Any, ret: JobReturn) -> str:
         from optuna.trial import TrialState
 
@@ -375,13 +411,13 @@ class Search:
         if summary.get("stop_reason"):
             trial.set_user_attr("cause", summary["stop_reason"])
         if status in OK:
-            self._tell(study, trial, TrialState.COMPLETE, float(value))
+            tell(study, trial, TrialState.COMPLETE, float(value))
         elif status == "pruned":
-            self._tell(study, trial, TrialState.PRUNED)  # Optuna keeps the last reported value as its value
+            tell(study, trial, TrialState.PRUNED)  # Optuna keeps the last reported value as its value
         elif self.failed_value is not None and status != "interrupted":
-            self._tell(study, trial, TrialState.COMPLETE, float(self.failed_value))
+            tell(study, trial, TrialState.COMPLETE, float(self.failed_value))
         else:
-            self._tell(study, trial, TrialState.FAIL)
+            tell(study, trial, TrialState.FAIL)
         shown = f" {value:.4g}" if status in OK else f": {summary.get('stop_reason') or ''}"
         return f"trial {trial.number} {status}{shown}"
 
@@ -395,10 +431,12 @@ class Search:
         self.pruned = self.pruner_cfg.get("_target_") != "optuna.pruners.NopPruner"
         if self.pruned:
             self._declare_link()
+        if str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler"):
+            self.n_trials = min(self.n_trials, math.prod(map(len, grid_of(space).values())))  # each point once
         self._check_jobs_compose(space, fixed)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         study = self._open(space)
-        self._fail_dead_workers(study)
+        self._log_dead(fail_dead_workers(study))
         done = sum(map(_uses_budget, study.trials))
         log.info(f"Optuna study {self.study_name} in {self.storage_url}: {len(study.trials)} trials so far, "
                  f"{done} of n_trials={self.n_trials} taken; sampler {type(study.sampler).__name__} "
@@ -406,7 +444,7 @@ class Search:
                  f"pruner {type(study.pruner).__name__}")
         job_idx = 0
         while True:
-            self._fail_dead_workers(study)
+            self._log_dead(fail_dead_workers(study))
             batch = []
             while len(batch) < self.n_jobs:
                 trial = self._claim(study, space)
@@ -423,7 +461,7 @@ class Search:
                     from optuna.trial import TrialState
 
                     for trial in batch:  # interrupted (Ctrl-C, a launcher error): no result, not counted
-                        self._tell(study, trial, TrialState.FAIL)
+                        tell(study, trial, TrialState.FAIL)
                     raise
             job_idx += len(returns)
             for trial, ret in zip(batch, returns):
