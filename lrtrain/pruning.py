@@ -75,12 +75,15 @@ class TrialPruning:
 
     def __init__(self, trial: Any, monitor: str, epochs: int):
         self.trial, self.monitor, self.epochs = trial, monitor, epochs
+        self.reported: set[int] = set()
 
     def update(self, epoch: int, row: dict[str, Any]) -> Optional[str]:
         value = row[self.monitor]
         if not math.isfinite(value):
             return None  # divergence is the loop's to handle; Optuna refuses NaN intermediate values
-        self.trial.report(value, step=epoch)
+        if epoch not in self.reported:  # an epoch trained again after a rollback keeps its first report
+            self.trial.report(value, step=epoch)
+            self.reported.add(epoch)
         # after the last epoch the trial is complete: nothing is saved by calling it pruned
         if epoch + 1 < self.epochs and self.trial.should_prune():
             pruner = type(self.trial.study.pruner).__name__
