@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -31,7 +32,9 @@ def open_storage(url: str, heartbeat_interval: Optional[int] = None) -> Any:
             kwargs = {"engine_kwargs": {"pool_pre_ping": True}}
         if heartbeat_interval:
             kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=2 * heartbeat_interval)
-        return optuna.storages.RDBStorage(url, **kwargs)
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _rdb_storage(url, kwargs)
     path = Path(url).expanduser()
     if path.is_file() and path.open("rb").read(len(SQLITE_HEADER)) == SQLITE_HEADER:
         raise ValueError(f"{url} is an SQLite file; give it as sqlite:///{path.resolve()}")
@@ -39,6 +42,22 @@ def open_storage(url: str, heartbeat_interval: Optional[int] = None) -> Any:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _rdb_storage(url: str, kwargs: dict[str, Any], attempts: int = 5) -> Any:
+    """Workers started together on a new database race to create its tables; the losers find them made."""
+    import time
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (OperationalError, IntegrityError) as e:
+            if attempt == attempts - 1 or not any(s in str(e) for s in ("already exists", "UNIQUE constraint")):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 @dataclass(frozen=True)

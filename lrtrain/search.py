@@ -309,13 +309,11 @@ class Search:
         from hydra.utils import instantiate
 
         seed = OmegaConf.select(self.sampler_cfg, "seed")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            try:
-                self.storage = open_storage(self.storage_url, self.heartbeat)
-            except Exception as e:
-                raise ConfigValueError("hydra.sweeper.storage", self.storage_url,
-                                       f"an Optuna storage this process can open ({_first_line(e)})") from None
+        try:
+            self.storage = open_storage(self.storage_url, self.heartbeat)
+        except Exception as e:
+            raise ConfigValueError("hydra.sweeper.storage", self.storage_url,
+                                   f"an Optuna storage this process can open ({_first_line(e)})") from None
         pruner = instantiate(self.pruner_cfg, _convert_="all")
         try:
             study = optuna.create_study(storage=self.storage, study_name=self.study_name, direction=self.direction,

@@ -334,6 +334,27 @@ def test_running_trials_of_dead_processes_fail_but_live_ones_stay(tmp_path, monk
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL]
 
 
+OPEN_AT = """
+import sys, time
+import optuna, sqlalchemy
+from lrtrain.pruning import open_storage
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+optuna.create_study(storage=open_storage(sys.argv[1], heartbeat_interval=60), study_name="s", load_if_exists=True)
+"""
+
+
+def test_workers_started_together_on_a_new_database_both_open_it(tmp_path):
+    """They race to create its tables (SQLAlchemy checks, then creates): the loser retries and finds them."""
+    url, start = f"sqlite:///{tmp_path / 'new.db'}", str(time.time() + 2.5)  # both imported by then
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, url, start], stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    assert optuna_study(url, "s").trials == []
+
+
 def test_pruning_never_reports_a_non_finite_value():
     import optuna
 
