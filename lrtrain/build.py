@@ -25,6 +25,7 @@ from lrtrain.loop import Run, seed_everything
 from lrtrain.lr_find import LRFinder
 from lrtrain.optimizers import make_optimizer, param_groups
 from lrtrain.progress import ProgressDisplay
+from lrtrain.pruning import TrialLink
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, StepHooks
 
 
@@ -147,14 +148,18 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
             check_compatible(path, resume, config, model)
             in_place = path.resolve().parent.parent == out_dir.resolve()
     sinks: list[Sink] = []
+    pruning = None
     if dist is None or dist.main:  # rank 0 alone writes outputs
         epochs = math.ceil(total_steps / steps_per_epoch)
+        link = TrialLink.from_environment()  # set by lrtrain's Optuna sweeper for the jobs of a pruned study
+        if link is not None:
+            pruning = link.connect(trainer.monitor, epochs=epochs)
         sinks = [*build_loggers(cfg.logger),
                  ProgressDisplay(trainer.progress, total_steps, epochs, data.batch_size * world)]
     return Run(model=model, optimizer=optimizer, schedule=schedule, data=data, loss_fn=loss_fn, hooks=hooks,
                stopper=stopper, sinks=sinks, settings=trainer, device=device, timeline=timeline, out_dir=out_dir,
                config=config, resume=resume, resumed_in_place=in_place, dist=dist, sweep_dir=sweep_dir,
-               job_num=job_num)
+               job_num=job_num, pruning=pruning)
 
 
 def build_loggers(nodes: DictConfig) -> list[Sink]:

@@ -32,6 +32,7 @@ from lrtrain.durations import Timeline
 from lrtrain.config import TrainerConfig
 from lrtrain.early_stopping import EarlyStopping, improved
 from lrtrain.loggers import RunContext, Sink
+from lrtrain.pruning import TrialPruning
 from lrtrain.regularization import StepHooks
 from lrtrain.schedules import Schedule
 from lrtrain.step import TrainStep
@@ -62,6 +63,7 @@ class Run:
     lr_find: Optional[dict[str, Any]] = None  # the LR range test's result, when one ran before training
     sweep_dir: Optional[Path] = None  # when the run is a job of a sweep: the sweep's dir and the job's number
     job_num: Optional[int] = None
+    pruning: Optional[TrialPruning] = None  # a job of a pruned Optuna study: update(epoch, row) -> reason to stop
 
     def step_fn(self, model: Optional[nn.Module] = None) -> TrainStep:
         """The training step over `model` (default: the run's model; the loop passes its ddp wrapper)."""
@@ -401,8 +403,9 @@ class Trainer:
 
         run.schedule.observe(pos.epoch, row)
         reason = run.stopper.update(pos.epoch, row, run.model)
+        pruned = run.pruning.update(pos.epoch, row) if run.pruning else None
         if self.dist:
-            reason = self.dist.from_main(reason)
+            reason, pruned = self.dist.from_main((reason, pruned))
         best = improved(row[settings.monitor], pos.best_value, settings.monitor_mode)
         if best:
             pos.best_value, pos.best_epoch = row[settings.monitor], pos.epoch
@@ -410,7 +413,9 @@ class Trainer:
         pos.order_state = self.order.get_state()
         pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
         self.save(best=best)
-        if reason:
+        if pruned:
+            self.summary.status, self.summary.stop_reason = "pruned", pruned
+        elif reason:
             self.summary.status, self.summary.stop_reason = "early_stopped", reason
 
     def _on_divergence(self, d: Diverged) -> None:

@@ -20,8 +20,8 @@ from lrtrain.loggers import RunContext, Sink, flat_config, summary_metrics
 from lrtrain.summary import Summary
 
 # lrtrain's statuses in MLflow's words
-STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FAILED", "failed": "FAILED",
-          "interrupted": "KILLED"}
+STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED",
+          "failed": "FAILED", "interrupted": "KILLED"}
 PARENT_FILE = ".mlflow_parent_run"  # in the sweep dir: the parent run's id, written by the first job
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 

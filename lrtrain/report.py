@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 SWEEP_COLUMNS = ["job", "overrides", "status", "cause", "monitor", "best_value", "best_epoch", "seconds"]
 # Keys that say how to report, not what was trained: they never tell two configurations apart.
 NOT_CONFIGURATION = ("report.",)
+PRUNED = "pruned"  # stopped early by an Optuna pruner (lrtrain/pruning.py): a result, not a failure
 
 
 def _read_summary(job_dir: Path) -> dict:
@@ -226,7 +227,8 @@ def sweep_table(rows: list[dict], title: str):
                 and row["best_epoch"] is not None else "-")
         acc = row.get("final_val_acc")
         table.add_row(str(i), row["job"], _short_overrides(row["overrides"]) or "-",
-                      f"[green]{row['status']}[/]" if ok else f"[red]{row['status']}[/]", best,
+                      f"[green]{row['status']}[/]" if ok else f"[yellow]{PRUNED}[/]" if row["status"] == PRUNED
+                      else f"[red]{row['status']}[/]", best,
                       short(acc) if acc is not None else "-",
                       f"{row['seconds']:.1f}" if row["seconds"] is not None else "-", row["cause"])
     return table
@@ -682,10 +684,12 @@ def report_sweep(dirs: Path | Sequence[Path], settings: Optional[ReportConfig] =
         console = Console()
         if not console.is_terminal:  # a log file or a pipe: no reason to squeeze the table into 80 columns
             console.width = max(console.width, 150)
-    failed = [r for r in rows if r["status"] not in OK_STATUSES]
+    failed = [r for r in rows if r["status"] not in (*OK_STATUSES, PRUNED)]
+    pruned = sum(r["status"] == PRUNED for r in rows)
     title = f"lrtrain sweep · {len(rows)} jobs"
     if study.grouped:
         title += f" in {len(study.configs)} configurations"
+    title += f" · {pruned} pruned" if pruned else ""
     title += f" · {len(failed)} did not complete" if failed else ""
     if study.grouped:
         console.print(study_table(study, title))
@@ -715,7 +719,7 @@ class SweepReport(Callback):
         # first what decides the exit status: Hydra turns a callback's exception into a warning
         SweepReport.sweep_dir = sweep_dir
         rows = sweep_rows(sweep_dir)
-        SweepReport.failed = [r for r in rows if r["status"] not in OK_STATUSES]
+        SweepReport.failed = [r for r in rows if r["status"] not in (*OK_STATUSES, PRUNED)]
         node = config.get("report")
         report_sweep(sweep_dir, report_settings(node) if node is not None else None, rows=rows)
         end_logger_sweeps(config, sweep_dir, succeeded=not SweepReport.failed)
