@@ -67,11 +67,17 @@ def _alive(pid: int, started: Optional[str]) -> bool:
 class Dimension:
     """One searched override: the Optuna distribution its values come from, and how a value is written back."""
 
-    def __init__(self, where: str, lhs: str, text: str, distribution: Any, values: Optional[list] = None):
+    def __init__(self, where: str, lhs: str, text: str, distribution: Any, values: Optional[list] = None,
+                 texts: Optional[list[str]] = None):
         self.where, self.lhs, self.text = where, lhs, text  # where: the key an error about it names
         self.distribution, self.values = distribution, values
+        self.texts = texts  # a choice's values as the override wrote them: [1,2] stays a list, not a string
 
     def override(self, value: Any) -> str:
+        if self.texts is not None and self.values is not None:
+            for v, text in zip(self.values, self.texts):
+                if type(v) is type(value) and v == value:
+                    return f"{self.lhs}={text}"
         return f"{self.lhs}={Transformer.str(value)}"
 
 
@@ -91,7 +97,7 @@ def parse_space(params: dict[str, str], arguments: Sequence[str]) -> tuple[dict[
             override = parser.parse_override(line)
         except HydraException:
             raise ConfigValueError(where, text, f"a search space Hydra can parse: {SYNTAX}") from None
-        name = override.get_key_element()
+        name = override.key_or_group + (f"@{override.package}" if override.package else "")  # no +, ++ or ~
         space.pop(name, None)
         fixed.pop(name, None)
         if not override.is_sweep_override():
@@ -105,8 +111,8 @@ def parse_space(params: dict[str, str], arguments: Sequence[str]) -> tuple[dict[
     return space, fixed
 
 
-def _distribution(override: Override, od: Any) -> tuple[Any, Optional[list]]:
-    """(distribution, its finite values or None) for a choice, range or interval sweep."""
+def _distribution(override: Override, od: Any) -> tuple[Any, ...]:
+    """(distribution, its finite values or None[, a choice's values as override text]) for a sweep."""
     value = override.value()
     tags = set(getattr(value, "tags", ()) or ())
     if tags - {"log"}:
@@ -135,7 +141,7 @@ def _distribution(override: Override, od: Any) -> tuple[Any, Optional[list]]:
         raise ValueError("a choice without tag(log, ...): log applies to intervals")
     if len(set(map(repr, values))) < len(values):
         raise ValueError("a choice of distinct values")
-    return od.CategoricalDistribution(values), values
+    return od.CategoricalDistribution(values), values, list(override.sweep_iterator(transformer=Transformer.str))
 
 
 def _ends(space: dict[str, Dimension]) -> list[list[str]]:
