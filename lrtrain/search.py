@@ -30,11 +30,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lrtrain.config import ConfigValueError, validate
 from lrtrain.pruning import ENV, TrialLink, open_storage
+from lrtrain.report import OK_STATUSES as OK, PRUNED
 
 log = logging.getLogger(__name__)
 
 SYNTAX = "interval(a, b), tag(log, interval(a, b)), choice(a, b, ...), range(start, stop[, step]) or a,b,c"
-OK = ("completed", "early_stopped")
 # This process, as recorded on each trial it claims: a later run on this machine fails the RUNNING trials of a
 # process that is gone (killed, crashed) and leaves those of live ones alone.
 HOST = socket.gethostname()
@@ -42,16 +42,18 @@ ORPHAN_AFTER = 60  # seconds: a live worker writes itself on its new trial withi
 
 
 def _start_time(pid: int) -> Optional[str]:
-    """The process's start time in clock ticks since boot (Linux), which tells a reused pid from the original."""
+    """The process's start time in clock ticks since boot (Linux), which tells a reused pid from the original;
+    None for no such process, or a dead one not yet reaped."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _alive(pid: int, started: Optional[str]) -> bool:
     if Path("/proc").is_dir():
-        return _start_time(pid) == started if started else Path(f"/proc/{pid}").exists()
+        return _start_time(pid) is not None and (started is None or _start_time(pid) == started)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -416,7 +418,7 @@ class Search:
             trial.set_user_attr("cause", summary["stop_reason"])
         if status in OK:
             tell(study, trial, TrialState.COMPLETE, float(value))
-        elif status == "pruned":
+        elif status == PRUNED:
             tell(study, trial, TrialState.PRUNED)  # Optuna keeps the last reported value as its value
         elif self.failed_value is not None and status != "interrupted":
             tell(study, trial, TrialState.COMPLETE, float(self.failed_value))
