@@ -36,8 +36,10 @@ def open_storage(url: str, heartbeat_interval: Optional[int] = None) -> Any:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return _rdb_storage(url, kwargs)
     path = Path(url).expanduser()
-    if path.is_file() and path.open("rb").read(len(SQLITE_HEADER)) == SQLITE_HEADER:
-        raise ValueError(f"{url} is an SQLite file; give it as sqlite:///{path.resolve()}")
+    if path.is_file():
+        with path.open("rb") as f:
+            if f.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
+                raise ValueError(f"{url} is an SQLite file; give it as sqlite:///{path.resolve()}")
     from optuna.storages.journal import JournalFileBackend
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,11 +31,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from lrtrain.config import validate
 from lrtrain.errors import ConfigValueError
 from lrtrain.pruning import ENV, TrialLink, open_storage
+from lrtrain.report import OK_STATUSES as OK, PRUNED
 
 log = logging.getLogger(__name__)
 
 SYNTAX = "interval(a, b), tag(log, interval(a, b)), choice(a, b, ...), range(start, stop[, step]) or a,b,c"
-OK = ("completed", "early_stopped")
 # This process, as recorded on each trial it claims: a later run on this machine fails the RUNNING trials of a
 # process that is gone (killed, crashed) and leaves those of live ones alone.
 HOST = socket.gethostname()
@@ -43,16 +43,18 @@ ORPHAN_AFTER = 60  # seconds: a live worker writes itself on its new trial withi
 
 
 def _start_time(pid: int) -> Optional[str]:
-    """The process's start time in clock ticks since boot (Linux), which tells a reused pid from the original."""
+    """The process's start time in clock ticks since boot (Linux), which tells a reused pid from the original;
+    None for no such process, or a dead one not yet reaped."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _alive(pid: int, started: Optional[str]) -> bool:
     if Path("/proc").is_dir():
-        return _start_time(pid) == started if started else Path(f"/proc/{pid}").exists()
+        return _start_time(pid) is not None and (started is None or _start_time(pid) == started)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -68,11 +70,17 @@ def _alive(pid: int, started: Optional[str]) -> bool:
 class Dimension:
     """One searched override: the Optuna distribution its values come from, and how a value is written back."""
 
-    def __init__(self, where: str, lhs: str, text: str, distribution: Any, values: Optional[list] = None):
+    def __init__(self, where: str, lhs: str, text: str, distribution: Any, values: Optional[list] = None,
+                 texts: Optional[list[str]] = None):
         self.where, self.lhs, self.text = where, lhs, text  # where: the key an error about it names
         self.distribution, self.values = distribution, values
+        self.texts = texts  # a choice's values as the override wrote them: [1,2] stays a list, not a string
 
     def override(self, value: Any) -> str:
+        if self.texts is not None and self.values is not None:
+            for v, text in zip(self.values, self.texts):
+                if type(v) is type(value) and v == value:
+                    return f"{self.lhs}={text}"
         return f"{self.lhs}={Transformer.str(value)}"
 
 
@@ -92,7 +100,7 @@ def parse_space(params: dict[str, str], arguments: Sequence[str]) -> tuple[dict[
             override = parser.parse_override(line)
         except HydraException:
             raise ConfigValueError(where, text, f"a search space Hydra can parse: {SYNTAX}") from None
-        name = override.get_key_element()
+        name = override.key_or_group + (f"@{override.package}" if override.package else "")  # no +, ++ or ~
         space.pop(name, None)
         fixed.pop(name, None)
         if not override.is_sweep_override():
@@ -106,8 +114,8 @@ def parse_space(params: dict[str, str], arguments: Sequence[str]) -> tuple[dict[
     return space, fixed
 
 
-def _distribution(override: Override, od: Any) -> tuple[Any, Optional[list]]:
-    """(distribution, its finite values or None) for a choice, range or interval sweep."""
+def _distribution(override: Override, od: Any) -> tuple[Any, ...]:
+    """(distribution, its finite values or None[, a choice's values as override text]) for a sweep."""
     value = override.value()
     tags = set(getattr(value, "tags", ()) or ())
     if tags - {"log"}:
@@ -136,7 +144,7 @@ def _distribution(override: Override, od: Any) -> tuple[Any, Optional[list]]:
         raise ValueError("a choice without tag(log, ...): log applies to intervals")
     if len(set(map(repr, values))) < len(values):
         raise ValueError("a choice of distinct values")
-    return od.CategoricalDistribution(values), values
+    return od.CategoricalDistribution(values), values, list(override.sweep_iterator(transformer=Transformer.str))
 
 
 def _ends(space: dict[str, Dimension]) -> list[list[str]]:
@@ -411,7 +419,7 @@ class Search:
             trial.set_user_attr("cause", summary["stop_reason"])
         if status in OK:
             tell(study, trial, TrialState.COMPLETE, float(value))
-        elif status == "pruned":
+        elif status == PRUNED:
             tell(study, trial, TrialState.PRUNED)  # Optuna keeps the last reported value as its value
         elif self.failed_value is not None and status != "interrupted":
             tell(study, trial, TrialState.COMPLETE, float(self.failed_value))
