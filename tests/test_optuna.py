@@ -208,7 +208,7 @@ def test_command_line_wins_over_the_preset_and_a_fixed_value_leaves_the_space():
 
     assert OverridesParser.create().parse_override(lists["tag"].override("a b")).value() == "a b"
     assert fixed == {"scheduler.gamma": "scheduler.gamma=0.5", "optimizer": "optimizer=sgd"}
-    from lrtrain.config import ConfigValueError
+    from lrtrain.errors import ConfigValueError
 
     with pytest.raises(ConfigValueError) as e:  # an error on the command line names the key as written there
         parse_space({}, ["optimizer.lr=tag(log, interval(0, 0.1))"])
