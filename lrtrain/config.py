@@ -197,12 +197,15 @@ class MultiStepScheduleConfig(ScheduleConfig):
 
 @dataclass
 class ExponentialScheduleConfig(ScheduleConfig):
-    gamma: float = MISSING
+    gamma: float = MISSING  # the factor per period
+    period: Any = MISSING  # a duration
     staircase: bool = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "gamma")
+        check_duration(self, "period")
+        check("period", self.period, parse_duration(self.period).amount > 0, "a duration > 0")
 
 
 @dataclass
@@ -263,6 +266,9 @@ class CyclicScheduleConfig(ScheduleConfig):
     step_size_down: Any = None  # null: the same as step_size_up
     mode: str = MISSING
     gamma: float = MISSING
+    cycle_momentum: bool = MISSING  # momentum (or beta1) between max_momentum and base_momentum, against the LR
+    base_momentum: float = MISSING
+    max_momentum: float = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -270,6 +276,13 @@ class CyclicScheduleConfig(ScheduleConfig):
         check_duration(self, "step_size_up", "step_size_down")
         check_choice(self, "mode", ("triangular", "triangular2", "exp_range"))
         check("gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]")
+        check_momenta(self)
+
+
+def check_momenta(obj: Any) -> None:
+    check("base_momentum", obj.base_momentum, 0 <= obj.base_momentum < 1, "in [0, 1)")
+    check("max_momentum", obj.max_momentum, obj.base_momentum <= obj.max_momentum < 1,
+          f"in [base_momentum ({obj.base_momentum}), 1)")
 
 
 @dataclass
@@ -280,6 +293,9 @@ class OneCycleScheduleConfig(ScheduleConfig):
     div_factor: float = MISSING
     final_div_factor: float = MISSING
     three_phase: bool = MISSING
+    cycle_momentum: bool = MISSING
+    base_momentum: float = MISSING
+    max_momentum: float = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -287,6 +303,7 @@ class OneCycleScheduleConfig(ScheduleConfig):
         check("pct_start", self.pct_start, 0 < self.pct_start < (0.5 if self.three_phase else 1),
               "in (0, 0.5) with three_phase" if self.three_phase else "in (0, 1)")
         check_choice(self, "anneal_strategy", ("cos", "linear"))
+        check_momenta(self)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import group_options
+from conftest import CUSTOM, group_options
 from lrtrain.durations import Timeline
 
 
@@ -57,7 +57,7 @@ def test_preview_curve_is_the_runs_schedule(compose, name):
     from lrtrain.build_schedule import build_schedule
     from lrtrain.preview import curve
 
-    extra = {"inverse_sqrt": ["warmup=linear"], "cyclic": ["scheduler.max_lr=0.01"]}.get(name, [])
+    extra = {"inverse_sqrt": ["warmup=linear"], "cyclic": ["scheduler.max_lr=0.01"], "custom": CUSTOM}.get(name, [])
     cfg = compose(f"scheduler={name}", "trainer.max_epochs=3", *extra)
     values, spe = curve(cfg, 10)
     schedule = build_schedule(cfg, Timeline(10, 30))
