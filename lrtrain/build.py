@@ -21,7 +21,7 @@ from lrtrain.durations import Timeline
 from lrtrain.loop import Run, seed_everything
 from lrtrain.lr_find import LRFinder
 from lrtrain.models import ModelInputError
-from lrtrain.optimizers import make_optimizer, param_groups
+from lrtrain.optimizers import OptimizerInputError, has_modes, make_optimizer, momentum_key, param_groups
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, Regularizer
 
 
@@ -115,8 +115,11 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
     # Config nodes become partials completed with live objects, so Hydra never converts those objects.
     # lr=auto: the LR range test (lrtrain.lr_find) sets the LR before training; until then, any number will do.
     auto_lr = {"lr": cfg.lr_find.min_lr} if cfg.optimizer.lr == "auto" else {}
-    optimizer = make_optimizer(instantiate(cfg.optimizer, _partial_=True, _convert_="all", **auto_lr), groups,
-                               decoupled=reg.l2 is not None and reg.l2.decoupled)
+    try:
+        optimizer = make_optimizer(instantiate(cfg.optimizer, _partial_=True, _convert_="all", **auto_lr), groups,
+                                   decoupled=reg.l2 is not None and reg.l2.decoupled)
+    except OptimizerInputError as e:  # e.g. optimizer=muon on model=linear
+        raise ConfigValueError("optimizer", _option(cfg.optimizer), f"an optimizer for this model: {e}") from None
     if dist and trainer.scale_lr_with_world_size:  # the linear scaling rule: LR x world size
         for group in optimizer.param_groups:
             group["lr"] *= world
@@ -130,6 +133,7 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
 
     _check_logged("scheduler.monitor", cfg.scheduler.get("monitor"), metrics)
     schedule = build_schedule(cfg, timeline)
+    _check_momentum_cycling(schedule, optimizer, cfg)
 
     stopper = instantiate(cfg.early_stopping, _convert_="all")
     _check_logged("early_stopping.monitor", stopper.monitor, metrics)
@@ -152,6 +156,23 @@ def build(cfg: DictConfig, out_dir: Path) -> Run:
         on_divergence=trainer.on_divergence, rollback_factor=trainer.rollback_factor,
         max_rollbacks=trainer.max_rollbacks, resume=resume, truncate_outputs=in_place, config=config, dist=dist,
     )
+
+
+def _option(node: DictConfig) -> str:
+    return node._target_.rsplit(".", 1)[-1]
+
+
+def _check_momentum_cycling(schedule, optimizer, cfg: DictConfig) -> None:
+    """A schedule that cycles momentum needs an optimizer with momentum or beta1 (torch says the same), and
+    not a schedule-free one, whose train/eval switch needs the beta1 (momentum) it interpolated with."""
+    if schedule.momentum(0) is None:
+        return
+    if any(momentum_key(g) is None for g in optimizer.param_groups):
+        raise ConfigValueError("scheduler.cycle_momentum", True, f"false with optimizer {_option(cfg.optimizer)}, "
+                               "which has neither momentum nor beta1")
+    if has_modes(optimizer):
+        raise ConfigValueError("scheduler.cycle_momentum", True, "false with a schedule-free optimizer (its "
+                               "train/eval switch undoes the interpolation with the momentum it was made with)")
 
 
 def _check_logged(key: str, metric: str | None, metrics: list[str]) -> None:

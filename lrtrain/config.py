@@ -156,6 +156,136 @@ class AdagradConfig(OptimizerConfig):
         check_positive(self, "eps")
 
 
+@dataclass
+class AdamaxConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_betas(self)
+        check_positive(self, "eps")
+
+
+@dataclass
+class AdadeltaConfig(OptimizerConfig):
+    rho: float = MISSING
+    eps: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("rho", self.rho, 0 <= self.rho < 1, "in [0, 1)")
+        check_positive(self, "eps")
+
+
+@dataclass
+class AdafactorConfig(OptimizerConfig):
+    beta2_decay: float = MISSING  # the second-moment decay is 1 - step ** beta2_decay
+    eps: list[Optional[float]] = MISSING  # [eps1 (null: the dtype's eps), eps2]
+    d: float = MISSING  # clipping threshold of the update's RMS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("beta2_decay", self.beta2_decay, self.beta2_decay <= 0, "<= 0")
+        check("eps", self.eps, len(self.eps) == 2 and all(e is None or e >= 0 for e in self.eps),
+              "two numbers >= 0 (the first may be null)")
+        check_positive(self, "d")
+
+
+@dataclass
+class LionConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("betas", self.betas, len(self.betas) == 2 and all(0 <= b <= 1 for b in self.betas),
+              "two numbers in [0, 1]")
+
+
+@dataclass
+class ScheduleFreeAdamWConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    r: float = MISSING  # polynomial weighting of the average: step ** r
+    weight_lr_power: float = MISSING  # and lr_max ** weight_lr_power
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("betas", self.betas, len(self.betas) == 2 and 0 < self.betas[0] < 1 and 0 <= self.betas[1] < 1,
+              "two numbers in [0, 1), the first > 0")
+        check_positive(self, "eps")
+        check("r", self.r, self.r >= 0, ">= 0")
+        check("weight_lr_power", self.weight_lr_power, self.weight_lr_power >= 0, ">= 0")
+
+
+@dataclass
+class ScheduleFreeSGDConfig(OptimizerConfig):
+    momentum: float = MISSING
+    r: float = MISSING
+    weight_lr_power: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("momentum", self.momentum, 0 < self.momentum < 1, "in (0, 1)")
+        check("r", self.r, self.r >= 0, ">= 0")
+        check("weight_lr_power", self.weight_lr_power, self.weight_lr_power >= 0, ">= 0")
+
+
+@dataclass
+class DAdaptAdamConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    d0: float = MISSING  # the initial estimate of d
+    growth_rate: float = MISSING  # d grows by at most this factor a step (inf: no limit)
+    use_bias_correction: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_betas(self)
+        check_positive(self, "eps", "d0")
+        check("growth_rate", self.growth_rate, self.growth_rate >= 1, ">= 1 (.inf: no limit)")
+
+
+@dataclass
+class ProdigyConfig(DAdaptAdamConfig):
+    beta3: Optional[float] = None  # null: sqrt(beta2)
+    d_coef: float = MISSING  # scales the estimate of d
+    safeguard_warmup: bool = MISSING  # leave the LR out of the denominator during warmup
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("beta3", self.beta3, self.beta3 is None or 0 <= self.beta3 < 1, "in [0, 1), or null")
+        check_positive(self, "d_coef")
+
+
+@dataclass
+class MuonConfig(OptimizerConfig):
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    ns_coefficients: list[float] = MISSING  # Newton-Schulz quintic (a, b, c)
+    ns_steps: int = MISSING
+    eps: float = MISSING
+    adjust_lr_fn: Optional[str] = None  # null (original) | match_rms_adamw | spectral_unclamped
+    adamw_lr: Optional[float] = None  # the AdamW part's LR; null: lr
+    adamw_betas: list[float] = MISSING
+    adamw_eps: float = MISSING
+    head_to_adamw: bool = MISSING  # the output layer's weight to AdamW (else to Muon with the other matrices)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)")
+        check("ns_coefficients", self.ns_coefficients, len(self.ns_coefficients) == 3, "three numbers (a, b, c)")
+        check("ns_steps", self.ns_steps, 1 <= self.ns_steps < 100, "an integer in [1, 100)")
+        check_positive(self, "eps", "adamw_lr", "adamw_eps")
+        check("adjust_lr_fn", self.adjust_lr_fn,
+              self.adjust_lr_fn in (None, "original", "match_rms_adamw", "spectral_unclamped"),
+              "null, original, match_rms_adamw or spectral_unclamped")
+        check("adamw_betas", self.adamw_betas,
+              len(self.adamw_betas) == 2 and all(0 <= b < 1 for b in self.adamw_betas), "two numbers in [0, 1)")
+        check("adamw_lr", self.adamw_lr, self.adamw_lr is None or self.lr != "auto",
+              "null with lr=auto (the range test sets one LR for both parts)")
+
+
 # ---------------------------------------------------------------------------------------------- schedules
 
 
@@ -650,6 +780,15 @@ SCHEMAS = {
     "schema_optimizer_radam": RAdamConfig,
     "schema_optimizer_rmsprop": RMSpropConfig,
     "schema_optimizer_adagrad": AdagradConfig,
+    "schema_optimizer_adamax": AdamaxConfig,
+    "schema_optimizer_adadelta": AdadeltaConfig,
+    "schema_optimizer_adafactor": AdafactorConfig,
+    "schema_optimizer_lion": LionConfig,
+    "schema_optimizer_schedulefree_adamw": ScheduleFreeAdamWConfig,
+    "schema_optimizer_schedulefree_sgd": ScheduleFreeSGDConfig,
+    "schema_optimizer_dadapt_adam": DAdaptAdamConfig,
+    "schema_optimizer_prodigy": ProdigyConfig,
+    "schema_optimizer_muon": MuonConfig,
     "schema_scheduler": ScheduleConfig,
     "schema_scheduler_step": StepScheduleConfig,
     "schema_scheduler_multistep": MultiStepScheduleConfig,

@@ -31,6 +31,7 @@ from lrtrain.data import FolderData, TensorData
 from lrtrain.distributed import Dist, weights_hash
 from lrtrain.durations import Timeline
 from lrtrain.early_stopping import NoEarlyStopping, improved
+from lrtrain.optimizers import effective_lr, eval_mode, set_momentum, train_mode
 from lrtrain.progress import ProgressDisplay
 from lrtrain.regularization import Regularizer
 from lrtrain.schedules import Schedule
@@ -84,6 +85,7 @@ class Position:
     seen: int = 0
     correct: int = 0
     last_lr: float = 0.0
+    last_effective_lr: Optional[float] = None  # d * lr of the last step (Prodigy, D-Adaptation)
     best_value: Optional[float] = None  # of trainer.monitor, for best.pt
     best_epoch: Optional[int] = None
     lr_scale: float = 1.0  # product of the rollback factors applied so far
@@ -171,6 +173,10 @@ class Trainer:
         self._pending_lrs: list[float] = []
         self._pending_correct: list[torch.Tensor] = []
         self._pending_norms: list[torch.Tensor] = []  # gradient norms before clipping, with grad_clip
+        self._pending_effective: list[float] = []  # d * lr, where the optimizer learns its step size
+        self._pending_momenta: list[float] = []  # where the schedule cycles momentum (or beta1)
+        self.logs_effective_lr = effective_lr(run.optimizer) is not None
+        self.cycles_momentum = run.schedule.momentum(0) is not None
         self.dist = run.dist
         self.main = run.dist is None or run.dist.main  # rank 0 alone writes outputs
         self.world = run.dist.world_size if run.dist else 1
@@ -214,6 +220,7 @@ class Trainer:
         set_rng_state(ckpt["rng"])
 
     def save(self, best: bool) -> None:
+        eval_mode(self.run.optimizer)  # every rank, so that the ranks stay in step
         if not self.main:
             return
         ckpt = self.checkpoint()
@@ -224,13 +231,14 @@ class Trainer:
             save_atomic(ckpt, last)
 
     def save_step_checkpoint(self) -> None:
-        if not self.main:
-            return
-        step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
-        ckpt = self.checkpoint()
-        save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if self.run.keep_last_k else []))
-        for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-self.run.keep_last_k or None]:
-            old.unlink()
+        eval_mode(self.run.optimizer)  # a mid-epoch checkpoint holds the weights a resume evaluates
+        if self.main:
+            step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
+            ckpt = self.checkpoint()
+            save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if self.run.keep_last_k else []))
+            for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-self.run.keep_last_k or None]:
+                old.unlink()
+        train_mode(self.run.optimizer)
 
     # ------------------------------------------------------------------------------------------- loop
 
@@ -249,7 +257,9 @@ class Trainer:
         self.metric_cols = ["epoch", "step", "lr", "train_loss", "val_loss",
                             *(["train_acc", "val_acc"] if self.classify else []), "seconds"]
         step_cols = (["step", "epoch", "lr", "loss"] + (["grad_norm"] if run.regularizer.clip else [])
-                     + (["rollbacks"] if run.on_divergence == "rollback" else []))
+                     + (["rollbacks"] if run.on_divergence == "rollback" else [])
+                     + (["effective_lr"] if self.logs_effective_lr else [])
+                     + (["momentum"] if self.cycles_momentum else []))
         if self.main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.steps_log = CSVLog(out / "steps.csv", step_cols) if self.main else _NoLog()
@@ -280,6 +290,7 @@ class Trainer:
                     self._on_divergence(d)
             if summary["status"] == "running":
                 summary["status"] = "completed"
+            eval_mode(run.optimizer)  # the final weights, tested and kept, are the evaluation ones
             stopper = run.stopper
             if stopper.restore_best_weights and stopper.best_weights is not None:
                 run.model.load_state_dict(stopper.best_weights)
@@ -300,6 +311,8 @@ class Trainer:
                            train_seconds=time.perf_counter() - started + seconds_before)
             summary["samples_per_second"] = (self.pos.samples / self.pos.step_seconds
                                              if self.pos.step_seconds else 0.0)
+            if self.logs_effective_lr:
+                summary["effective_lr"] = self.pos.last_effective_lr
             for log in (self.steps_log, self.metrics_log):
                 log.close()
             self.tb.close()
@@ -319,6 +332,7 @@ class Trainer:
         started = time.perf_counter()
         self.order.set_state(pos.order_state)
         model.train()
+        train_mode(opt)
         base_lrs = [base * pos.lr_scale for base in self.base_lrs]
         first_batch = pos.batch
         shard = {"shard": self.shard} if self.dist else {}
@@ -330,6 +344,11 @@ class Trainer:
             x = data.inputs(stored)
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = schedule(pos.step, base)
+            if self.cycles_momentum:
+                self._pending_momenta.append(schedule.momentum(pos.step))
+                set_momentum(opt, self._pending_momenta[-1])
+            if self.logs_effective_lr:  # the step size this step uses (d changes inside step())
+                self._pending_effective.append(effective_lr(opt))
             with self.amp:
                 output = self.train_model(x)
                 loss = run.loss_fn(output if self.classify else output.squeeze(-1), y)
@@ -364,7 +383,7 @@ class Trainer:
         if self.dist:  # every rank gets the same values, so every rank decides on divergence the same way
             losses_t, correct_t = self.dist.mean(losses_t), self.dist.sum(correct_t)
         losses = losses_t.tolist()
-        lrs = self._pending_lrs
+        lrs, effective, momenta = self._pending_lrs, self._pending_effective, self._pending_momenta
         correct = int(correct_t)
         norms = [[v] for v in norms_t.tolist()] if norms_t is not None else None
         self._clear_pending()
@@ -372,12 +391,17 @@ class Trainer:
         diverged = run.stopper.divergence(losses)
         count = len(losses) if diverged is None else diverged[0] + 1  # keep the offending step's row
         every, extra = run.log_every_n_steps, ([len(pos.rollbacks)] if run.on_divergence == "rollback" else [])
-        rows = [[first + j, pos.epoch, lrs[j], losses[j], *(norms[j] if norms else ()), *extra]
+        rows = [[first + j, pos.epoch, lrs[j], losses[j], *(norms[j] if norms else ()), *extra,
+                 *(effective[j:j + 1]), *(momenta[j:j + 1])]
                 for j in range(count) if (first + j) % every == 0]
         self.steps_log.write(rows)
         pos.steps_rows += len(rows)
         for row in rows:
             self.tb.scalars({"train/loss_step": row[3], "train/lr": row[2]}, row[0])
+            if effective:
+                self.tb.scalars({"train/effective_lr": effective[row[0] - first]}, row[0])
+        if effective:
+            pos.last_effective_lr = effective[count - 1]
         if diverged is not None:
             raise Diverged(first + diverged[0], diverged[1])
         n, bs = len(run.data.train), run.data.batch_size * self.world
@@ -391,9 +415,11 @@ class Trainer:
 
     def _clear_pending(self) -> None:
         self._pending_losses, self._pending_lrs, self._pending_correct, self._pending_norms = [], [], [], []
+        self._pending_effective, self._pending_momenta = [], []
 
     def _end_epoch(self, started: float) -> None:
         run, pos = self.run, self.pos
+        eval_mode(run.optimizer)  # schedule-free: validate (and then save) the averaged weights
         val = evaluate(run.model, run.data.val, run.data, self.amp)  # every rank: the full validation set
         if self.dist:
             val = self.dist.from_main(val)  # rank 0's numbers, so every rank takes the same decisions
