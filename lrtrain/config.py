@@ -676,22 +676,51 @@ class ModelConfig:
 
 
 @dataclass
-class MLPConfig(ModelConfig):
+class LayersConfig(ModelConfig):
+    """The architecture knobs of lrtrain's own MLP and CNN."""
+
+    activation: str = MISSING
+    init: str = MISSING  # torch (its default) | kaiming | xavier | orthogonal
+    norm: str = MISSING  # none | batch | layer
+
+    def __post_init__(self) -> None:
+        check_choice(self, "activation", ("relu", "gelu", "silu", "leaky_relu", "elu", "tanh"))
+        check_choice(self, "init", ("torch", "kaiming", "xavier", "orthogonal"))
+        check_choice(self, "norm", ("none", "batch", "layer"))
+
+
+@dataclass
+class MLPConfig(LayersConfig):
     hidden: list[int] = MISSING
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check("hidden", self.hidden, all(h > 0 for h in self.hidden), "a list of sizes > 0")
 
 
 @dataclass
-class CNNConfig(ModelConfig):
+class CNNConfig(LayersConfig):
     channels: list[int] = MISSING
     hidden: int = MISSING
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check("channels", self.channels, len(self.channels) > 0 and all(c > 0 for c in self.channels),
               "a non-empty list of widths > 0")
         check_positive(self, "hidden")
+
+
+@dataclass
+class ViTConfig(ModelConfig):
+    patch_size: int = MISSING  # must divide the image side
+    depth: int = MISSING  # encoder blocks
+    heads: int = MISSING  # attention heads
+    width: int = MISSING  # the embedding (hidden) size
+    mlp_width: int = MISSING  # each block's MLP
+
+    def __post_init__(self) -> None:
+        check_positive(self, "patch_size", "depth", "heads", "width", "mlp_width")
+        check("width", self.width, self.width % self.heads == 0, f"a multiple of heads ({self.heads})")
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -814,6 +843,7 @@ SCHEMAS = {
     "schema_model": ModelConfig,
     "schema_model_mlp": MLPConfig,
     "schema_model_cnn": CNNConfig,
+    "schema_model_vit": ViTConfig,
     "schema_trainer": TrainerConfig,
     "schema_lr_find": LRFindConfig,
 }
