@@ -22,7 +22,7 @@ from lrtrain.loop import Run, seed_everything
 from lrtrain.lr_find import LRFinder
 from lrtrain.models import ModelInputError
 from lrtrain.optimizers import OptimizerInputError, has_modes, make_optimizer, momentum_key, param_groups
-from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, Regularizer
+from lrtrain.regularization import BatchAugment, FlipError, GradClip, L1Penalty, Regularizer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -230,8 +230,13 @@ def _regularizer(reg: DictConfig, model: nn.Module, data) -> Regularizer:
         if data.kind == "tabular":
             raise ConfigValueError("regularization", "augment",
                                    f"a list without augment: {data.name} is not an image data set")
-        augment = BatchAugment(data.kind, data.input_shape, reg.augment.max_shift, reg.augment.flip,
-                               reg.augment.rotation)
+        try:
+            augment = BatchAugment(data.kind, data.input_shape, reg.augment.max_shift, reg.augment.flip,
+                                   reg.augment.rotation)
+        except FlipError:
+            raise ConfigValueError("regularization.augment.flip", reg.augment.flip,
+                                   f"null or 0 for {data.name}: digits and other glyphs are never flipped "
+                                   "(a mirrored 7 is not a 7)") from None
     return Regularizer(
         augment=augment,
         penalty=L1Penalty(params, reg.l1.coefficient) if reg.l1 is not None else None,

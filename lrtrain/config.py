@@ -525,13 +525,14 @@ class DropoutConfig:
 @dataclass
 class AugmentConfig:
     max_shift: float = MISSING  # random translation, as a fraction of the image side (pad and crop)
-    flip: float = MISSING  # probability of a horizontal flip (natural images only)
-    rotation: float = MISSING  # largest rotation in degrees (digits and other glyphs only)
+    flip: Optional[float] = None  # probability of a horizontal flip; null: the kind of images decides
+    rotation: Optional[float] = None  # largest rotation in degrees; null: the kind of images decides
 
     def __post_init__(self) -> None:
         check("max_shift", self.max_shift, 0 <= self.max_shift < 0.5, "in [0, 0.5)")
-        check("flip", self.flip, 0 <= self.flip <= 1, "a probability in [0, 1]")
-        check("rotation", self.rotation, 0 <= self.rotation <= 180, "in [0, 180] (degrees)")
+        check("flip", self.flip, self.flip is None or 0 <= self.flip <= 1, "a probability in [0, 1], or null")
+        check("rotation", self.rotation, self.rotation is None or 0 <= self.rotation <= 180,
+              "in [0, 180] (degrees), or null")
 
 
 @dataclass
