@@ -165,9 +165,9 @@ def torch_lrs_and_momenta(make, total: int, spe: int, interval: str, beta1: bool
     return lrs, momenta
 
 
-@pytest.mark.parametrize("optimizer", ["momentum", "adam"])  # cycles SGD's momentum, or Adam's beta1
 @pytest.mark.parametrize("interval", ["step", "epoch"])
-@pytest.mark.parametrize("name", MOMENTUM_CASES)
+@pytest.mark.parametrize("name,optimizer", [(name, "momentum") for name in MOMENTUM_CASES]  # SGD's momentum
+                         + [("cyclic_triangular", "adam"), ("onecycle_cos_False", "adam")])  # Adam's beta1
 def test_momentum_cycling_matches_torch(compose, name, interval, optimizer):
     """cyclic/onecycle with cycle_momentum: the LR and the momentum of every step equal torch's CyclicLR and
     OneCycleLR with cycle_momentum=True (momentum for SGD, beta1 for Adam)."""
