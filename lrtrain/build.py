@@ -19,11 +19,12 @@ from lrtrain.checkpoints import load
 from lrtrain.config import TrainerConfig
 from lrtrain.data import FolderData, TensorData
 from lrtrain.durations import Timeline
-from lrtrain.errors import CheckpointError, ConfigValueError, DataError, ModelInputError
+from lrtrain.errors import (CheckpointError, ConfigValueError, DataError, FlipError, ModelInputError,
+                            OptimizerInputError)
 from lrtrain.loggers import CSVLogger, Sink
 from lrtrain.loop import Run, seed_everything
 from lrtrain.lr_find import LRFinder
-from lrtrain.optimizers import make_optimizer, param_groups
+from lrtrain.optimizers import has_modes, make_optimizer, momentum_key, param_groups
 from lrtrain.progress import ProgressDisplay
 from lrtrain.pruning import TrialLink
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, StepHooks
@@ -120,8 +121,11 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
     # Config nodes become partials completed with live objects, so Hydra never converts those objects.
     # lr=auto: the LR range test (lrtrain.lr_find) sets the LR before training; until then, any number will do.
     auto_lr = {"lr": cfg.lr_find.min_lr} if cfg.optimizer.lr == "auto" else {}
-    optimizer = make_optimizer(instantiate(cfg.optimizer, _partial_=True, _convert_="all", **auto_lr), groups,
-                               decoupled=reg.l2 is not None and reg.l2.decoupled)
+    try:
+        optimizer = make_optimizer(instantiate(cfg.optimizer, _partial_=True, _convert_="all", **auto_lr), groups,
+                                   decoupled=reg.l2 is not None and reg.l2.decoupled)
+    except OptimizerInputError as e:  # e.g. optimizer=muon on model=linear
+        raise ConfigValueError("optimizer", _option(cfg.optimizer), f"an optimizer for this model: {e}") from None
     if dist and trainer.scale_lr_with_world_size:  # the linear scaling rule: LR x world size
         for group in optimizer.param_groups:
             group["lr"] *= world
@@ -135,6 +139,7 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
 
     _check_logged("scheduler.monitor", cfg.scheduler.get("monitor"), metrics)
     schedule = build_schedule(cfg, timeline)
+    _check_momentum_cycling(schedule, optimizer, cfg)
 
     stopper = instantiate(cfg.early_stopping, _convert_="all")
     _check_logged("early_stopping.monitor", stopper.monitor, metrics)
@@ -180,6 +185,23 @@ def build_loggers(nodes: DictConfig) -> list[Sink]:
         except ConfigValueError as e:
             raise e.under(f"logger.{name}") from None
     return loggers
+
+
+def _option(node: DictConfig) -> str:
+    return node._target_.rsplit(".", 1)[-1]
+
+
+def _check_momentum_cycling(schedule, optimizer, cfg: DictConfig) -> None:
+    """A schedule that cycles momentum needs an optimizer with momentum or beta1 (torch says the same), and
+    not a schedule-free one, whose train/eval switch needs the beta1 (momentum) it interpolated with."""
+    if schedule.momentum(0) is None:
+        return
+    if any(momentum_key(g) is None for g in optimizer.param_groups):
+        raise ConfigValueError("scheduler.cycle_momentum", True, f"false with optimizer {_option(cfg.optimizer)}, "
+                               "which has neither momentum nor beta1")
+    if has_modes(optimizer):
+        raise ConfigValueError("scheduler.cycle_momentum", True, "false with a schedule-free optimizer (its "
+                               "train/eval switch undoes the interpolation with the momentum it was made with)")
 
 
 def _check_logged(key: str, metric: str | None, metrics: list[str]) -> None:
@@ -237,8 +259,13 @@ def _step_hooks(reg: DictConfig, model: nn.Module, data) -> StepHooks:
         if data.kind == "tabular":
             raise ConfigValueError("regularization", "augment",
                                    f"a list without augment: {data.name} is not an image data set")
-        augment = BatchAugment(data.kind, data.input_shape, reg.augment.max_shift, reg.augment.flip,
-                               reg.augment.rotation)
+        try:
+            augment = BatchAugment(data.kind, data.input_shape, reg.augment.max_shift, reg.augment.flip,
+                                   reg.augment.rotation)
+        except FlipError:
+            raise ConfigValueError("regularization.augment.flip", reg.augment.flip,
+                                   f"null or 0 for {data.name}: digits and other glyphs are never flipped "
+                                   "(a mirrored 7 is not a 7)") from None
     return StepHooks(
         augment=augment,
         penalty=L1Penalty(params, reg.l1.coefficient) if reg.l1 is not None else None,

@@ -6,7 +6,10 @@ without paying for torch, the data or the model.
 
 from __future__ import annotations
 
-from hydra.utils import get_class, instantiate
+import importlib
+import inspect
+
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lrtrain.errors import ConfigValueError
@@ -15,9 +18,23 @@ from lrtrain.schedules import Cyclic, Schedule
 from lrtrain.warmup import Warmup
 
 
+def _schedule_class(name: str) -> type:
+    """The schedule class `scheduler._target_` names, or a one-line error saying what is wrong with it."""
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module_name), class_name)
+    except Exception as e:  # no such module (PYTHONPATH?), no such class in it, or the module itself fails
+        cause = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigValueError("scheduler._target_", name, "a Schedule class importable as module.Class (is its "
+                               f"folder on PYTHONPATH?): {type(e).__name__}: {cause}") from None
+    if not (isinstance(target, type) and issubclass(target, Schedule)):
+        raise ConfigValueError("scheduler._target_", name, "a subclass of lrtrain.schedules.Schedule")
+    return target
+
+
 def build_schedule(cfg: DictConfig, timeline: Timeline) -> Schedule | Warmup:
     """The scheduler (and its warmup) of `cfg` over `timeline`; checks the combinations that make no sense."""
-    target = get_class(cfg.scheduler._target_)
+    target = _schedule_class(cfg.scheduler._target_)
     total_steps, spe = timeline.total_steps, timeline.steps_per_epoch
     warmup_steps = timeline.steps(cfg.warmup.length) if cfg.warmup._target_ else 0
     if warmup_steps and cfg.scheduler.interval == "epoch":  # stepped per epoch: whole epochs of warmup
@@ -36,8 +53,14 @@ def build_schedule(cfg: DictConfig, timeline: Timeline) -> Schedule | Warmup:
         extra["optimizer_lr"] = cfg.optimizer.lr
     if target.uses_warmup:  # the schedule's own formula ramps over the warmup length
         extra["warmup"], warmup_steps = warmup_steps, 0
-    schedule = instantiate(cfg.scheduler, _partial_=True, _convert_="all")(
-        timeline=Timeline(spe, total_steps - warmup_steps, run_steps=total_steps), **extra)
+    span = Timeline(spe, total_steps - warmup_steps, run_steps=total_steps)  # the schedule's, after warmup
+    try:  # a custom schedule given keys its __init__ does not take, or missing some
+        inspect.signature(target).bind(timeline=span, **extra, **{k: v for k, v in cfg.scheduler.items()
+                                                                       if k != "_target_"})
+    except TypeError as e:
+        raise ConfigValueError("scheduler", target.__name__, f"given the keys {target.__name__}.__init__ takes "
+                               f"({e})") from None
+    schedule = instantiate(cfg.scheduler, _partial_=True, _convert_="all")(timeline=span, **extra)
     milestones = getattr(schedule, "milestones", None)
     if milestones is not None and any(a >= b for a, b in zip(milestones, milestones[1:])):
         raise ConfigValueError("scheduler.milestones", list(cfg.scheduler.milestones),

@@ -146,6 +146,136 @@ class AdagradConfig(OptimizerConfig):
         check_positive(self, "eps")
 
 
+@dataclass
+class AdamaxConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_betas(self)
+        check_positive(self, "eps")
+
+
+@dataclass
+class AdadeltaConfig(OptimizerConfig):
+    rho: float = MISSING
+    eps: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("rho", self.rho, 0 <= self.rho < 1, "in [0, 1)")
+        check_positive(self, "eps")
+
+
+@dataclass
+class AdafactorConfig(OptimizerConfig):
+    beta2_decay: float = MISSING  # the second-moment decay is 1 - step ** beta2_decay
+    eps: list[Optional[float]] = MISSING  # [eps1 (null: the dtype's eps), eps2]
+    d: float = MISSING  # clipping threshold of the update's RMS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("beta2_decay", self.beta2_decay, self.beta2_decay <= 0, "<= 0")
+        check("eps", self.eps, len(self.eps) == 2 and all(e is None or e >= 0 for e in self.eps),
+              "two numbers >= 0 (the first may be null)")
+        check_positive(self, "d")
+
+
+@dataclass
+class LionConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("betas", self.betas, len(self.betas) == 2 and all(0 <= b <= 1 for b in self.betas),
+              "two numbers in [0, 1]")
+
+
+@dataclass
+class ScheduleFreeAdamWConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    r: float = MISSING  # polynomial weighting of the average: step ** r
+    weight_lr_power: float = MISSING  # and lr_max ** weight_lr_power
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("betas", self.betas, len(self.betas) == 2 and 0 < self.betas[0] < 1 and 0 <= self.betas[1] < 1,
+              "two numbers in [0, 1), the first > 0")
+        check_positive(self, "eps")
+        check("r", self.r, self.r >= 0, ">= 0")
+        check("weight_lr_power", self.weight_lr_power, self.weight_lr_power >= 0, ">= 0")
+
+
+@dataclass
+class ScheduleFreeSGDConfig(OptimizerConfig):
+    momentum: float = MISSING
+    r: float = MISSING
+    weight_lr_power: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("momentum", self.momentum, 0 < self.momentum < 1, "in (0, 1)")
+        check("r", self.r, self.r >= 0, ">= 0")
+        check("weight_lr_power", self.weight_lr_power, self.weight_lr_power >= 0, ">= 0")
+
+
+@dataclass
+class DAdaptAdamConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    d0: float = MISSING  # the initial estimate of d
+    growth_rate: float = MISSING  # d grows by at most this factor a step (inf: no limit)
+    use_bias_correction: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_betas(self)
+        check_positive(self, "eps", "d0")
+        check("growth_rate", self.growth_rate, self.growth_rate >= 1, ">= 1 (.inf: no limit)")
+
+
+@dataclass
+class ProdigyConfig(DAdaptAdamConfig):
+    beta3: Optional[float] = None  # null: sqrt(beta2)
+    d_coef: float = MISSING  # scales the estimate of d
+    safeguard_warmup: bool = MISSING  # leave the LR out of the denominator during warmup
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("beta3", self.beta3, self.beta3 is None or 0 <= self.beta3 < 1, "in [0, 1), or null")
+        check_positive(self, "d_coef")
+
+
+@dataclass
+class MuonConfig(OptimizerConfig):
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    ns_coefficients: list[float] = MISSING  # Newton-Schulz quintic (a, b, c)
+    ns_steps: int = MISSING
+    eps: float = MISSING
+    adjust_lr_fn: Optional[str] = None  # null (original) | match_rms_adamw | spectral_unclamped
+    adamw_lr: Optional[float] = None  # the AdamW part's LR; null: lr
+    adamw_betas: list[float] = MISSING
+    adamw_eps: float = MISSING
+    head_to_adamw: bool = MISSING  # the output layer's weight to AdamW (else to Muon with the other matrices)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)")
+        check("ns_coefficients", self.ns_coefficients, len(self.ns_coefficients) == 3, "three numbers (a, b, c)")
+        check("ns_steps", self.ns_steps, 1 <= self.ns_steps < 100, "an integer in [1, 100)")
+        check_positive(self, "eps", "adamw_lr", "adamw_eps")
+        check("adjust_lr_fn", self.adjust_lr_fn,
+              self.adjust_lr_fn in (None, "original", "match_rms_adamw", "spectral_unclamped"),
+              "null, original, match_rms_adamw or spectral_unclamped")
+        check("adamw_betas", self.adamw_betas,
+              len(self.adamw_betas) == 2 and all(0 <= b < 1 for b in self.adamw_betas), "two numbers in [0, 1)")
+        check("adamw_lr", self.adamw_lr, self.adamw_lr is None or self.lr != "auto",
+              "null with lr=auto (the range test sets one LR for both parts)")
+
+
 # ---------------------------------------------------------------------------------------------- schedules
 
 
@@ -187,12 +317,15 @@ class MultiStepScheduleConfig(ScheduleConfig):
 
 @dataclass
 class ExponentialScheduleConfig(ScheduleConfig):
-    gamma: float = MISSING
+    gamma: float = MISSING  # the factor per period
+    period: Any = MISSING  # a duration
     staircase: bool = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "gamma")
+        check_duration(self, "period")
+        check("period", self.period, parse_duration(self.period).amount > 0, "a duration > 0")
 
 
 @dataclass
@@ -253,6 +386,9 @@ class CyclicScheduleConfig(ScheduleConfig):
     step_size_down: Any = None  # null: the same as step_size_up
     mode: str = MISSING
     gamma: float = MISSING
+    cycle_momentum: bool = MISSING  # momentum (or beta1) between max_momentum and base_momentum, against the LR
+    base_momentum: float = MISSING
+    max_momentum: float = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -260,6 +396,13 @@ class CyclicScheduleConfig(ScheduleConfig):
         check_duration(self, "step_size_up", "step_size_down")
         check_choice(self, "mode", ("triangular", "triangular2", "exp_range"))
         check("gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]")
+        check_momenta(self)
+
+
+def check_momenta(obj: Any) -> None:
+    check("base_momentum", obj.base_momentum, 0 <= obj.base_momentum < 1, "in [0, 1)")
+    check("max_momentum", obj.max_momentum, obj.base_momentum <= obj.max_momentum < 1,
+          f"in [base_momentum ({obj.base_momentum}), 1)")
 
 
 @dataclass
@@ -270,6 +413,9 @@ class OneCycleScheduleConfig(ScheduleConfig):
     div_factor: float = MISSING
     final_div_factor: float = MISSING
     three_phase: bool = MISSING
+    cycle_momentum: bool = MISSING
+    base_momentum: float = MISSING
+    max_momentum: float = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -277,6 +423,7 @@ class OneCycleScheduleConfig(ScheduleConfig):
         check("pct_start", self.pct_start, 0 < self.pct_start < (0.5 if self.three_phase else 1),
               "in (0, 0.5) with three_phase" if self.three_phase else "in (0, 1)")
         check_choice(self, "anneal_strategy", ("cos", "linear"))
+        check_momenta(self)
 
 
 @dataclass
@@ -368,13 +515,14 @@ class DropoutConfig:
 @dataclass
 class AugmentConfig:
     max_shift: float = MISSING  # random translation, as a fraction of the image side (pad and crop)
-    flip: float = MISSING  # probability of a horizontal flip (natural images only)
-    rotation: float = MISSING  # largest rotation in degrees (digits and other glyphs only)
+    flip: Optional[float] = None  # probability of a horizontal flip; null: the kind of images decides
+    rotation: Optional[float] = None  # largest rotation in degrees; null: the kind of images decides
 
     def __post_init__(self) -> None:
         check("max_shift", self.max_shift, 0 <= self.max_shift < 0.5, "in [0, 0.5)")
-        check("flip", self.flip, 0 <= self.flip <= 1, "a probability in [0, 1]")
-        check("rotation", self.rotation, 0 <= self.rotation <= 180, "in [0, 180] (degrees)")
+        check("flip", self.flip, self.flip is None or 0 <= self.flip <= 1, "a probability in [0, 1], or null")
+        check("rotation", self.rotation, self.rotation is None or 0 <= self.rotation <= 180,
+              "in [0, 180] (degrees), or null")
 
 
 @dataclass
@@ -519,22 +667,51 @@ class ModelConfig:
 
 
 @dataclass
-class MLPConfig(ModelConfig):
+class LayersConfig(ModelConfig):
+    """The architecture knobs of lrtrain's own MLP and CNN."""
+
+    activation: str = MISSING
+    init: str = MISSING  # torch (its default) | kaiming | xavier | orthogonal
+    norm: str = MISSING  # none | batch | layer
+
+    def __post_init__(self) -> None:
+        check_choice(self, "activation", ("relu", "gelu", "silu", "leaky_relu", "elu", "tanh"))
+        check_choice(self, "init", ("torch", "kaiming", "xavier", "orthogonal"))
+        check_choice(self, "norm", ("none", "batch", "layer"))
+
+
+@dataclass
+class MLPConfig(LayersConfig):
     hidden: list[int] = MISSING
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check("hidden", self.hidden, all(h > 0 for h in self.hidden), "a list of sizes > 0")
 
 
 @dataclass
-class CNNConfig(ModelConfig):
+class CNNConfig(LayersConfig):
     channels: list[int] = MISSING
     hidden: int = MISSING
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check("channels", self.channels, len(self.channels) > 0 and all(c > 0 for c in self.channels),
               "a non-empty list of widths > 0")
         check_positive(self, "hidden")
+
+
+@dataclass
+class ViTConfig(ModelConfig):
+    patch_size: int = MISSING  # must divide the image side
+    depth: int = MISSING  # encoder blocks
+    heads: int = MISSING  # attention heads
+    width: int = MISSING  # the embedding (hidden) size
+    mlp_width: int = MISSING  # each block's MLP
+
+    def __post_init__(self) -> None:
+        check_positive(self, "patch_size", "depth", "heads", "width", "mlp_width")
+        check("width", self.width, self.width % self.heads == 0, f"a multiple of heads ({self.heads})")
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -640,6 +817,15 @@ SCHEMAS = {
     "schema_optimizer_radam": RAdamConfig,
     "schema_optimizer_rmsprop": RMSpropConfig,
     "schema_optimizer_adagrad": AdagradConfig,
+    "schema_optimizer_adamax": AdamaxConfig,
+    "schema_optimizer_adadelta": AdadeltaConfig,
+    "schema_optimizer_adafactor": AdafactorConfig,
+    "schema_optimizer_lion": LionConfig,
+    "schema_optimizer_schedulefree_adamw": ScheduleFreeAdamWConfig,
+    "schema_optimizer_schedulefree_sgd": ScheduleFreeSGDConfig,
+    "schema_optimizer_dadapt_adam": DAdaptAdamConfig,
+    "schema_optimizer_prodigy": ProdigyConfig,
+    "schema_optimizer_muon": MuonConfig,
     "schema_scheduler": ScheduleConfig,
     "schema_scheduler_step": StepScheduleConfig,
     "schema_scheduler_multistep": MultiStepScheduleConfig,
@@ -665,6 +851,7 @@ SCHEMAS = {
     "schema_model": ModelConfig,
     "schema_model_mlp": MLPConfig,
     "schema_model_cnn": CNNConfig,
+    "schema_model_vit": ViTConfig,
     "schema_trainer": TrainerConfig,
     "schema_lr_find": LRFindConfig,
     "schema_report": ReportConfig,

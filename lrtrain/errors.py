@@ -38,6 +38,14 @@ class ModelInputError(ValueError):
     """The model cannot take the data set's inputs (e.g. a ConvNet on tabular rows)."""
 
 
+class OptimizerInputError(ValueError):
+    """The optimizer cannot train this model's parameters (e.g. Muon for a model without hidden matrices)."""
+
+
+class FlipError(ValueError):
+    """A horizontal flip asked for on digits or other glyphs, where it changes what the image shows."""
+
+
 # Keys that moved: the old spelling is refused with a message naming the new one.
 RENAMED = {
     "trainer.mode": "trainer.monitor_mode",

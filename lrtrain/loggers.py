@@ -129,7 +129,9 @@ class TensorBoardLogger(Sink):
 
     def on_start(self, ctx: RunContext) -> None:
         self.log_dir, self.config = ctx.out_dir / "tensorboard", ctx.config
-        self.loss_col, self.lr_col = ctx.step_columns.index("loss"), ctx.step_columns.index("lr")
+        # every per-step number but the position: train/loss_step, train/lr, train/grad_norm, ...
+        self.step_tags = [(i, "train/loss_step" if c == "loss" else f"train/{c}")
+                          for i, c in enumerate(ctx.step_columns) if c not in ("step", "epoch", "rollbacks")]
 
     @property
     def writer(self):
@@ -141,8 +143,8 @@ class TensorBoardLogger(Sink):
 
     def on_steps(self, rows: list[list[Any]]) -> None:
         for row in rows:
-            self.writer.add_scalar("train/loss_step", row[self.loss_col], row[0])
-            self.writer.add_scalar("train/lr", row[self.lr_col], row[0])
+            for i, tag in self.step_tags:
+                self.writer.add_scalar(tag, row[i], row[0])
 
     def on_epoch(self, row: dict[str, Any]) -> None:
         for key, value in row.items():

@@ -32,6 +32,7 @@ from lrtrain.durations import Timeline
 from lrtrain.config import TrainerConfig
 from lrtrain.early_stopping import EarlyStopping, improved
 from lrtrain.loggers import RunContext, Sink
+from lrtrain.optimizers import eval_mode, train_mode
 from lrtrain.pruning import TrialPruning
 from lrtrain.regularization import StepHooks
 from lrtrain.schedules import Schedule
@@ -91,6 +92,7 @@ class Position:
     metrics_rows: int = 0
     samples: int = 0
     step_seconds: float = 0.0
+    last_effective_lr: Optional[float] = None  # Prodigy, D-Adaptation: the learned step size
 
 
 def seed_everything(seed: int) -> None:
@@ -168,6 +170,9 @@ class Trainer:
         self._pending_lrs: list[float] = []
         self._pending_correct: list[torch.Tensor] = []
         self._pending_norms: list[torch.Tensor] = []  # gradient norms before clipping, with grad_clip
+        self._pending_effective: list[float] = []  # learned step sizes, with Prodigy and D-Adaptation
+        self._pending_momenta: list[float] = []  # with a schedule that cycles momentum
+        self.cycles_momentum = run.schedule.momentum(0) is not None
         self.dist = run.dist
         self.main = run.dist is None or run.dist.main  # rank 0 alone writes checkpoints
         self.world = run.dist.world_size if run.dist else 1
@@ -178,6 +183,7 @@ class Trainer:
         self.train_model = (nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device] if run.device.type == "cuda" else None) if run.dist else run.model)
         self.step = run.step_fn(self.train_model)
+        self.logs_effective_lr = self.step.learns_lr
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -214,6 +220,7 @@ class Trainer:
         set_rng_state(ckpt["rng"])
 
     def save(self, best: bool) -> None:
+        eval_mode(self.run.optimizer)  # every rank: a checkpoint holds the weights a resume evaluates
         if not self.main:
             return
         ckpt = self.checkpoint()
@@ -224,14 +231,15 @@ class Trainer:
             save_atomic(ckpt, last)
 
     def save_step_checkpoint(self) -> None:
-        if not self.main:
-            return
-        keep = self.settings.keep_last_k
-        step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
-        ckpt = self.checkpoint()
-        save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if keep else []))
-        for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None]:
-            old.unlink()
+        eval_mode(self.run.optimizer)  # a mid-epoch checkpoint holds the weights a resume evaluates
+        if self.main:
+            keep = self.settings.keep_last_k
+            step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
+            ckpt = self.checkpoint()
+            save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if keep else []))
+            for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None]:
+                old.unlink()
+        train_mode(self.run.optimizer)
 
     # ------------------------------------------------------------------------------------------- loop
 
@@ -246,7 +254,9 @@ class Trainer:
         self.metric_cols = ["epoch", "step", "lr", "train_loss", "val_loss",
                             *(["train_acc", "val_acc"] if self.classify else []), "seconds"]
         self.step_cols = (["step", "epoch", "lr", "loss"] + (["grad_norm"] if run.hooks.clip else [])
-                          + (["rollbacks"] if settings.on_divergence == "rollback" else []))
+                          + (["rollbacks"] if settings.on_divergence == "rollback" else [])
+                          + (["effective_lr"] if self.logs_effective_lr else [])
+                          + (["momentum"] if self.cycles_momentum else []))
         if self.main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         ctx = RunContext(out, self.step_cols, self.metric_cols, run.config, self.pos.steps_rows,
@@ -273,6 +283,7 @@ class Trainer:
                     self._on_divergence(d)
             if summary.status == "running":
                 summary.status = "completed"
+            eval_mode(run.optimizer)  # the final weights, tested and kept, are the evaluation ones
             stopper = run.stopper
             if stopper.restore_best_weights and stopper.best_weights is not None:
                 run.model.load_state_dict(stopper.best_weights)
@@ -294,6 +305,7 @@ class Trainer:
             summary.rollbacks = pos.rollbacks
             summary.train_seconds = time.perf_counter() - started + seconds_before
             summary.samples_per_second = pos.samples / pos.step_seconds if pos.step_seconds else 0.0
+            summary.effective_lr = pos.last_effective_lr
             self._end_sinks(summary)
         return summary
 
@@ -312,19 +324,21 @@ class Trainer:
 
     def _epoch(self, total_steps: int) -> None:
         run, pos, data, step = self.run, self.pos, self.run.data, self.step
-        schedule, live = run.schedule, self.live
+        schedule, live, cycles = run.schedule, self.live, self.cycles_momentum
         spe, n, bs = run.timeline.steps_per_epoch, len(data.train), data.batch_size * self.world
         every_ckpt = self.settings.checkpoint_every_n_steps
         started = time.perf_counter()
         self.order.set_state(pos.order_state)
         run.model.train()
+        train_mode(run.optimizer)
         base_lrs = [base * pos.lr_scale for base in self.base_lrs]
         first_batch = pos.batch
         shard = {"shard": self.shard} if self.dist else {}
         for stored, y in data.train_batches(self.order, start=pos.batch, **shard):  # order: from self.order
             if pos.step >= total_steps:
                 break
-            result = step(stored, y, [schedule(pos.step, base) for base in base_lrs])
+            momentum = schedule.momentum(pos.step) if cycles else None
+            result = step(stored, y, [schedule(pos.step, base) for base in base_lrs], momentum)
             self._pending_losses.append(result.loss)
             lr = run.optimizer.param_groups[0]["lr"]
             self._pending_lrs.append(lr)
@@ -332,6 +346,10 @@ class Trainer:
                 self._pending_correct.append(result.correct)
             if result.grad_norm is not None:
                 self._pending_norms.append(result.grad_norm)
+            if result.effective_lr is not None:
+                self._pending_effective.append(result.effective_lr)
+            if momentum is not None:
+                self._pending_momenta.append(momentum)
             pos.step += 1
             pos.batch += 1
             for sink in live:
@@ -355,7 +373,7 @@ class Trainer:
         if self.dist:  # every rank gets the same values, so every rank decides on divergence the same way
             losses_t, correct_t = self.dist.mean(losses_t), self.dist.sum(correct_t)
         losses = losses_t.tolist()
-        lrs = self._pending_lrs
+        lrs, effective, momenta = self._pending_lrs, self._pending_effective, self._pending_momenta
         correct = int(correct_t)
         norms = [[v] for v in norms_t.tolist()] if norms_t is not None else None
         self._clear_pending()
@@ -364,11 +382,14 @@ class Trainer:
         count = len(losses) if diverged is None else diverged[0] + 1  # keep the offending step's row
         every = settings.log_every_n_steps
         extra = [len(pos.rollbacks)] if settings.on_divergence == "rollback" else []
-        rows = [[first + j, pos.epoch, lrs[j], losses[j], *(norms[j] if norms else ()), *extra]
+        rows = [[first + j, pos.epoch, lrs[j], losses[j], *(norms[j] if norms else ()), *extra,
+                 *effective[j:j + 1], *momenta[j:j + 1]]
                 for j in range(count) if (first + j) % every == 0]
         for sink in self.sinks:
             sink.on_steps(rows)
         pos.steps_rows += len(rows)
+        if effective:
+            pos.last_effective_lr = effective[count - 1]
         if diverged is not None:
             raise Diverged(first + diverged[0], diverged[1])
         n, bs = len(run.data.train), run.data.batch_size * self.world
@@ -382,9 +403,11 @@ class Trainer:
 
     def _clear_pending(self) -> None:
         self._pending_losses, self._pending_lrs, self._pending_correct, self._pending_norms = [], [], [], []
+        self._pending_effective, self._pending_momenta = [], []
 
     def _end_epoch(self, started: float) -> None:
         run, pos, settings = self.run, self.pos, self.settings
+        eval_mode(run.optimizer)  # schedule-free: validate (and then save) the averaged weights
         val = evaluate(run.model, run.data.val, run.data, self.step.amp)  # every rank: the full validation set
         if self.dist:
             val = self.dist.from_main(val)  # rank 0's numbers, so every rank takes the same decisions

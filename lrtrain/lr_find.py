@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lrtrain.loop import Run
+from lrtrain.optimizers import train_mode
 from lrtrain.writers import CSVLog, write_json_atomic
 
 
@@ -47,6 +48,7 @@ class LRFinder:
         avg, best, stop_reason = 0.0, math.inf, None
         batches = iter(())
         model.train()
+        train_mode(opt)  # schedule-free: steps are taken in train mode; the state saved above is restored after
         try:
             for i in range(self.num_steps):
                 stored, y = next(batches, (None, None))

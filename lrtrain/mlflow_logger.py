@@ -72,7 +72,7 @@ class MLflowLogger(Sink):
 
         now = int(time.time() * 1000)
         metrics = [Metric(name, float(row[i]), now, int(row[0]))
-                   for row in rows for i, name in enumerate(self.step_columns) if name in ("lr", "loss", "grad_norm")]
+                   for row in rows for i, name in enumerate(self.step_columns) if name not in ("step", "epoch", "rollbacks")]
         self._log(metrics)
 
     def on_epoch(self, row: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """Models. Each takes its input shape and output size from the data set; dropout from regularization.
 
-torchvision is imported only when `resnet18` is built, to keep start-up close to `import torch` alone.
+torchvision is imported only when `resnet18` or `vit` is built, to keep start-up close to `import torch` alone.
 """
 
 from __future__ import annotations
@@ -19,19 +19,58 @@ def _image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, in
     return tuple(input_shape)  # type: ignore[return-value]
 
 
-class MLP(nn.Sequential):
-    """Flatten, then Linear-ReLU(-Dropout) for each hidden size, then a Linear head."""
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU,
+               "tanh": nn.Tanh}
+INITS = ("torch", "kaiming", "xavier", "orthogonal")
+NORMS = ("none", "batch", "layer")
 
-    def __init__(self, input_shape: tuple[int, ...], num_outputs: int, hidden: list[int], dropout: float = 0.0):
+
+def _norm(kind: str, width: int, conv: bool) -> list[nn.Module]:
+    """The normalisation layer after a Linear (conv=False) or a Conv2d; "layer" on feature maps is GroupNorm
+    with one group, which normalises each sample over its channels and pixels, as LayerNorm does over features."""
+    if kind == "batch":
+        return [nn.BatchNorm2d(width) if conv else nn.BatchNorm1d(width)]
+    if kind == "layer":
+        return [nn.GroupNorm(1, width) if conv else nn.LayerNorm(width)]
+    return []
+
+
+def initialise(model: nn.Module, init: str, activation: str) -> None:
+    """Re-draw every Linear and Conv2d weight with `init` (biases to 0): "torch" keeps torch's default. The gain
+    is the activation's (torch.nn.init.calculate_gain; relu's sqrt(2) for gelu, silu and elu, which torch does
+    not list) for hidden layers, and 1 for the output layer, which no activation follows."""
+    if init == "torch":
+        return
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    slope = 0.01 if activation == "leaky_relu" else 0.0  # nn.LeakyReLU's default negative slope
+    hidden = {"tanh": "tanh", "leaky_relu": "leaky_relu"}.get(activation, "relu")
+    for i, layer in enumerate(layers):
+        nonlinearity = "linear" if i == len(layers) - 1 else hidden
+        if init == "kaiming":
+            nn.init.kaiming_normal_(layer.weight, a=slope, nonlinearity=nonlinearity)
+        else:
+            gain = nn.init.calculate_gain(nonlinearity, slope if nonlinearity == "leaky_relu" else None)
+            (nn.init.xavier_uniform_ if init == "xavier" else nn.init.orthogonal_)(layer.weight, gain=gain)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
+class MLP(nn.Sequential):
+    """Flatten, then Linear(-Norm)-Activation(-Dropout) for each hidden size, then a Linear head."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_outputs: int, hidden: list[int], activation: str,
+                 init: str, norm: str, dropout: float = 0.0):
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            # a batch norm's shift makes the Linear's bias redundant
+            layers += [nn.Linear(width, h, bias=norm != "batch"), *_norm(norm, h, conv=False), ACTIVATIONS[activation]()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = h
         layers.append(nn.Linear(width, num_outputs))
         super().__init__(*layers)
+        initialise(self, init, activation)
 
 
 class Linear(nn.Sequential):
@@ -43,25 +82,29 @@ class Linear(nn.Sequential):
 
 
 class CNN(nn.Sequential):
-    """A small ConvNet: per width, Conv3x3-BatchNorm-ReLU-MaxPool2 (while the image is at least 2x2), then a
-    pooled grid of at most 4x4, Linear-ReLU(-Dropout) of `hidden` units and a Linear head. 1 or 3 channels."""
+    """A small ConvNet: per width, Conv3x3(-Norm)-Activation-MaxPool2 (while the image is at least 2x2), then a
+    pooled grid of at most 4x4, Linear-Activation(-Dropout) of `hidden` units and a Linear head. 1 or 3
+    channels."""
 
     def __init__(self, input_shape: tuple[int, ...], num_outputs: int, channels: list[int], hidden: int,
-                 dropout: float = 0.0):
+                 activation: str, init: str, norm: str, dropout: float = 0.0):
         c, h, w = _image_shape("cnn", input_shape)
         layers: list[nn.Module] = []
         for width in channels:
-            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            layers += [nn.Conv2d(c, width, 3, padding=1, bias=norm == "none"), *_norm(norm, width, conv=True),
+                       ACTIVATIONS[activation]()]
             if min(h, w) >= 2:
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
             c = width
         grid = (min(h, 4), min(w, 4))
-        layers += [nn.AdaptiveAvgPool2d(grid), nn.Flatten(), nn.Linear(c * grid[0] * grid[1], hidden), nn.ReLU()]
+        layers += [nn.AdaptiveAvgPool2d(grid), nn.Flatten(), nn.Linear(c * grid[0] * grid[1], hidden),
+                   ACTIVATIONS[activation]()]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(hidden, num_outputs))
         super().__init__(*layers)
+        initialise(self, init, activation)
 
 
 def resnet18(input_shape: tuple[int, ...], num_outputs: int, dropout: float = 0.0) -> nn.Module:
@@ -75,4 +118,28 @@ def resnet18(input_shape: tuple[int, ...], num_outputs: int, dropout: float = 0.
     model.maxpool = nn.Identity()
     if dropout > 0:
         model.fc = nn.Sequential(nn.Dropout(dropout), model.fc)
+    return model
+
+
+def vit(input_shape: tuple[int, ...], num_outputs: int, patch_size: int, depth: int, heads: int, width: int,
+        mlp_width: int, dropout: float = 0.0) -> nn.Module:
+    """torchvision's VisionTransformer (a class token, learned position embeddings, pre-norm encoder blocks of
+    multi-head attention and a GELU MLP, a Linear head on the class token), for square images of any number of
+    channels: its patch embedding, a Conv2d made for 3 channels, is remade for the data set's, with
+    torchvision's own initialisation. Dropout (regularization=dropout) is the class's `dropout`."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    c, h, w = _image_shape("vit", input_shape)
+    if h != w:
+        raise ModelInputError(f"vit needs square images, not {h}x{w}")
+    if h % patch_size:
+        divisors = [p for p in range(1, h + 1) if h % p == 0]
+        raise ModelInputError(f"model.patch_size={patch_size} does not divide the image side {h} (valid: "
+                              f"{', '.join(map(str, divisors))})")
+    model = VisionTransformer(image_size=h, patch_size=patch_size, num_layers=depth, num_heads=heads,
+                              hidden_dim=width, mlp_dim=mlp_width, dropout=dropout, num_classes=num_outputs)
+    if c != 3:
+        model.conv_proj = nn.Conv2d(c, width, kernel_size=patch_size, stride=patch_size)
+        nn.init.trunc_normal_(model.conv_proj.weight, std=math.sqrt(1 / (c * patch_size * patch_size)))
+        nn.init.zeros_(model.conv_proj.bias)
     return model

@@ -6,42 +6,70 @@
 
 It composes the real config (the same overrides as `lrtrain`) and builds only the schedule and its timeline
 through `build_schedule`, the code a run uses, so the curve is the one training would follow. It imports
-neither torch nor the data: the steps per epoch come from `steps_per_epoch=N` or from the data set's known
-size, batch size and validation fraction (an unknown data set is loaded once to count it).
+neither torch nor the data: the steps per epoch come from `steps_per_epoch=N` or from the data set's size
+(MNIST and Fashion-MNIST files on disk: the count in their header; digits and regression: known without
+reading anything; anything else is loaded once to count it), batch size and validation fraction.
 """
 
 from __future__ import annotations
 
+import csv
 import itertools
 import math
+import os
+import struct
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 USAGE = """\
 usage: lrtrain-schedule [-m] [group=option ...] [group.key=value ...] [steps_per_epoch=N] [out=FILE.png]
-                        [log=true]
+                        [log=true] [--csv FILE.csv]
 
 Draw the learning rate of every optimizer step of a config, without training: a PNG (default
 schedule.png) and one sparkline per curve in the terminal. Overrides are lrtrain's own.
   -m, --multirun     one curve per combination of comma-separated values, overlaid
-  steps_per_epoch=N  optimizer steps per epoch (default: from the data set config)
+  steps_per_epoch=N  optimizer steps per epoch (default: from the data set's size on disk, or known size)
   out=FILE.png       where to write the figure (out=none: the sparklines only)
   log=true           logarithmic LR axis
+  --csv FILE.csv     also write every step's values: curve, step, epoch, lr (and momentum where a schedule
+                     cycles it), one row per curve and step
 
 example: lrtrain-schedule -m scheduler=step,exponential,cosine_restarts optimizer=sgd optimizer.lr=0.1 \\
              trainer.max_epochs=50"""
 
-# Examples in the training split before the validation split is carved out, for data sets whose size is
-# fixed, so that a preview does not load (or download) them. Keep in step with lrtrain/data.py.
-KNOWN_SIZES = {"lrtrain.data.digits": 1797, "lrtrain.data.mnist": 60000}
+# Examples before the validation split is carved out, for data sets whose size is fixed (digits) or that
+# torchvision downloads whole when their files are missing. Keep in step with lrtrain/data.py.
+NOMINAL_SIZES = {"lrtrain.data.digits": 1797, "lrtrain.data.mnist": 60000, "lrtrain.data.fashion_mnist": 60000}
+# Where torchvision keeps the IDX files of the MNIST family under dataset.root.
+IDX_LABELS = {"lrtrain.data.mnist": "MNIST/raw/train-labels-idx1-ubyte",
+              "lrtrain.data.fashion_mnist": "FashionMNIST/raw/train-labels-idx1-ubyte"}
+IDX1_UBYTE = 0x00000801  # the magic number of a 1-D unsigned-byte IDX file (the labels)
 SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def examples(data) -> Optional[int]:
+    """Examples (training + validation) of the config's data set, without loading it: from an IDX file's header
+    when its files are on disk (the real size, e.g. a subset of MNIST), from the config (regression), or the
+    nominal size (digits; MNIST that a run would download). None when only loading it would tell."""
+    target = data._target_
+    if target in IDX_LABELS:
+        path = Path(data.root).expanduser() / IDX_LABELS[target]
+        if path.is_file():
+            with open(path, "rb") as f:
+                header = f.read(8)
+            if len(header) == 8 and struct.unpack(">I", header[:4])[0] == IDX1_UBYTE:
+                return struct.unpack(">I", header[4:])[0]
+            return None  # not an IDX labels file: let the loader say what is wrong with it
+    if target == "lrtrain.data.regression":
+        return data.num_samples
+    return NOMINAL_SIZES.get(target)
 
 
 def steps_per_epoch(cfg) -> int:
     """Optimizer steps per epoch of the config's data set, as `build` will find them."""
     data = cfg.dataset
-    n = KNOWN_SIZES.get(data._target_)
+    n = examples(data)
     if n is None:
         from hydra.utils import instantiate
 
@@ -50,16 +78,33 @@ def steps_per_epoch(cfg) -> int:
     return math.ceil(n_train / data.batch_size)
 
 
-def curve(cfg, spe: Optional[int]) -> tuple[list[float], int]:
-    """The LR of every optimizer step of the run `cfg` describes (first parameter group), and steps/epoch."""
+def schedule_of(cfg, spe: Optional[int]) -> tuple[Any, int, int]:
+    """The schedule the run `cfg` describes, its length in steps, and its steps per epoch."""
     from lrtrain.build_schedule import build_schedule
     from lrtrain.durations import Timeline
 
     spe = spe or steps_per_epoch(cfg)
     total = cfg.trainer.max_steps or cfg.trainer.max_epochs * spe
-    schedule = build_schedule(cfg, Timeline(spe, total))
+    return build_schedule(cfg, Timeline(spe, total)), total, spe
+
+
+def curve(cfg, spe: Optional[int]) -> tuple[list[float], int]:
+    """The LR of every optimizer step of the run `cfg` describes (first parameter group), and steps/epoch."""
+    schedule, total, spe = schedule_of(cfg, spe)
     lr = cfg.optimizer.lr
     return [schedule(k, lr) for k in range(total)], spe
+
+
+def write_csv(path: Path, rows: list[list[Any]], momentum: bool) -> None:
+    """The per-step values, written to a temporary file and renamed: never a half-written CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["curve", "step", "epoch", "lr"] + (["momentum"] if momentum else []))
+        # repr() of a float round-trips exactly, so values read back equal the schedule's
+        out.writerows([[repr(v) if isinstance(v, float) else v for v in row] for row in rows])
+    os.replace(tmp, path)
 
 
 def sparkline(values: list[float], top: float, width: int = 60) -> str:
@@ -121,8 +166,16 @@ def run(argv: list[str]) -> int:
     multirun = any(a in ("-m", "--multirun") for a in argv)
     own = {"steps_per_epoch": None, "out": "schedule.png", "log": "false"}
     overrides = []
-    for arg in argv:
+    csv_path: Optional[Path] = None
+    args = iter(argv)
+    for arg in args:
         if arg in ("-m", "--multirun"):
+            continue
+        if arg == "--csv" or arg.startswith("--csv="):
+            value = arg.partition("=")[2] if "=" in arg else next(args, "")
+            if not value or value.startswith("-"):
+                raise ConfigValueError("--csv", value or None, "a file name (--csv steps.csv)")
+            csv_path = Path(value).expanduser()
             continue
         key, _, value = arg.partition("=")
         if key in own:
@@ -140,16 +193,22 @@ def run(argv: list[str]) -> int:
     runs = expand(overrides, multirun)
     swept = [i for i in range(len(runs[0])) if len({r[i] for r in runs}) > 1]
     curves: list[tuple[str, list[float]]] = []
+    rows: list[list[Any]] = []  # for --csv
+    cycled = False
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         for run_overrides in runs:
             cfg = compose(config_name="config", overrides=run_overrides)
             validate(cfg)
-            values, spe_run = curve(cfg, spe)
+            schedule, total, spe_run = schedule_of(cfg, spe)
+            values = [schedule(k, cfg.optimizer.lr) for k in range(total)]
             label = " ".join(run_overrides[i] for i in swept) or cfg.scheduler._target_.rsplit(".", 1)[-1]
             if cfg.scheduler._target_.endswith(".Plateau"):
                 label += " (no metric: never reduced)"
             curves.append((label, values))
+            momenta = [schedule.momentum(k) for k in range(total)]
+            cycled = cycled or momenta[0] is not None
+            rows += [[label, k, k // spe_run, v, m] for k, (v, m) in enumerate(zip(values, momenta))]
     top = max(max(v) for _, v in curves)
     width = max(len(label) for label, _ in curves)
     epochs = len(curves[0][1]) / spe_run
@@ -164,6 +223,9 @@ def run(argv: list[str]) -> int:
         fixed = " ".join(o for i, o in enumerate(runs[0]) if i not in swept)
         plot(curves, spe_run, path, own["log"] == "true", fixed or "learning-rate schedule")
         print(f"wrote {path}")
+    if csv_path is not None:
+        write_csv(csv_path, [row if cycled else row[:-1] for row in rows], cycled)
+        print(f"wrote {csv_path}")
     return 0
 
 

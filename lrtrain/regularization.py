@@ -15,7 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrtrain.errors import FlipError
+
 IMAGE_KINDS = ("natural", "digits")  # TensorData.kind values that are images
+# What augment.flip / augment.rotation mean when left null: each kind of image gets what keeps its labels true.
+KIND_DEFAULTS = {"natural": {"flip": 0.5, "rotation": 0.0}, "digits": {"flip": 0.0, "rotation": 10.0}}
 
 
 @dataclass
@@ -59,22 +63,27 @@ class GradClip:
 class BatchAugment:
     """Random shifts, flips and rotations of a whole batch of stored images (N, C, H, W), on its device.
 
-    Every sample draws its own shift, flip and angle, all at once (no loop over samples). What applies depends
-    on the kind of images: natural images are shifted and flipped; digits (and other glyphs) are shifted and
-    rotated, never flipped. A shift is a random crop of the image padded with zeros by the largest shift.
-    The result has the input's shape and dtype; labels are untouched.
+    Every sample draws its own shift, flip and angle, all at once (no loop over samples). `flip` and
+    `rotation` left None take the kind's defaults (`KIND_DEFAULTS`): natural images are flipped, not rotated;
+    digits (and other glyphs) are rotated a little, never flipped; a value given applies as given, except a
+    flip of glyphs (a mirrored 7 is not a 7), which is refused. A shift is a random crop of the image padded
+    with zeros by the largest shift. The result has the input's shape and dtype; labels are untouched.
     """
 
-    def __init__(self, kind: str, image_shape: tuple[int, ...], max_shift: float, flip: float, rotation: float):
+    def __init__(self, kind: str, image_shape: tuple[int, ...], max_shift: float, flip: Optional[float],
+                 rotation: Optional[float]):
         from torchvision.transforms.v2 import functional as TF  # only when augmentation is on
 
         if kind not in IMAGE_KINDS:
             raise ValueError(f"image kind {kind!r}: must be one of {', '.join(IMAGE_KINDS)}")
+        if kind == "digits" and flip:
+            raise FlipError(f"flip={flip}: digits and other glyphs are never flipped (a mirrored 7 is not a 7); "
+                            "leave it null or 0")
         self.TF = TF
         side = min(image_shape[-2:])
         self.shift = max(1, math.floor(max_shift * side)) if max_shift > 0 else 0
-        self.flip = flip if kind == "natural" else 0.0
-        self.rotation = rotation if kind == "digits" else 0.0
+        self.flip = KIND_DEFAULTS[kind]["flip"] if flip is None else flip
+        self.rotation = KIND_DEFAULTS[kind]["rotation"] if rotation is None else rotation
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.rotation:

@@ -4,7 +4,11 @@ A schedule answers `lr(step, base_lr)`: the learning rate of the 0-based optimiz
 parameter group whose configured LR is `base_lr` (so per-group LRs scale with the same schedule, and the
 absolute floors such as `eta_min` stay absolute, as in torch). The training loop owns the counter and asks
 before every optimizer step; nothing here keeps hidden state except `Plateau`, which is driven by a metric
-and keeps a few plain numbers (`state_dict`).
+and keeps a few plain numbers (`state_dict`). Schedules that cycle momentum (`cyclic`, `onecycle`) also
+answer `momentum(step)`, a pure function of the step too; every other schedule answers None.
+
+A schedule of your own is a subclass of `Schedule` that implements `value(t, base_lr)` (README: "Your own
+schedule"); `scheduler=custom scheduler._target_=my_module.MySchedule` builds it like the ones here.
 
 `interval: step` evaluates the formula at every step; `interval: epoch` evaluates it at the epoch index and
 holds it for the epoch, which is what a torch scheduler stepped once per epoch does. `t` below is that
@@ -46,11 +50,19 @@ class Schedule:
     def total_ticks(self) -> int:
         return self.timeline.total_ticks(self.interval)
 
+    def tick(self, step: int) -> int:
+        """The schedule's clock at optimizer step `step`: the step, or the epoch for interval=epoch."""
+        return self.timeline.tick(step, self.interval)
+
     def __call__(self, step: int, base_lr: float) -> float:
-        return self.value(self.timeline.tick(step, self.interval), base_lr)
+        return self.value(self.tick(step), base_lr)
 
     def value(self, t: int, base_lr: float) -> float:
         raise NotImplementedError
+
+    def momentum(self, step: int) -> Optional[float]:
+        """The momentum (or Adam's beta1) of step `step`, for schedules that cycle it; None: left alone."""
+        return None
 
     # Metric-driven schedules (plateau) override these; pure ones have nothing to observe or save.
     def observe(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -94,18 +106,16 @@ class MultiStep(Schedule):
 
 
 class Exponential(Schedule):
-    """lr = base_lr * gamma ** e, e = the epoch (torch ExponentialLR stepped per epoch); with interval=step
-    and staircase=false, e = step / steps_per_epoch, a smooth decay by `gamma` per epoch."""
+    """lr = base_lr * gamma ** (t / period), a decay by `gamma` per `period` (default 1ep: torch ExponentialLR
+    stepped per epoch with interval=epoch); staircase: gamma ** floor(t / period). With period=10000steps this
+    is Keras' ExponentialDecay(decay_rate=gamma, decay_steps=10000)."""
 
-    def __init__(self, timeline: Timeline, gamma: float, staircase: bool, interval: str = "step"):
+    def __init__(self, timeline: Timeline, gamma: float, staircase: bool, period: Any, interval: str = "step"):
         super().__init__(timeline, interval)
-        self.gamma, self.staircase = gamma, staircase
+        self.gamma, self.staircase, self.period = gamma, staircase, self.ticks(period)
 
     def value(self, t: int, base_lr: float) -> float:
-        if self.interval == "epoch":
-            return base_lr * self.gamma ** t
-        spe = self.timeline.steps_per_epoch
-        return base_lr * self.gamma ** (t // spe if self.staircase else t / spe)
+        return base_lr * self.gamma ** (t // self.period if self.staircase else t / self.period)
 
 
 class Polynomial(Schedule):
@@ -187,75 +197,104 @@ class _Absolute(Schedule):
 
 
 class Cyclic(_Absolute):
-    """Triangular cycles between base_lr and max_lr (torch CyclicLR without momentum cycling):
+    """Triangular cycles between base_lr and max_lr (torch CyclicLR):
     cycle = floor(1 + t / (up + down)), x = 1 + t / (up + down) - cycle,
     h = x / r if x <= r else (x - 1) / (r - 1) with r = up / (up + down),
     lr = base_lr + (max_lr - base_lr) * h * s, s = 1 (triangular), 1 / 2 ** (cycle - 1) (triangular2),
-    gamma ** t (exp_range)."""
+    gamma ** t (exp_range). With cycle_momentum, momentum (or beta1) = max_momentum - (max_momentum -
+    base_momentum) * h * s: low when the LR is high."""
 
     own_ramp = True
 
     def __init__(self, timeline: Timeline, optimizer_lr: float, max_lr: float, step_size_up: Any,
-                 mode: str, gamma: float, base_lr: Optional[float] = None, step_size_down: Any = None,
-                 interval: str = "step"):
+                 mode: str, gamma: float, cycle_momentum: bool, base_momentum: float, max_momentum: float,
+                 base_lr: Optional[float] = None, step_size_down: Any = None, interval: str = "step"):
         super().__init__(timeline, optimizer_lr, interval)
         self.base_lr = optimizer_lr if base_lr is None else base_lr
         self.max_lr, self.mode, self.gamma = max_lr, mode, gamma
+        self.cycle_momentum, self.base_momentum, self.max_momentum = cycle_momentum, base_momentum, max_momentum
         up = float(self.ticks(step_size_up))
         down = up if step_size_down is None else float(self.ticks(step_size_down))
         self.total_size = up + down
         self.step_ratio = up / self.total_size
 
-    def value(self, t: int, base_lr: float) -> float:
+    def shape(self, t: int) -> tuple[float, float]:
+        """(h, s) at tick t: the triangle's height in [0, 1] and the mode's scale."""
         cycle = math.floor(1 + t / self.total_size)
         x = 1.0 + t / self.total_size - cycle
         scale_factor = x / self.step_ratio if x <= self.step_ratio else (x - 1) / (self.step_ratio - 1)
-        base_height = (self.max_lr - self.base_lr) * scale_factor
         if self.mode == "triangular":
             scale = 1.0
         elif self.mode == "triangular2":
             scale = 1 / (2.0 ** (cycle - 1))
         else:
             scale = self.gamma ** t
-        return self.base_lr + base_height * scale
+        return scale_factor, scale
+
+    def value(self, t: int, base_lr: float) -> float:
+        scale_factor, scale = self.shape(t)
+        return self.base_lr + (self.max_lr - self.base_lr) * scale_factor * scale
+
+    def momentum(self, step: int) -> Optional[float]:
+        if not self.cycle_momentum:
+            return None
+        scale_factor, scale = self.shape(self.tick(step))
+        return self.max_momentum - (self.max_momentum - self.base_momentum) * scale_factor * scale
 
 
 class OneCycle(_Absolute):
-    """torch OneCycleLR (without momentum cycling) over the whole run: from max_lr / div_factor up to max_lr
-    in the first pct_start of the run, then down to max_lr / div_factor / final_div_factor (three_phase:
-    back to max_lr / div_factor first, then down), annealing by cosine or linearly between phase ends."""
+    """torch OneCycleLR over the whole run: from max_lr / div_factor up to max_lr in the first pct_start of
+    the run, then down to max_lr / div_factor / final_div_factor (three_phase: back to max_lr / div_factor
+    first, then down), annealing by cosine or linearly between phase ends. With cycle_momentum, momentum (or
+    beta1) goes the other way, max_momentum -> base_momentum -> max_momentum, on the same phases."""
 
     own_ramp = True
 
     def __init__(self, timeline: Timeline, optimizer_lr: float, pct_start: float, anneal_strategy: str,
-                 div_factor: float, final_div_factor: float, three_phase: bool, max_lr: Optional[float] = None,
+                 div_factor: float, final_div_factor: float, three_phase: bool, cycle_momentum: bool,
+                 base_momentum: float, max_momentum: float, max_lr: Optional[float] = None,
                  interval: str = "step"):
         super().__init__(timeline, optimizer_lr, interval)
         self.max_lr = optimizer_lr if max_lr is None else max_lr
         self.initial_lr = self.max_lr / div_factor
         self.min_lr = self.initial_lr / final_div_factor
         self.anneal_strategy = anneal_strategy
+        self.cycle_momentum = cycle_momentum
         total = self.total_ticks
+        lo, hi = base_momentum, max_momentum
+        # (last tick of the phase, LR at its start and end, momentum at its start and end)
         if three_phase:
-            self.phases = [(float(pct_start * total) - 1, self.initial_lr, self.max_lr),
-                           (float(2 * pct_start * total) - 2, self.max_lr, self.initial_lr),
-                           (total - 1, self.initial_lr, self.min_lr)]
+            self.phases = [(float(pct_start * total) - 1, self.initial_lr, self.max_lr, hi, lo),
+                           (float(2 * pct_start * total) - 2, self.max_lr, self.initial_lr, lo, hi),
+                           (total - 1, self.initial_lr, self.min_lr, hi, hi)]
         else:
-            self.phases = [(float(pct_start * total) - 1, self.initial_lr, self.max_lr),
-                           (total - 1, self.max_lr, self.min_lr)]
+            self.phases = [(float(pct_start * total) - 1, self.initial_lr, self.max_lr, hi, lo),
+                           (total - 1, self.max_lr, self.min_lr, lo, hi)]
 
     def anneal(self, start: float, end: float, pct: float) -> float:
         if self.anneal_strategy == "cos":
             return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
         return (end - start) * pct + start
 
-    def value(self, t: int, base_lr: float) -> float:
+    def phase(self, t: int) -> tuple[tuple, float]:
+        """The phase tick t falls in, and how far into it (0 to 1)."""
         start_step = 0.0
-        for i, (end_step, start_lr, end_lr) in enumerate(self.phases):
+        for i, phase in enumerate(self.phases):
+            end_step = phase[0]
             if t <= end_step or i == len(self.phases) - 1:
-                return self.anneal(start_lr, end_lr, (t - start_step) / (end_step - start_step))
+                return phase, (t - start_step) / (end_step - start_step)
             start_step = end_step
         raise AssertionError("unreachable")
+
+    def value(self, t: int, base_lr: float) -> float:
+        (_, start_lr, end_lr, _, _), pct = self.phase(t)
+        return self.anneal(start_lr, end_lr, pct)
+
+    def momentum(self, step: int) -> Optional[float]:
+        if not self.cycle_momentum:
+            return None
+        (_, _, _, start, end), pct = self.phase(self.tick(step))
+        return self.anneal(start, end, pct)
 
 
 class InverseSqrt(Schedule):

@@ -9,6 +9,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
+from lrtrain.optimizers import effective_lr, set_momentum
 from lrtrain.regularization import StepHooks
 
 
@@ -16,23 +17,30 @@ class StepResult(NamedTuple):
     loss: torch.Tensor  # the data loss (without a penalty), on the device: no host sync here
     correct: Optional[torch.Tensor]  # correct predictions in the batch, when classifying
     grad_norm: Optional[torch.Tensor]  # the gradients' norm before clipping, when clipping
+    effective_lr: Optional[float]  # the step size it took, where the optimizer learns one (Prodigy: d * lr)
 
 
 class TrainStep:
-    """set the LRs -> augment -> forward under autocast -> loss (+ penalty) -> backward -> clip -> optimizer step."""
+    """set the LRs (and a cycled momentum) -> augment -> forward under autocast -> loss (+ penalty) -> backward -> clip -> optimizer step."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, data,
                  hooks: StepHooks, precision: str, device: torch.device):
         self.model, self.optimizer, self.loss_fn, self.data, self.hooks = model, optimizer, loss_fn, data, hooks
         self.classify = data.num_classes is not None
+        self.learns_lr = effective_lr(optimizer) is not None
         self.amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                     else contextlib.nullcontext())
 
-    def __call__(self, stored: torch.Tensor, y: torch.Tensor, lrs: Sequence[float]) -> StepResult:
-        """One step on the stored batch with `lrs[i]` as the LR of parameter group i."""
+    def __call__(self, stored: torch.Tensor, y: torch.Tensor, lrs: Sequence[float],
+                 momentum: Optional[float] = None) -> StepResult:
+        """One step on the stored batch with `lrs[i]` as the LR of parameter group i (and `momentum`, or
+        Adam's beta1, for every group when a schedule cycles it)."""
         opt, hooks = self.optimizer, self.hooks
         for group, lr in zip(opt.param_groups, lrs):
             group["lr"] = lr
+        if momentum is not None:
+            set_momentum(opt, momentum)
+        step_size = effective_lr(opt) if self.learns_lr else None  # before step(): d changes inside it
         if hooks.augment is not None:
             stored = hooks.augment(stored)
         with self.amp:
@@ -43,4 +51,4 @@ class TrainStep:
         norm = hooks.clip() if hooks.clip is not None else None
         opt.step()
         correct = (output.argmax(1) == y).sum() if self.classify else None
-        return StepResult(loss.detach(), correct, norm)
+        return StepResult(loss.detach(), correct, norm, step_size)

@@ -13,7 +13,7 @@ the torch pair stepped once per epoch would be.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from lrtrain.schedules import Schedule
 
@@ -38,6 +38,9 @@ class Warmup:
         if step < self.length:
             return self.factor(self.timeline.tick(step, self.interval)) * self.schedule(0, base_lr)
         return self.schedule(step - self.length, base_lr)
+
+    def momentum(self, step: int) -> Optional[float]:
+        return self.schedule.momentum(max(0, step - self.length))
 
     def observe(self, epoch: int, metrics: dict[str, float]) -> None:
         if metrics["step"] > self.length:  # the epoch ended after warmup

@@ -37,10 +37,10 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=200)
     args = parser.parse_args()
     device = torch.device(args.device)
-    for kind, shape, batch in (("glyphs", (1, 8, 8), 32), ("natural", (3, 32, 32), 256)):
+    for kind, shape, batch in (("digits", (1, 8, 8), 32), ("natural", (3, 32, 32), 256)):
         x = torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
-        augment = BatchAugment(kind, shape, max_shift=0.125, flip=0.5, rotation=10.0)
+        augment = BatchAugment(kind, shape, max_shift=0.125, flip=None, rotation=None)  # the kind's defaults
         model = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 128), nn.ReLU(), nn.Linear(128, 10)).to(device)
         opt = torch.optim.Adam(model.parameters())
 

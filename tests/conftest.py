@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 # Small and quick: two epochs of the digits default, no live bar.
 FAST = ["trainer.max_epochs=2", "trainer.progress=plain"]
+# scheduler=custom needs a Schedule class: lrtrain's own cosine is one (tests that sweep every option use it).
+CUSTOM = ["scheduler._target_=lrtrain.schedules.Cosine", "+scheduler.eta_min=0.0"]
+# In-process runs: no progress, plots or TensorBoard, on the CPU.
+QUIET = ["trainer.progress=none", "logger=[csv]", "logger.csv.plots=false", "trainer.device=cpu"]
 
 
 @dataclass
@@ -115,15 +119,17 @@ def train_briefly(compose, tmp_path):
     from lrtrain.loop import fit
 
     def _train(*overrides: str, steps: int = 40):
-        cfg = compose(*overrides, f"trainer.max_steps={steps}", "trainer.progress=none", "logger=[csv]",
-                      "logger.csv.plots=false", "trainer.device=cpu")
+        cfg = compose(*overrides, f"trainer.max_steps={steps}", *QUIET)
         run = build(cfg, tmp_path)
         fit(run)
-        with open(tmp_path / "steps.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        return run, rows
+        return run, read_rows(tmp_path / "steps.csv")
 
     return _train
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def loss_fell(rows: list[dict[str, str]], k: int = 5) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import config_error, group_options
+from conftest import config_error, CUSTOM, group_options
 
 GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping", "dataset", "model", "trainer",
           "lr_find", "report"]  # hparams_search is global (it sets hydra.sweeper): tests/test_sweeps.py composes it
@@ -12,7 +12,7 @@ GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping"
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_option_composes_and_validates(compose, group, option):
-    cfg = compose(f"{group}={option}")
+    cfg = compose(f"{group}={option}", *(CUSTOM if (group, option) == ("scheduler", "custom") else []))
     assert group in cfg
 
 
@@ -41,8 +41,10 @@ def test_out_of_range_values_name_the_key(compose, override, needle):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["optimizer=adamm"], "lrtrain: error: optimizer=adamm: no such option; "
-                              "valid: adagrad, adam, adamw, amsgrad, momentum, nadam, radam, rmsprop, sgd"),
+        (["optimizer=adamm"], "lrtrain: error: optimizer=adamm: no such option; valid: adadelta, adafactor, "
+                              "adagrad, adam, adamax, adamw, amsgrad, dadapt_adam, lion, momentum, muon, nadam, "
+                              "prodigy, radam, rmsprop, schedulefree_adamw, schedulefree_sgd, sgd"),
+        (["scheduler=custom"], "lrtrain: error: scheduler._target_: a value is required"),
         (["regularization=[l2,foo]"],
          "lrtrain: error: regularization=foo: no such option; valid: augment, dropout, grad_clip, l1, l2, "
          "label_smoothing, none"),

@@ -71,6 +71,22 @@ def test_lr_finder_restores_model_and_optimizer(compose, tmp_path):
     assert torch.equal(torch.get_rng_state(), rng_before)
 
 
+@pytest.mark.parametrize("name", ["schedulefree_adamw", "schedulefree_sgd"])
+def test_lr_finder_steps_schedule_free_optimizers_in_train_mode_and_restores_them(compose, tmp_path, name):
+    """Without train mode a schedule-free optimizer refuses to step; after the test its state (and mode) and
+    the weights are the ones before, so training starts as it would have without the test."""
+    from lrtrain.build import build, build_lr_finder
+
+    cfg = compose(f"optimizer={name}", "logger.csv.plots=false", "lr_find.num_steps=20")
+    run = build(cfg, tmp_path)
+    model_before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    result = build_lr_finder(cfg).run(run)
+    assert result["steps"] >= 10  # stepped (it may stop early once the loss blows up)
+    assert all(torch.equal(model_before[k], v) for k, v in run.model.state_dict().items())
+    assert run.optimizer.state_dict()["state"] == {}
+    assert [g["train_mode"] for g in run.optimizer.param_groups] == [False] and run.optimizer.param_groups[0]["k"] == 0
+
+
 def test_suggestion_is_the_steepest_descent_before_the_minimum():
     from lrtrain.lr_find import suggest
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from conftest import config_error, FAST, REPO, group_options, loss_fell
-from lrtrain.regularization import BatchAugment, GradClip, L1Penalty
+from lrtrain.regularization import BatchAugment, FlipError, GradClip, L1Penalty
 
 OPTIONS = group_options("regularization")
 
@@ -65,7 +65,7 @@ def test_combining_options_composes_all_of_them(compose, train_briefly):
         (["regularization=[dropout]", "regularization.dropout.p=1.0"],
          "regularization.dropout.p=1.0: must be in [0, 1)"),
         (["regularization=[augment]", "regularization.augment.flip=2"],
-         "regularization.augment.flip=2.0: must be a probability in [0, 1]"),
+         "regularization.augment.flip=2.0: must be a probability in [0, 1], or null"),
         (["regularization=[augment]", "regularization.augment.max_shift=0.5"],
          "regularization.augment.max_shift=0.5: must be in [0, 0.5)"),
         (["regularization=[label_smoothing]", "regularization.label_smoothing.epsilon=1"],
@@ -93,7 +93,7 @@ def _batch(n: int = 64, side: int = 8) -> torch.Tensor:
 
 def test_augmentation_changes_batches_per_sample_and_keeps_shape_and_dtype():
     x = _batch()
-    out = BatchAugment("digits", (1, 8, 8), max_shift=0.125, flip=0.5, rotation=10)(x)
+    out = BatchAugment("natural", (1, 8, 8), max_shift=0.125, flip=0.5, rotation=10)(x)
     assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
     assert not torch.equal(out, x)
     assert len({tuple(o.flatten().tolist()) for o in out}) > 5  # each sample draws its own shift and angle
@@ -109,16 +109,41 @@ def test_shift_is_a_random_crop_of_the_zero_padded_image():
     assert seen <= crops and len(seen) > 10
 
 
-def test_flips_only_natural_images_and_only_some_samples():
+def test_flips_natural_images_by_default_and_only_some_samples():
     x = _batch()
-    flipped = BatchAugment("natural", (1, 8, 8), max_shift=0, flip=1, rotation=30)(x)
-    assert torch.equal(flipped, x.flip(-1))  # natural images: flipped, never rotated
+    flipped = BatchAugment("natural", (1, 8, 8), max_shift=0, flip=1, rotation=None)(x)
+    assert torch.equal(flipped, x.flip(-1))  # natural images: flipped, not rotated unless asked
     some = BatchAugment("natural", (1, 8, 8), max_shift=0, flip=0.5, rotation=0)(x)
     is_flipped = [torch.equal(o, x[0].flip(-1)) for o in some]
     assert any(is_flipped) and not all(is_flipped)
     assert all(f or torch.equal(o, x[0]) for o, f in zip(some, is_flipped))
-    digits = BatchAugment("digits", (1, 8, 8), max_shift=0, flip=1, rotation=0)(x)
-    assert torch.equal(digits, x)  # a flipped digit is another symbol
+    assert BatchAugment("natural", (1, 8, 8), max_shift=0, flip=None, rotation=None).flip == 0.5
+    assert BatchAugment("digits", (1, 8, 8), max_shift=0, flip=None, rotation=None).flip == 0.0
+
+
+def test_values_set_apply_as_set_except_a_flip_of_glyphs():
+    assert BatchAugment("natural", (3, 8, 8), max_shift=0, flip=None, rotation=15).rotation == 15
+    assert BatchAugment("digits", (1, 8, 8), max_shift=0, flip=None, rotation=None).rotation == 10.0
+    assert BatchAugment("digits", (1, 8, 8), max_shift=0, flip=0, rotation=None).flip == 0
+    with pytest.raises(FlipError, match="flip=0.5: digits and other glyphs are never flipped"):
+        BatchAugment("digits", (1, 8, 8), max_shift=0, flip=0.5, rotation=None)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist"])
+def test_a_flip_set_on_digits_is_a_config_error_not_silently_dropped(compose, tmp_path, dataset):
+    from lrtrain.build import build
+    from lrtrain.errors import ConfigValueError
+
+    extra = []
+    if dataset == "mnist":
+        from datafiles import write_mnist
+
+        extra = [f"dataset.root={write_mnist(tmp_path / 'data')}", "dataset.download=false"]
+    with pytest.raises(ConfigValueError) as e:
+        build(compose(f"dataset={dataset}", *extra, "regularization=[augment]", "regularization.augment.flip=0.5"),
+              tmp_path)
+    assert str(e.value) == (f"regularization.augment.flip=0.5: must be null or 0 for {dataset}: digits and other "
+                            "glyphs are never flipped (a mirrored 7 is not a 7)")
 
 
 def test_rotation_is_small_and_per_sample():

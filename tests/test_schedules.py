@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.optim import lr_scheduler as tls
 
-from conftest import config_error, group_options
+from conftest import config_error, CUSTOM, group_options
 from lrtrain.build_schedule import build_schedule
 from lrtrain.errors import ConfigValueError
 from lrtrain.durations import Timeline
@@ -136,6 +136,73 @@ def test_whole_runs_match_torch(compose, name, interval):
             assert_close(ours_curve(sched, total, base), curve, f"{name} {interval} {spe}x{total // spe} base={base}")
 
 
+# ------------------------------------------------------------------------------------ momentum cycling
+
+MOMENTA = ["scheduler.cycle_momentum=true", "scheduler.base_momentum=0.7", "scheduler.max_momentum=0.95"]
+MOMENTUM_CASES = {name: CASES[name][0] + MOMENTA for name in CASES if name.startswith(("cyclic", "onecycle"))}
+
+
+def torch_lrs_and_momenta(make, total: int, spe: int, interval: str, beta1: bool):
+    """Drive a torch scheduler with cycle_momentum=True over SGD (momentum) or Adam (beta1); return the LRs of
+    each group and the momentum every step used (torch sets the same momentum in every group)."""
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in BASES]
+    groups = [{"params": [p], "lr": b} for p, b in zip(params, BASES)]
+    opt = torch.optim.Adam(groups, lr=BASES[0]) if beta1 else torch.optim.SGD(groups, lr=BASES[0], momentum=0.5)
+    sched = make(opt)
+    lrs: list[list[float]] = [[] for _ in BASES]
+    momenta: list[float] = []
+    for k in range(total):
+        if interval == "epoch" and k and k % spe == 0:
+            sched.step()
+        for c, g in zip(lrs, opt.param_groups):
+            c.append(float(g["lr"]))
+        values = {g["betas"][0] if beta1 else g["momentum"] for g in opt.param_groups}
+        assert len(values) == 1
+        momenta.append(values.pop())
+        opt.step()
+        if interval == "step":
+            sched.step()
+    return lrs, momenta
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+@pytest.mark.parametrize("name,optimizer", [(name, "momentum") for name in MOMENTUM_CASES]  # SGD's momentum
+                         + [("cyclic_triangular", "adam"), ("onecycle_cos_False", "adam")])  # Adam's beta1
+def test_momentum_cycling_matches_torch(compose, name, interval, optimizer):
+    """cyclic/onecycle with cycle_momentum: the LR and the momentum of every step equal torch's CyclicLR and
+    OneCycleLR with cycle_momentum=True (momentum for SGD, beta1 for Adam)."""
+    cfg = compose(f"optimizer={optimizer}", f"optimizer.lr={BASES[0]}", *MOMENTUM_CASES[name],
+                  f"scheduler.interval={interval}")
+    for spe, total in RUNS:
+        sched = build_schedule(cfg, Timeline(spe, total))
+        T = total if interval == "step" else math.ceil(total / spe)
+        e = lambda x: ticks(x, spe, interval)  # noqa: E731
+        if name.startswith("cyclic"):
+            make = lambda o: tls.CyclicLR(  # noqa: E731
+                o, base_lr=[0.01 * b / BASES[0] for b in BASES], max_lr=[0.2 * b / BASES[0] for b in BASES],
+                step_size_up=e(2), step_size_down=e(1), mode=name.split("_", 1)[1], gamma=0.995,
+                cycle_momentum=True, base_momentum=0.7, max_momentum=0.95)
+        else:
+            _, anneal, three = name.split("_")
+            make = lambda o: tls.OneCycleLR(  # noqa: E731
+                o, max_lr=list(BASES), total_steps=T, pct_start=0.25, anneal_strategy=anneal, div_factor=10,
+                final_div_factor=100, three_phase=three == "True", cycle_momentum=True, base_momentum=0.7,
+                max_momentum=0.95)
+        lrs, momenta = torch_lrs_and_momenta(make, total, spe, interval, beta1=optimizer == "adam")
+        what = f"{name} {interval} {spe}x{total // spe}"
+        assert_close([sched.momentum(k) for k in range(total)], momenta, what + " momentum")
+        for base, curve in zip(BASES, lrs):
+            assert_close(ours_curve(sched, total, base), curve, f"{what} base={base}")
+    assert max(momenta) == pytest.approx(0.95) and min(momenta) < 0.9  # it did cycle
+
+
+@pytest.mark.parametrize("name", [n for n in group_options("scheduler") if n not in ("cyclic", "onecycle")])
+def test_other_schedules_leave_momentum_alone(compose, name):
+    extra = {"inverse_sqrt": ["warmup=linear"], "custom": CUSTOM}.get(name, [])
+    s = build_schedule(compose(f"scheduler={name}", *extra), Timeline(45, 900))
+    assert s.momentum(0) is None and s.momentum(500) is None
+
+
 WARMUP_CASES = ["constant", "step", "multistep", "exponential", "polynomial", "linear_to_end", "cosine",
                 "cosine_restarts"]
 
@@ -239,6 +306,29 @@ def test_exponential_staircase_and_smooth(schedule, staircase):
     assert s(spe, 0.1) == pytest.approx(0.07, rel=1e-12)  # gamma per epoch either way
 
 
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+@pytest.mark.parametrize("staircase", [False, True])
+@pytest.mark.parametrize("period", ["10steps", "2.5ep", "1ep"])
+def test_exponential_period_is_keras_exponential_decay(schedule, period, staircase, interval):
+    """gamma per period == Keras' ExponentialDecay(initial_learning_rate, decay_steps, decay_rate, staircase):
+    lr = initial_learning_rate * decay_rate ** (step / decay_steps), the exponent floored when staircase."""
+    spe, total = 7, 84
+
+    def keras(step: int, initial_learning_rate: float, decay_steps: float, decay_rate: float = 0.96) -> float:
+        p = step / decay_steps
+        return initial_learning_rate * decay_rate ** (math.floor(p) if staircase else p)
+
+    s = schedule("scheduler=exponential", "scheduler.gamma=0.96", f"scheduler.period={period}",
+                 f"scheduler.staircase={staircase}", f"scheduler.interval={interval}", spe=spe, total=total)
+    decay_steps = {"10steps": 10, "2.5ep": round(2.5 * spe), "1ep": spe}[period]
+    for base in BASES:
+        if interval == "step":
+            expected = [keras(k, base, decay_steps) for k in range(total)]
+        else:  # the clock is the epoch, and the period whole epochs
+            expected = [keras(k // spe, base, max(1, round(decay_steps / spe))) for k in range(total)]
+        assert_close(ours_curve(s, total, base), expected, f"{period} {staircase} {interval}")
+
+
 def test_exponential_warmup_is_geometric(schedule):
     spe, total, w = 45, 900, 90
     s = schedule("scheduler=cosine", "warmup=exponential", f"warmup.length={w}steps", "warmup.start_factor=0.01",
@@ -260,7 +350,8 @@ def test_warmup_reaches_the_schedule_exactly(schedule, compose, name, kind):
     if name == "inverse_sqrt" and kind != "linear":
         return  # a config error, tested below
     spe, total, w = 45, 900, 60
-    s = schedule(f"scheduler={name}", f"warmup={kind}", f"warmup.length={w}steps", spe=spe, total=total)
+    s = schedule(f"scheduler={name}", *(CUSTOM if name == "custom" else []), f"warmup={kind}",
+                 f"warmup.length={w}steps", spe=spe, total=total)
     start_factor = compose(f"warmup={kind}").warmup.start_factor
     curve = ours_curve(s, total, 0.1)
     assert all(v > 0 for v in curve)
@@ -356,9 +447,7 @@ def _save(obj) -> io.BytesIO:
 
 @pytest.mark.parametrize("name", group_options("scheduler"))
 def test_every_schedule_has_a_serialisable_state(schedule, name):
-    extra = ["warmup=linear"] if name == "inverse_sqrt" else []
-    if name == "cyclic":
-        extra = ["scheduler.max_lr=0.5"]
+    extra = {"inverse_sqrt": ["warmup=linear"], "cyclic": ["scheduler.max_lr=0.5"], "custom": CUSTOM}.get(name, [])
     s = schedule(f"scheduler={name}", *extra, spe=45, total=900)
     state = s.state_dict()
     s.load_state_dict(torch.load(_save(state), weights_only=True))
@@ -411,10 +500,70 @@ def test_nonsense_combinations_are_config_errors(schedule, overrides, message):
          "scheduler.scale=2.0: must be null when d_model is set"),
         ("warmup=exponential warmup.start_factor=0", "warmup.start_factor=0.0: must be in (0, 1] (a geometric ramp)"),
         ("scheduler=step scheduler.interval=batch", "scheduler.interval='batch': must be one of step, epoch"),
+        ("scheduler=exponential scheduler.period=0steps", "scheduler.period='0steps': must be a duration > 0"),
+        ("scheduler=cyclic scheduler.base_momentum=0.95",
+         "scheduler.max_momentum=0.9: must be in [base_momentum (0.95), 1)"),
+        ("scheduler=onecycle scheduler.base_momentum=1", "scheduler.base_momentum=1.0: must be in [0, 1)"),
     ],
 )
 def test_out_of_range_schedule_values(compose, override, message):
     assert config_error(compose, *override.split()) == message
+
+
+CUSTOM_MODULE = """
+from lrtrain.schedules import Schedule
+
+
+class Halving(Schedule):
+    def __init__(self, timeline, every, interval="step"):
+        super().__init__(timeline, interval)
+        self.every = self.ticks(every)
+
+    def value(self, t, base_lr):
+        return base_lr * 0.5 ** (t // self.every)
+
+
+class NotASchedule:
+    pass
+"""
+
+
+@pytest.fixture
+def custom_module(tmp_path, monkeypatch):
+    (tmp_path / "tiny_schedules.py").write_text(CUSTOM_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_custom_schedule_composes_with_warmup_and_intervals(custom_module, schedule):
+    s = schedule("scheduler=custom", "scheduler._target_=tiny_schedules.Halving", "+scheduler.every=2ep",
+                 "warmup=linear", "warmup.length=1ep", spe=7, total=84)
+    assert [s(k, 0.1) for k in (0, 7, 20, 21, 83)] == pytest.approx([0.01, 0.1, 0.1, 0.05, 0.1 * 0.5 ** 5])
+    e = schedule("scheduler=custom", "scheduler._target_=tiny_schedules.Halving", "+scheduler.every=2ep",
+                 "scheduler.interval=epoch", spe=7, total=84)
+    assert [e(k, 0.1) for k in (13, 14, 83)] == pytest.approx([0.1, 0.05, 0.1 * 0.5 ** 5])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["scheduler._target_=nowhere.Sched"], "scheduler._target_='nowhere.Sched': must be a Schedule class "
+         "importable as module.Class (is its folder on PYTHONPATH?): ModuleNotFoundError: No module named 'nowhere'"),
+        (["scheduler._target_=tiny_schedules.Nope"], "scheduler._target_='tiny_schedules.Nope': must be a Schedule "
+         "class importable as module.Class (is its folder on PYTHONPATH?): AttributeError: module 'tiny_schedules' "
+         "has no attribute 'Nope'"),
+        (["scheduler._target_=tiny_schedules.NotASchedule"],
+         "scheduler._target_='tiny_schedules.NotASchedule': must be a subclass of lrtrain.schedules.Schedule"),
+        (["scheduler._target_=tiny_schedules.Halving", "+scheduler.every=2ep", "+scheduler.gamma=0.5"],
+         "scheduler='Halving': must be given the keys Halving.__init__ takes (got an unexpected keyword argument "
+         "'gamma')"),
+        (["scheduler._target_=tiny_schedules.Halving"],
+         "scheduler='Halving': must be given the keys Halving.__init__ takes (missing a required argument: 'every')"),
+    ],
+)
+def test_custom_schedule_errors_name_the_key(custom_module, schedule, overrides, message):
+    with pytest.raises(ConfigValueError) as e:
+        schedule("scheduler=custom", *overrides, spe=7, total=84)
+    assert str(e.value) == message
 
 
 LR = 1e-3  # the default optimizer's lr
@@ -432,6 +581,7 @@ ENDPOINTS = {  # lr(0) and lr(last step) of each option's defaults over the digi
     "inverse_sqrt": (LR / 45, LR * math.sqrt(45 / 900)),  # with warmup=linear (1ep)
     "plateau": (LR, LR),
     "wsd": (LR, LR / 180),  # the last of 180 decay steps
+    "custom": (LR, LR * (1 + math.cos(math.pi * 899 / 900)) / 2),  # with CUSTOM: lrtrain's cosine
 }
 
 
@@ -441,8 +591,8 @@ def test_endpoints_cover_every_option():
 
 @pytest.mark.parametrize("name", sorted(ENDPOINTS))
 def test_first_and_last_lr_of_each_default(compose, name):
-    cfg = compose(f"scheduler={name}", *(["warmup=linear"] if name == "inverse_sqrt" else []))
-    s = build_schedule(cfg, Timeline(45, 900))
+    extra = {"inverse_sqrt": ["warmup=linear"], "custom": CUSTOM}.get(name, [])
+    s = build_schedule(compose(f"scheduler={name}", *extra), Timeline(45, 900))
     first, last = ENDPOINTS[name]
     assert s(0, LR) == pytest.approx(first, rel=1e-12)
     assert s(899, LR) == pytest.approx(last, rel=1e-12)

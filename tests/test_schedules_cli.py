@@ -45,7 +45,8 @@ def replay(run_dir: Path) -> list[tuple[int, float, float]]:
 
 
 def test_every_schedule_trains_from_the_cli_both_intervals(lrtrain, tmp_path):
-    names = [n for n in group_options("scheduler") if n != "inverse_sqrt"]  # needs a warmup: below
+    # inverse_sqrt needs a warmup (below); custom needs a class (test_custom_schedule_from_pythonpath)
+    names = [n for n in group_options("scheduler") if n not in ("inverse_sqrt", "custom")]
     r = lrtrain("-m", f"scheduler={','.join(names)}", "scheduler.interval=step,epoch", "trainer.max_steps=60",
                 *QUIET, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert r.returncode == 0, r.stderr
@@ -93,3 +94,25 @@ def test_plateau_after_warmup_reduces_from_the_next_step(lrtrain):
     assert per_epoch[4] == [0.05]
     ckpt = __import__("torch").load(r.run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["schedule"]["reductions"] == 2 and ckpt["schedule"]["num_bad_epochs"] == 0
+
+
+def readme_schedule_example() -> str:
+    """The Python block of the README's "Your own schedule" section: the example users copy is the one tested."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Your own schedule", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_custom_schedule_from_pythonpath(lrtrain, tmp_path):
+    """The README's example class, written to a module on PYTHONPATH, drives a real run: steps.csv's lr is its
+    formula (LambdaLR-style linear warmup, then cosine to 0), computed here independently."""
+    code = readme_schedule_example()
+    assert len(code.strip().splitlines()) <= 16
+    (tmp_path / "my_schedules.py").write_text(code)
+    r = lrtrain("scheduler=custom", "scheduler._target_=my_schedules.WarmupCosine", "+scheduler.warmup=20steps",
+                "trainer.max_steps=90", "optimizer.lr=0.01", *QUIET, env={"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    lrs = [float(row["lr"]) for row in _rows(r.run_dir / "steps.csv")]
+    expected = [0.01 * (k + 1) / 20 if k < 20 else 0.01 * (1 + math.cos(math.pi * (k - 20) / 70)) / 2
+                for k in range(90)]
+    assert len(lrs) == 90 and all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-18) for a, b in zip(lrs, expected))
