@@ -80,7 +80,7 @@ def test_lr_finder_steps_schedule_free_optimizers_in_train_mode_and_restores_the
     cfg = compose(f"optimizer={name}", "logger.csv.plots=false", "lr_find.num_steps=20")
     run = build(cfg, tmp_path)
     model_before = {k: v.clone() for k, v in run.model.state_dict().items()}
-    result = build_lr_finder(cfg).run(run)
+    result = build_lr_finder(cfg).run(run, plots=False)
     assert result["steps"] >= 10  # stepped (it may stop early once the loss blows up)
     assert all(torch.equal(model_before[k], v) for k, v in run.model.state_dict().items())
     assert run.optimizer.state_dict()["state"] == {}

@@ -191,7 +191,7 @@ def test_schedule_free_validates_tests_and_saves_the_averaged_weights(compose, t
     amp = contextlib.nullcontext()
     as_validated = evaluate(run.model, run.data.val, run.data, amp)
     assert as_validated["loss"] == float(read_rows(tmp_path / "metrics.csv")[-1]["val_loss"])
-    assert as_validated["loss"] == summary["final"]["val_loss"]
+    assert as_validated["loss"] == summary.final["val_loss"]
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert all(torch.equal(saved["model"][k], v) for k, v in run.model.state_dict().items())
     assert [g["train_mode"] for g in saved["optimizer"]["param_groups"]] == [False]
@@ -234,7 +234,7 @@ def test_learned_step_size_is_logged_as_d_times_lr(compose, tmp_path, name):
         assert effective[ckpt["step"]] == d * lrs[ckpt["step"]], path.name
         ds.append(d)
     assert len(ds) == 8 and ds == sorted(ds) and ds[-1] > 100 * cfg.optimizer.d0
-    assert summary["effective_lr"] == effective[-1]
+    assert summary.effective_lr == effective[-1]
     assert lrs[-1] < lrs[0] / 100  # the cosine schedule multiplies lr, the learned d comes on top
 
 

@@ -99,20 +99,21 @@ def test_every_optimizer_resumes_bit_for_bit_from_a_mid_epoch_checkpoint(compose
     optimizer's state (Prodigy's d, schedule-free's z and mode, Muon's two parts) and the mode switches."""
     from lrtrain.build import build
     from lrtrain.loop import fit
-    from lrtrain.progress import ProgressDisplay
+    from lrtrain.step import TrainStep
 
     cfg = compose(f"optimizer={name}", "trainer.max_epochs=2", "dataset.batch_size=64",  # 23 steps an epoch
                   "trainer.checkpoint_every_n_steps=7", *QUIET)
     fit(build(cfg, tmp_path / "reference"))
     broken = tmp_path / "broken"
-    step = ProgressDisplay.step
+    step, done = TrainStep.__call__, []
 
-    def kill_at_31(self, n, *args):
-        if n == 31:  # 3 steps after the checkpoint at step 28, in the second epoch
+    def kill_after_31(self, *args):
+        if len(done) == 31:  # 3 steps after the checkpoint at step 28, in the second epoch
             raise _Killed
-        step(self, n, *args)
+        done.append(1)
+        return step(self, *args)
 
-    monkeypatch.setattr(ProgressDisplay, "step", kill_at_31)
+    monkeypatch.setattr(TrainStep, "__call__", kill_after_31)
     with pytest.raises(_Killed):
         fit(build(cfg, broken))
     monkeypatch.undo()
