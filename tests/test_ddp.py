@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import re
 import signal
@@ -40,6 +42,7 @@ def test_train_batches_shards_are_disjoint_and_cover_the_epoch():
     assert all(torch.equal(a, b) for a, b in zip(resumed, shards[1][1:]))
 
 
+@pytest.mark.slow
 def test_two_ranks_train_one_run_in_step_and_resume_without_ddp(tmp_path, lrtrain):
     proc = torchrun("trainer.max_epochs=3", cwd=tmp_path)
     out, _ = proc.communicate(timeout=240)
@@ -72,6 +75,7 @@ def test_two_ranks_train_one_run_in_step_and_resume_without_ddp(tmp_path, lrtrai
     assert more.summary()["resumed_from_step"] == 69
 
 
+@pytest.mark.slow
 def test_an_explicit_run_dir_shared_by_the_ranks_survives(tmp_path):
     """With hydra.run.dir every rank's Hydra dir is the run dir itself: no rank may remove it as scratch."""
     run_dir = tmp_path / "shared"
@@ -102,6 +106,7 @@ def _descendants(pid: int) -> dict[int, str]:
     return found
 
 
+@pytest.mark.slow
 def test_a_lost_rank_ends_the_job_with_a_message(tmp_path):
     proc = torchrun("trainer.max_epochs=500", cwd=tmp_path)
     try:

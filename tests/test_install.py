@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import zipfile
 from conftest import CONFIGS, REPO
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_configs_and_runs_from_them(tmp_path):
     uv = os.environ.get("UV") or shutil.which("uv")
     assert uv, "uv is the README's installer; it must be on PATH"

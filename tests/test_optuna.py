@@ -96,7 +96,7 @@ def test_sqlite_study_survives_a_kill_and_the_same_command_finishes_it(tmp_path)
     assert results.trials == {"COMPLETE": 2, "FAIL": 1}
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("journal", marks=pytest.mark.slow)])
 def test_two_workers_share_one_study_and_run_n_trials_between_them(tmp_path, kind):
     from optuna.trial import TrialState
 

@@ -53,6 +53,7 @@ def _kill_after_rows(run_dir, rows, cwd):
     return proc.returncode
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     resumed_mid_epoch = 0

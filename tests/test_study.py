@@ -112,6 +112,7 @@ def run_report(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([REPORT, *args], cwd=cwd, capture_output=True, text=True, env=lrtrain_env(), timeout=120)
 
 
+@pytest.mark.slow
 def test_lrtrain_report_combines_sweeps_and_counts_interrupted_jobs(lrtrain, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert lrtrain("-m", "optimizer.lr=0.01", "trainer.seed=0,1", *TINY, f"hydra.sweep.dir={a}").returncode == 0

@@ -92,6 +92,7 @@ def test_optuna_search_runs_its_trials_into_the_sweep_report(lrtrain, tmp_path):
     assert best.best_value == min(float(row["best_value"]) for row in rows)
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_without_oversubscribing(lrtrain, tmp_path):
     sweep = tmp_path / "sweep"
     r = lrtrain("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=0.01,0.001", *TINY,
