@@ -374,7 +374,7 @@ def test_pruning_never_reports_a_non_finite_value():
     assert study.trials[0].intermediate_values == {1: 0.5}
 
 
-def test_direction_and_grid_sampler_are_checked_before_any_job():
+def test_direction_and_grid_sampler_are_checked_before_any_job(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from conftest import CONFIGS, config_error
@@ -385,8 +385,8 @@ def test_direction_and_grid_sampler_are_checked_before_any_job():
 
     def build(*overrides):
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["hparams_search=optuna", *overrides],
-                          return_hydra_config=True)
+            cfg = compose(config_name="config", return_hydra_config=True,
+                          overrides=["hparams_search=optuna", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides])
         search = Search(cfg.hydra.sweeper, cfg, None, None)
         search._check_jobs_compose = lambda *args: None  # stop before the first job is composed
         search._open = lambda *args: pytest.fail("the checks passed: the study would open now")
