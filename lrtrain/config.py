@@ -78,11 +78,17 @@ class SGDConfig(OptimizerConfig):
               "false unless momentum > 0 and dampening = 0")
 
 
+def check_betas(obj: Any, name: str = "betas") -> None:
+    betas = getattr(obj, name)
+    check(name, betas, len(betas) == 2 and all(0 <= b < 1 for b in betas), "two numbers in [0, 1)")
+
+
 @dataclass
-class AdamConfig(OptimizerConfig):
+class AdamLikeConfig(OptimizerConfig):
+    """The keys of every Adam-style optimizer (radam and adamax have no others)."""
+
     betas: list[float] = MISSING
     eps: float = MISSING
-    amsgrad: bool = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,32 +96,18 @@ class AdamConfig(OptimizerConfig):
         check_positive(self, "eps")
 
 
-def check_betas(obj: Any) -> None:
-    check("betas", obj.betas, len(obj.betas) == 2 and all(0 <= b < 1 for b in obj.betas), "two numbers in [0, 1)")
+@dataclass
+class AdamConfig(AdamLikeConfig):
+    amsgrad: bool = MISSING
 
 
 @dataclass
-class NAdamConfig(OptimizerConfig):
-    betas: list[float] = MISSING
-    eps: float = MISSING
+class NAdamConfig(AdamLikeConfig):
     momentum_decay: float = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_betas(self)
-        check_positive(self, "eps")
         check("momentum_decay", self.momentum_decay, self.momentum_decay >= 0, ">= 0")
-
-
-@dataclass
-class RAdamConfig(OptimizerConfig):
-    betas: list[float] = MISSING
-    eps: float = MISSING
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_betas(self)
-        check_positive(self, "eps")
 
 
 @dataclass
@@ -143,17 +135,6 @@ class AdagradConfig(OptimizerConfig):
         check("lr_decay", self.lr_decay, self.lr_decay >= 0, ">= 0")
         check("initial_accumulator_value", self.initial_accumulator_value, self.initial_accumulator_value >= 0,
               ">= 0")
-        check_positive(self, "eps")
-
-
-@dataclass
-class AdamaxConfig(OptimizerConfig):
-    betas: list[float] = MISSING
-    eps: float = MISSING
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_betas(self)
         check_positive(self, "eps")
 
 
@@ -222,17 +203,14 @@ class ScheduleFreeSGDConfig(OptimizerConfig):
 
 
 @dataclass
-class DAdaptAdamConfig(OptimizerConfig):
-    betas: list[float] = MISSING
-    eps: float = MISSING
+class DAdaptAdamConfig(AdamLikeConfig):
     d0: float = MISSING  # the initial estimate of d
     growth_rate: float = MISSING  # d grows by at most this factor a step (inf: no limit)
     use_bias_correction: bool = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_betas(self)
-        check_positive(self, "eps", "d0")
+        check_positive(self, "d0")
         check("growth_rate", self.growth_rate, self.growth_rate >= 1, ">= 1 (.inf: no limit)")
 
 
@@ -270,8 +248,7 @@ class MuonConfig(OptimizerConfig):
         check("adjust_lr_fn", self.adjust_lr_fn,
               self.adjust_lr_fn in (None, "original", "match_rms_adamw", "spectral_unclamped"),
               "null, original, match_rms_adamw or spectral_unclamped")
-        check("adamw_betas", self.adamw_betas,
-              len(self.adamw_betas) == 2 and all(0 <= b < 1 for b in self.adamw_betas), "two numbers in [0, 1)")
+        check_betas(self, "adamw_betas")
         check("adamw_lr", self.adamw_lr, self.adamw_lr is None or self.lr != "auto",
               "null with lr=auto (the range test sets one LR for both parts)")
 
@@ -814,10 +791,10 @@ SCHEMAS = {
     "schema_optimizer_sgd": SGDConfig,
     "schema_optimizer_adam": AdamConfig,
     "schema_optimizer_nadam": NAdamConfig,
-    "schema_optimizer_radam": RAdamConfig,
+    "schema_optimizer_radam": AdamLikeConfig,
     "schema_optimizer_rmsprop": RMSpropConfig,
     "schema_optimizer_adagrad": AdagradConfig,
-    "schema_optimizer_adamax": AdamaxConfig,
+    "schema_optimizer_adamax": AdamLikeConfig,
     "schema_optimizer_adadelta": AdadeltaConfig,
     "schema_optimizer_adafactor": AdafactorConfig,
     "schema_optimizer_lion": LionConfig,
