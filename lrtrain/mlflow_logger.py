@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import lrtrain
 from lrtrain.errors import ConfigValueError
 from lrtrain.loggers import RunContext, Sink, flat_config, summary_metrics
 from lrtrain.summary import Summary
@@ -40,17 +41,18 @@ class MLflowLogger(Sink):
         self.run_id: Optional[str] = None
 
     def on_start(self, ctx: RunContext) -> None:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         for name in ("mlflow", "alembic"):  # a new database's migrations are logged at INFO: not the user's news
             logging.getLogger(name).setLevel(logging.WARNING)
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        database = self._sqlite_file()
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         self.client = client = MlflowClient(tracking_uri=self.tracking_uri)
         self.out_dir, self.step_columns = ctx.out_dir, ctx.step_columns
         experiment_id = experiment(client, self.experiment_name, self._artifact_root())
-        tags = {"lrtrain.run_dir": str(ctx.out_dir)}
+        tags = {"lrtrain.run_dir": str(ctx.out_dir), "lrtrain.version": lrtrain.__version__}
         if ctx.sweep_dir is not None:
             tags["mlflow.parentRunId"] = parent_run(client, experiment_id, ctx.sweep_dir)
             tags["lrtrain.job"] = str(ctx.job_num)
@@ -65,7 +67,6 @@ class MLflowLogger(Sink):
         params = [Param(k, str(v)[:_MAX_PARAM]) for k, v in flat_config(ctx.config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             client.log_batch(self.run_id, params=params[i:i + 100])
-        client.log_batch(self.run_id, tags=[RunTag("lrtrain.version", _version())])
 
     def on_steps(self, rows: list[list[Any]]) -> None:
         from mlflow.entities import Metric
@@ -105,12 +106,16 @@ class MLflowLogger(Sink):
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
 
+    def _sqlite_file(self) -> Optional[Path]:
+        """The database file of a SQLite tracking URI, else None."""
+        prefix = "sqlite:///"
+        return Path(self.tracking_uri.removeprefix(prefix)) if self.tracking_uri.startswith(prefix) else None
+
     def _artifact_root(self) -> Optional[str]:
         if self.artifact_location:
             return self.artifact_location
-        if self.tracking_uri.startswith("sqlite:///"):  # beside the database, not in the working directory
-            return (Path(self.tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
-        return None
+        database = self._sqlite_file()  # artifacts beside the database, not in the working directory
+        return (database.resolve().parent / "mlartifacts").as_uri() if database is not None else None
 
     @staticmethod
     def end_sweep(sweep_dir: Path, succeeded: bool, tracking_uri: str, **_: Any) -> None:
@@ -162,9 +167,3 @@ def parent_run(client: Any, experiment_id: str, sweep_dir: Path, wait: float = 6
     tmp.write_text(run_id + "\n")
     os.replace(tmp, id_file)
     return run_id
-
-
-def _version() -> str:
-    import lrtrain
-
-    return lrtrain.__version__
