@@ -50,6 +50,12 @@ def save_copies(obj: dict[str, Any], paths: list[Path]) -> None:
         os.replace(tmp, path)
 
 
+def remove_temporaries(folder: Path) -> None:
+    """Remove the temporary files of writes that were killed before their rename (`.<name>.*.tmp`)."""
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def load(path: Path) -> dict[str, Any]:
     """Load a checkpoint as data only: a pickle that carries code is refused, never run."""
     try:

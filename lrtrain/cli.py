@@ -20,8 +20,15 @@ _SHOW_TRACEBACK = False  # set by main() from HYDRA_FULL_ERROR
 
 def train(cfg: DictConfig) -> Optional[float]:
     """One run. Returns the best monitored value, for Hydra sweepers to optimise (None: the run failed)."""
+    from lrtrain.signals import PREEMPTION, STOP
+
     single = HydraConfig.get().mode.name == "RUN"
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if STOP:  # a sweep that was interrupted: the jobs after it are listed, not run
+        Summary(status="not_started", stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
+                run_dir=str(out_dir)).write(out_dir / "summary.json")
+        return None
+    PREEMPTION.install()
     try:
         summary = _train(cfg, out_dir)
     except Exception as e:
@@ -37,6 +44,14 @@ def train(cfg: DictConfig) -> Optional[float]:
         return None
     from lrtrain.errors import EXIT_DIVERGED
 
+    if summary.status == "interrupted":
+        PREEMPTION.requeue()  # under submitit: it requeues the job, which resumes from last.pt, and exits
+        where = f"at step {summary.steps}" + (f" of job {HydraConfig.get().job.num}" if not single else "")
+        print(f"lrtrain: interrupted by {STOP.name} {where}; resume with: lrtrain trainer.resume={out_dir}",
+              file=sys.stderr)
+        if single:
+            sys.exit(STOP.exit_code)
+        return None
     if single and summary.status == "diverged":
         print(f"lrtrain: diverged: {summary.stop_reason}; the last good state is in "
               f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
@@ -59,7 +74,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
             from lrtrain.build import build_lr_finder
 
             lr_search = build_lr_finder(cfg).run(run, plots=plots)
-    except Exception as e:
+    except BaseException as e:
         _record_failure(out_dir, e)
         raise
     if cfg.mode == "lr_find":
@@ -103,11 +118,19 @@ def _threads_for_parallel_jobs(cfg: DictConfig) -> None:
 
 
 def _record_failure(out_dir: Path, e: BaseException) -> None:
-    """A run that fails before training still leaves a summary.json saying why."""
+    """A run that fails before training still leaves a summary.json saying why, in its own dir; a run dir that
+    was to be resumed in place is left as it was (what Hydra rewrote in it is put back)."""
+    from lrtrain import rundir
     from lrtrain.errors import describe
 
+    snapshot = rundir.resumed_in_place
+    if snapshot is not None and snapshot.log is not None and snapshot.log.parent.resolve() == out_dir.resolve():
+        snapshot.restore()
+        return
     if out_dir.is_dir():
-        Summary(status="failed", stop_reason=describe(e)[0], run_dir=str(out_dir)).write(out_dir / "summary.json")
+        status, cause = (("interrupted", "KeyboardInterrupt") if isinstance(e, KeyboardInterrupt) else
+                         ("failed", describe(e)[0]))
+        Summary(status=status, stop_reason=cause, run_dir=str(out_dir)).write(out_dir / "summary.json")
 
 
 def main() -> None:
@@ -115,14 +138,33 @@ def main() -> None:
     global _SHOW_TRACEBACK
     _SHOW_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise, so the error is reported here, once
+    from lrtrain.rundir import RunDirRefused
+    from lrtrain.signals import STOP
+
+    STOP.install()
     register()
     try:
         hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)()
+    except RunDirRefused as e:
+        from lrtrain.errors import EXIT_CONFIG
+
+        print(f"lrtrain: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except KeyboardInterrupt:  # a second signal, or one before the loop could take it
+        if _SHOW_TRACEBACK:
+            raise
+        print(f"lrtrain: interrupted by {STOP.name or 'SIGINT'}", file=sys.stderr)
+        sys.exit(STOP.exit_code if STOP else 130)
     except Exception as e:
         if _SHOW_TRACEBACK:
             raise
         _exit_with(e)
     from lrtrain.report import SweepReport
+
+    if STOP:  # a sweep that was interrupted: its report is written, the jobs it did not run are listed there
+        where = f"; see {SweepReport.sweep_dir / 'sweep_summary.csv'}" if SweepReport.sweep_dir else ""
+        print(f"lrtrain: sweep interrupted by {STOP.name}{where}", file=sys.stderr)
+        sys.exit(STOP.exit_code)
 
     if SweepReport.failed:
         from lrtrain.errors import EXIT_FAILED

@@ -709,6 +709,7 @@ class TrainerConfig:
     checkpoint_every_n_steps: Optional[int] = None
     keep_last_k: int = MISSING
     resume: Optional[str] = None
+    overwrite: bool = MISSING
     on_divergence: str = MISSING
     rollback_factor: float = MISSING
     max_rollbacks: int = MISSING

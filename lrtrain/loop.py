@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lrtrain
-from lrtrain.checkpoints import load, save_atomic, save_copies
+from lrtrain.checkpoints import load, remove_temporaries, save_atomic, save_copies
 from lrtrain.data import FolderData, TensorData
 from lrtrain.distributed import Dist, weights_hash
 from lrtrain.durations import Timeline
@@ -36,6 +36,7 @@ from lrtrain.optimizers import eval_mode, train_mode
 from lrtrain.pruning import TrialPruning
 from lrtrain.regularization import StepHooks
 from lrtrain.schedules import Schedule
+from lrtrain.signals import STOP
 from lrtrain.step import TrainStep
 from lrtrain.summary import Summary
 from lrtrain.warmup import Warmup
@@ -259,6 +260,7 @@ class Trainer:
                           + (["momentum"] if self.cycles_momentum else []))
         if self.main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(self.ckpt_dir)  # what a killed write left
         ctx = RunContext(out, self.step_cols, self.metric_cols, run.config, self.pos.steps_rows,
                          self.pos.metrics_rows, run.resumed_in_place, run.sweep_dir, run.job_num)
         summary = self.summary = Summary(
@@ -274,8 +276,8 @@ class Trainer:
         try:
             for sink in self.sinks:
                 sink.on_start(ctx)
-            if run.resume is None:
-                self.save(best=False)  # step 0: a state to resume or roll back to from the first epoch on
+            # this run's own last.pt from its first step (a resume into a new dir too): to resume or roll back to
+            self.save(best=False)
             while self.pos.step < total_steps and summary.status == "running":
                 try:
                     self._epoch(total_steps)
@@ -285,10 +287,11 @@ class Trainer:
                 summary.status = "completed"
             eval_mode(run.optimizer)  # the final weights, tested and kept, are the evaluation ones
             stopper = run.stopper
-            if stopper.restore_best_weights and stopper.best_weights is not None:
+            ended = summary.status != "interrupted"  # an interrupted run is continued, not finished, by a resume
+            if ended and stopper.restore_best_weights and stopper.best_weights is not None:
                 run.model.load_state_dict(stopper.best_weights)
                 summary.restored_best_weights_from_epoch = stopper.best_epoch
-            if run.data.test is not None and summary.status != "diverged":
+            if ended and run.data.test is not None and summary.status != "diverged":
                 test = evaluate(run.model, run.data.test, run.data, self.step.amp)
                 summary.test = {f"test_{k}": v for k, v in test.items()}
             if self.dist:  # the weights every rank ends with: identical unless the ranks fell out of step
@@ -334,8 +337,13 @@ class Trainer:
         base_lrs = [base * pos.lr_scale for base in self.base_lrs]
         first_batch = pos.batch
         shard = {"shard": self.shard} if self.dist else {}
+        stop_each_step = self.dist is None  # under ddp the ranks stop together, at the epoch's end
+        stopped = False
         for stored, y in data.train_batches(self.order, start=pos.batch, **shard):  # order: from self.order
             if pos.step >= total_steps:
+                break
+            if STOP and stop_each_step:
+                stopped = True
                 break
             momentum = schedule.momentum(pos.step) if cycles else None
             result = step(stored, y, [schedule(pos.step, base) for base in base_lrs], momentum)
@@ -360,7 +368,16 @@ class Trainer:
         self._flush()
         pos.step_seconds += time.perf_counter() - started
         pos.samples += min(n, pos.batch * bs) - min(n, first_batch * bs)
-        self._end_epoch(started)
+        if stopped:
+            self._interrupt()
+        else:
+            self._end_epoch(started)
+
+    def _interrupt(self) -> None:
+        """A signal asked the run to stop: checkpoint where it is (mid-epoch too) and end as `interrupted`."""
+        self.save(best=False)
+        self.summary.status = "interrupted"
+        self.summary.stop_reason = f"{STOP.name} at step {self.pos.step}"
 
     def _flush(self) -> None:
         """Read back the pending steps (one host sync), hand their rows to the sinks, check for divergence."""
@@ -436,7 +453,10 @@ class Trainer:
         pos.order_state = self.order.get_state()
         pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
         self.save(best=best)
-        if pruned:
+        stop = self.dist.from_main(bool(STOP)) if self.dist else bool(STOP)
+        if stop and pos.step < run.timeline.total_steps:
+            self.summary.status, self.summary.stop_reason = "interrupted", f"{STOP.name} at step {pos.step}"
+        elif pruned:
             self.summary.status, self.summary.stop_reason = "pruned", pruned
         elif reason:
             self.summary.status, self.summary.stop_reason = "early_stopped", reason

@@ -26,6 +26,7 @@ import torch
 
 from lrtrain.loop import Run
 from lrtrain.optimizers import train_mode
+from lrtrain.signals import STOP
 from lrtrain.writers import CSVLog, write_json_atomic
 
 
@@ -51,6 +52,8 @@ class LRFinder:
         train_mode(opt)  # schedule-free: steps are taken in train mode; the state saved above is restored after
         try:
             for i in range(self.num_steps):
+                if STOP:  # SIGINT/SIGTERM: the range test is not resumable; end the run now
+                    raise KeyboardInterrupt
                 stored, y = next(batches, (None, None))
                 if stored is None:  # a new epoch of the same batch source the training uses
                     batches = data.train_batches(generator)

@@ -32,6 +32,7 @@ from lrtrain.config import validate
 from lrtrain.errors import ConfigValueError
 from lrtrain.pruning import ENV, TrialLink, open_storage
 from lrtrain.report import OK_STATUSES as OK, PRUNED
+from lrtrain.signals import STOP
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +474,9 @@ class Search:
             job_idx += len(returns)
             for trial, ret in zip(batch, returns):
                 log.info(self._tell_result(study, trial, ret))
+            if STOP:  # SIGINT/SIGTERM: no more trials; the results so far and the report are written
+                log.info(f"Optuna search interrupted by {STOP.name}: no more trials are started")
+                break
         self._write_results(study)
 
     def _write_results(self, study: Any) -> None:

@@ -85,9 +85,10 @@ def test_checkpoint_from_another_model_or_data_is_refused(lrtrain, tmp_path):
     assert other_model.returncode == 2
     assert other_model.stderr.strip().endswith(
         "made with model.hidden=[128], this run has model.hidden=[64]; resume with the same model")
-    other_split = lrtrain("dataset.split_seed=3", f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'last.pt'}")
+    other_split = lrtrain("dataset.split_seed=3", f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'last.pt'}",
+                          run_dir=tmp_path / "b")
     assert other_split.returncode == 2 and "dataset.split_seed=0, this run has dataset.split_seed=3" in other_split.stderr
-    missing = lrtrain(f"trainer.resume={tmp_path / 'nowhere'}")
+    missing = lrtrain(f"trainer.resume={tmp_path / 'nowhere'}", run_dir=tmp_path / "c")
     assert missing.returncode == 2 and "no checkpoint at" in missing.stderr
 
 

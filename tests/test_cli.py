@@ -78,8 +78,9 @@ def test_same_seed_same_metrics_other_seed_other_metrics(lrtrain, tmp_path):
         assert r.returncode == 0, r.stderr
         return [tuple(v for k, v in row.items() if k != "seconds") for row in r.csv("metrics.csv")]
 
-    assert metrics(1, "a") == metrics(1, "b")
-    assert metrics(1, "a") != metrics(2, "c")
+    first = metrics(1, "a")
+    assert first == metrics(1, "b")
+    assert first != metrics(2, "c")
 
 
 def test_max_steps_sets_the_run_length(lrtrain):

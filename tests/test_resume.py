@@ -3,6 +3,7 @@ and, in-process, for every optimizer's state."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -38,19 +39,66 @@ def reference(tmp_path_factory):
     return r.run_dir
 
 
-def _kill_after_rows(run_dir, rows, cwd):
-    """Start lrtrain, SIGKILL it once steps.csv holds `rows` rows; return the resumed-from step."""
-    cmd = [sys.executable, "-m", "lrtrain", *ARGS, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=lrtrain_env())
+def _signal_after_rows(run_dir, rows, cwd, *signums, args=ARGS):
+    """Start lrtrain, send it `signums` once steps.csv holds `rows` rows; return the process, ended."""
+    cmd = [sys.executable, "-m", "lrtrain", *args, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=lrtrain_env())
     steps = run_dir / "steps.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if steps.exists() and steps.read_text().count("\n") > rows:
             break
         time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return proc.returncode
+    for signum in signums:
+        proc.send_signal(signum)
+    proc.stdout_text, proc.stderr_text = proc.communicate(timeout=120)
+    return proc
+
+
+def _kill_after_rows(run_dir, rows, cwd):
+    """Start lrtrain, SIGKILL it once steps.csv holds `rows` rows; return its exit status."""
+    return _signal_after_rows(run_dir, rows, cwd, signal.SIGKILL).returncode
+
+
+def _resume_matches_reference(run_dir, reference, cwd):
+    resumed = run_lrtrain(*ARGS, "trainer.resume=" + str(run_dir), cwd=cwd)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run_dir / "steps.csv").read_bytes() == (reference / "steps.csv").read_bytes()
+    assert _metrics_without_seconds(run_dir / "metrics.csv") == _metrics_without_seconds(reference / "metrics.csv")
+    mine, theirs = _weights(run_dir), _weights(reference)
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    return resumed
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_checkpoints_then_resume_is_bit_identical(reference, tmp_path, signum, code):
+    """SIGINT/SIGTERM: the current step ends, last.pt and summary.json say where, one line, exit 128 + signal."""
+    run_dir = tmp_path / "run"
+    proc = _signal_after_rows(run_dir, random.randrange(5, 200), tmp_path, signum)
+    assert proc.returncode == code, proc.stderr_text
+    name = signal.Signals(signum).name
+    lines = proc.stderr_text.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lrtrain: interrupted by {name} at step "), proc.stderr_text
+    assert lines[0].endswith(f"resume with: lrtrain trainer.resume={run_dir}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert summary["status"] == "interrupted" and summary["stop_reason"] == f"{name} at step {summary['steps']}"
+    assert ckpt["step"] == summary["steps"] and summary.get("test") is None
+    assert len((run_dir / "steps.csv").read_text().splitlines()) == 1 + ckpt["step"]  # every step taken is logged
+    resumed = _resume_matches_reference(run_dir, reference, tmp_path)
+    assert resumed.summary()["status"] == "completed"
+
+
+def test_a_second_sigint_stops_at_once_and_the_run_still_resumes(reference, tmp_path):
+    """Two Ctrl-C in a row, with a checkpoint written every step: the second lands anywhere, a write included."""
+    run_dir = tmp_path / "run"
+    args = [a for a in ARGS if "checkpoint_every" not in a] + ["trainer.checkpoint_every_n_steps=1"]
+    proc = _signal_after_rows(run_dir, random.randrange(5, 200), tmp_path, signal.SIGINT, signal.SIGINT, args=args)
+    assert proc.returncode == 130, proc.stderr_text
+    assert "Traceback" not in proc.stderr_text and len(proc.stderr_text.strip().splitlines()) == 1, proc.stderr_text
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+    _resume_matches_reference(run_dir, reference, tmp_path)
 
 
 @pytest.mark.slow

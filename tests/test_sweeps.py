@@ -242,3 +242,32 @@ def test_curves_drawn_after_another_run_equal_a_fresh_drawing(tmp_path, acc):
     for ax in fig.axes:  # and the axes fit the small run's data, not the big one's
         assert 14 <= ax.get_xlim()[1] < 16
     assert fig.axes[0].get_ylim()[1] < 2 and fig.axes[-1].get_ylim()[1] < 0.2
+
+
+def test_an_interrupted_sweep_writes_its_report_listing_the_jobs_it_did_not_finish(tmp_path):
+    """SIGTERM while job 0 trains: job 0 checkpoints as interrupted, jobs 1 and 2 never start, the report is
+    written all the same, and the sweep exits 143 with one line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import lrtrain_env
+
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "lrtrain", "-m", "optimizer.lr=0.001,0.002,0.003", "trainer.max_epochs=50",
+           "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=lrtrain_env())
+    deadline = time.monotonic() + 120
+    while not (sweep / "0" / "steps.csv").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("lrtrain: sweep interrupted by SIGTERM")
+    rows = {row["job"]: row for row in read_rows(sweep)}
+    assert rows["0"]["status"] == "interrupted" and rows["0"]["cause"].startswith("SIGTERM at step ")
+    assert rows["1"]["status"] == rows["2"]["status"] == "not_started"
+    assert not (sweep / "1" / "steps.csv").exists() and (sweep / "1" / ".hydra" / "overrides.yaml").is_file()
+    assert "did not complete" in out
