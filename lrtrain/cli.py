@@ -45,8 +45,11 @@ def train(cfg: DictConfig) -> Optional[float]:
     from lrtrain.errors import EXIT_DIVERGED
 
     if summary.status == "interrupted":
-        PREEMPTION.requeue()  # under submitit: it requeues the job, which resumes from last.pt, and exits
         where = f"at step {summary.steps}" + (f" of job {HydraConfig.get().job.num}" if not single else "")
+        if PREEMPTION.pending:
+            print(f"lrtrain: pre-empted ({STOP.name}) {where}; submitit requeues the job, which resumes from "
+                  f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
+            PREEMPTION.requeue()  # submitit's handler: it requeues the job and exits
         print(f"lrtrain: interrupted by {STOP.name} {where}; resume with: lrtrain trainer.resume={out_dir}",
               file=sys.stderr)
         if single:
@@ -63,6 +66,10 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
     hydra_cfg = HydraConfig.get()
     sweep = (Path(hydra_cfg.sweep.dir), hydra_cfg.job.num) if hydra_cfg.mode.name == "MULTIRUN" else (None, None)
     plots = "csv" in cfg.logger and cfg.logger.csv.plots
+    from lrtrain.signals import PREEMPTION
+
+    if PREEMPTION.signum is not None and not cfg.trainer.resume:
+        cfg.trainer.resume = "auto"  # a requeued submitit job continues from its own last.pt
     try:
         validate(cfg)
         _threads_for_parallel_jobs(cfg)

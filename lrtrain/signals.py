@@ -58,20 +58,24 @@ class Preemption:
         """Under a submitit job, take over its pre-emption signal; elsewhere do nothing."""
         try:
             from submitit import JobEnvironment
-            from submitit.core.job_environment import _usr_sig
         except ImportError:
             return
         try:
-            JobEnvironment()
+            environment = JobEnvironment()
         except RuntimeError:  # not inside a submitit job
             return
-        self.signum = _usr_sig()
+        self.signum = environment._usr_sig()
         self.handler = signal.getsignal(self.signum)
         STOP.install(self.signum)
 
+    @property
+    def pending(self) -> bool:
+        """The stop request is submitit's pre-emption signal."""
+        return self.signum is not None and STOP.signum == self.signum and callable(self.handler)
+
     def requeue(self) -> None:
-        """Let submitit's handler requeue the job (it exits the process); a no-op outside submitit."""
-        if self.signum is not None and STOP.signum == self.signum and callable(self.handler):
+        """Let submitit's handler requeue the job (it exits the process)."""
+        if self.pending:
             self.handler(self.signum, None)
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,3 +175,35 @@ def test_every_optimizer_resumes_bit_for_bit_from_a_mid_epoch_checkpoint(compose
     assert _metrics_without_seconds(broken / "metrics.csv") == _metrics_without_seconds(reference / "metrics.csv")
     mine, theirs = _weights(broken), _weights(reference)
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_a_preempted_submitit_job_checkpoints_is_requeued_and_resumes_bit_for_bit(reference, tmp_path):
+    """submitit's pre-emption signal (SIGUSR2) on a job of `hydra/launcher=submitit_local`: the job checkpoints,
+    submitit's own requeue runs it again, and it resumes from its last.pt into the numbers of an unbroken run."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "lrtrain", "-m", "hydra/launcher=submitit_local", *ARGS, f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=lrtrain_env())
+    steps, deadline = sweep / "0" / "steps.csv", time.monotonic() + 120
+    while time.monotonic() < deadline and not (steps.exists() and steps.read_text().count("\n") > 20):
+        time.sleep(0.01)
+    jobs = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).startswith(
+        sys.executable) and "submitit.core._submit" in _cmdline(p) and str(sweep) in _cmdline(p)]
+    assert len(jobs) == 1
+    os.kill(jobs[0], signal.SIGUSR2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from_step"] >= 20
+    assert steps.read_bytes() == (reference / "steps.csv").read_bytes()
+    assert _metrics_without_seconds(sweep / "0" / "metrics.csv") == _metrics_without_seconds(
+        reference / "metrics.csv")
+    log = next((sweep / ".submitit").glob("*/*_0_log.err")).read_text()
+    assert f"pre-empted (SIGUSR2) at step {summary['resumed_from_step']} of job 0; submitit requeues" in log
+
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
