@@ -14,7 +14,7 @@ SUCCEEDED = ("completed", "early_stopped")
 
 @dataclass
 class Summary:
-    status: str = "running"  # running | completed | early_stopped | pruned | diverged | failed | interrupted
+    status: str = "running"  # running | completed | early_stopped | pruned | diverged | failed | interrupted | not_started
     stop_reason: Optional[str] = None
     run_dir: str = ""
     best_value: Optional[float] = None  # of monitor
