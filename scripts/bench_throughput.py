@@ -1,6 +1,7 @@
 """Training throughput, peak memory and start-up of lrtrain against a bare loop and the idiomatic pipeline.
 
-    uv run python scripts/bench_throughput.py [--mnist-root DIR] [--samples 60000] [--startup-repeats 3]
+    uv run python scripts/bench_throughput.py [--mnist-root DIR] [--samples 60000] [--repeats 5]
+        [--torchvision-repeats 1] [--startup-repeats 3]
 
 One invocation runs, one after the other, each in a fresh process, on MNIST-shaped data (60,000 28x28 images
 written in MNIST's IDX format to a temporary folder, or the real files under --mnist-root), an MLP 784-128-10,
@@ -140,6 +141,11 @@ def run_child(cmd: list[str], env: dict | None = None) -> tuple[str, float]:
     return stdout, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
+def _child(me: list[str], name: str, root: str) -> dict:
+    out, peak = run_child([*me, "--child", name, "--mnist-root", root])
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_mib": peak}
+
+
 def write_mnist_like(root: Path, n: int) -> None:
     """n random 28x28 images (and labels) in MNIST's IDX format: the shape and bytes of the real thing."""
     import numpy as np
@@ -172,6 +178,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mnist-root", help="a folder with MNIST/raw/*-ubyte (default: write MNIST-shaped data)")
     parser.add_argument("--samples", type=int, default=60_000, help="training images to write (default 60000)")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating bare/lrtrain runs (default 5)")
+    parser.add_argument("--torchvision-repeats", type=int, default=1, help="torchvision runs (slow; default 1)")
     parser.add_argument("--startup-repeats", type=int, default=3)
     parser.add_argument("--child", choices=["bare", "torchvision", "lrtrain"], help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
@@ -191,25 +199,35 @@ def main() -> None:
             write_mnist_like(Path(root), args.samples)
         print(f"data: {root} ({'real files' if args.mnist_root else f'{args.samples} MNIST-shaped images'}); "
               f"torch threads: {os.cpu_count()} cores visible")
-        results = {}
-        for name in ("bare", "torchvision"):
-            out, peak = run_child([*me, "--child", name, "--mnist-root", root])
-            results[name] = {**json.loads(out.strip().splitlines()[-1]), "peak_mib": peak}
-        run_dir = Path(tmp) / "lrtrain-run"
-        _, peak = run_child([sys.executable, "-m", "lrtrain", *lrtrain_args(root, run_dir)])
-        summary = json.loads((run_dir / "summary.json").read_text())
-        results["lrtrain"] = {"samples_per_second": summary["samples_per_second"], "peak_mib": peak}
+        runs: dict[str, list[dict]] = {"bare": [], "lrtrain": [], "torchvision": []}
+        ratios = []
+        for r in range(args.repeats):  # alternating, so a noisy minute hits both sides of a pair
+            runs["bare"].append(_child(me, "bare", root))
+            run_dir = Path(tmp) / f"lrtrain-run-{r}"
+            _, peak = run_child([sys.executable, "-m", "lrtrain", *lrtrain_args(root, run_dir)])
+            summary = json.loads((run_dir / "summary.json").read_text())
+            runs["lrtrain"].append({"samples_per_second": summary["samples_per_second"], "peak_mib": peak})
+            if r < args.torchvision_repeats:
+                runs["torchvision"].append(_child(me, "torchvision", root))
+            ratios.append(runs["lrtrain"][-1]["samples_per_second"] / runs["bare"][-1]["samples_per_second"])
+            print(f"pair {r + 1}: bare {runs['bare'][-1]['samples_per_second']:,.0f}, lrtrain "
+                  f"{runs['lrtrain'][-1]['samples_per_second']:,.0f} samples/s: {ratios[-1]:.3f}x", flush=True)
 
-        bare = results["bare"]
-        print(f"\n{'pipeline':<14}{'samples/s':>12}{'vs bare':>10}{'peak MiB':>10}{'vs bare':>10}")
-        for name, r in results.items():
+        med = {name: {key: statistics.median(r[key] for r in rs) for key in ("samples_per_second", "peak_mib")}
+               for name, rs in runs.items() if rs}
+        bare = med["bare"]
+        print(f"\nmedians of {args.repeats} alternating runs (torchvision: {args.torchvision_repeats})")
+        print(f"{'pipeline':<14}{'samples/s':>12}{'vs bare':>10}{'peak MiB':>10}{'vs bare':>10}")
+        for name, r in med.items():
             print(f"{name:<14}{r['samples_per_second']:>12,.0f}{r['samples_per_second'] / bare['samples_per_second']:>9.2f}x"
                   f"{r['peak_mib']:>10,.0f}{r['peak_mib'] / bare['peak_mib']:>9.2f}x")
-        lr, tv = results["lrtrain"], results["torchvision"]
-        print(f"\nlrtrain / bare loop:   {lr['samples_per_second'] / bare['samples_per_second']:.2f}x samples/s "
-              f"(target >= 0.95), {lr['peak_mib'] / bare['peak_mib']:.2f}x peak memory (target <= 1.1)")
-        print(f"lrtrain / torchvision: {lr['samples_per_second'] / tv['samples_per_second']:.1f}x samples/s "
-              f"(target >= 10)")
+        lr = med["lrtrain"]
+        print(f"\nlrtrain / bare loop:   {statistics.median(ratios):.3f}x samples/s, the median of the {len(ratios)} "
+              f"pairs' ratios ({', '.join(f'{x:.3f}' for x in sorted(ratios))}; target >= 0.95), "
+              f"{lr['peak_mib'] / bare['peak_mib']:.2f}x peak memory (target <= 1.1)")
+        if "torchvision" in med:
+            print(f"lrtrain / torchvision: {lr['samples_per_second'] / med['torchvision']['samples_per_second']:.1f}x "
+                  "samples/s (target >= 10)")
 
         if args.startup_repeats:
             n = args.startup_repeats
@@ -219,10 +237,11 @@ def main() -> None:
                 'python -c "import torch, torch._dynamo"': first_step_seconds(
                     [sys.executable, "-c", "import torch, torch._dynamo"], n),
                 "bare loop above (MNIST)": first_step_seconds([*me, "--child", "bare", "--mnist-root", root], n),
+                # a relative run dir: each repeat runs in a fresh folder (a run dir belongs to one run)
                 "lrtrain (the MNIST run above)": first_step_seconds(
-                    [*me, "--child", "lrtrain", "--", *lrtrain_args(root, Path(tmp) / "probe")], n),
+                    [*me, "--child", "lrtrain", "--", *lrtrain_args(root, Path("probe"))], n),
                 "lrtrain (no arguments: digits)": first_step_seconds(
-                    [*me, "--child", "lrtrain", "--", f"hydra.run.dir={Path(tmp) / 'probe2'}"], n),
+                    [*me, "--child", "lrtrain", "--", "hydra.run.dir=probe"], n),
             }
             base = rows['python -c "import torch"']
             for name, seconds in rows.items():
