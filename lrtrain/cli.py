@@ -71,6 +71,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
     if PREEMPTION.signum is not None and not cfg.trainer.resume:
         cfg.trainer.resume = "auto"  # a requeued submitit job continues from its own last.pt
     try:
+        _reset_threads()
         validate(cfg)
         _threads_for_parallel_jobs(cfg)
         from lrtrain.build import build
@@ -107,6 +108,21 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
                 import shutil
 
                 shutil.rmtree(out_dir, ignore_errors=True)
+
+
+_default_threads: Optional[int] = None  # torch's thread count before the first job of this process changed it
+
+
+def _reset_threads() -> None:
+    """Each job of a sequential sweep starts from the process's own thread count: one job's
+    trainer.num_threads must not carry over to the next."""
+    global _default_threads
+    import torch
+
+    if _default_threads is None:
+        _default_threads = torch.get_num_threads()
+    else:
+        torch.set_num_threads(_default_threads)
 
 
 def _threads_for_parallel_jobs(cfg: DictConfig) -> None:

@@ -271,3 +271,14 @@ def test_an_interrupted_sweep_writes_its_report_listing_the_jobs_it_did_not_fini
     assert rows["1"]["status"] == rows["2"]["status"] == "not_started"
     assert not (sweep / "1" / "steps.csv").exists() and (sweep / "1" / ".hydra" / "overrides.yaml").is_file()
     assert "did not complete" in out
+
+
+def test_a_jobs_thread_count_does_not_carry_over_to_the_next(lrtrain, tmp_path):
+    """Jobs of a sequential sweep share a process: job 0's trainer.num_threads=3 must not leak into job 1."""
+    import json
+
+    sweep = tmp_path / "sweep"
+    r = lrtrain("-m", "trainer.num_threads=3,null", *TINY, f"hydra.sweep.dir={sweep}")  # OMP_NUM_THREADS=1
+    assert r.returncode == 0, r.stderr
+    threads = [json.loads((sweep / job / "summary.json").read_text())["threads"] for job in "01"]
+    assert threads == [3, 1]
