@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from lrtrain.errors import CheckpointError
+from lrtrain.signals import STOP
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -21,11 +22,11 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with STOP.shielded(), os.fdopen(fd, "wb") as f:  # a second Ctrl-C stops right after the write
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -101,7 +101,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
     finally:
         if run.dist:
             run.dist.stop()
-            from lrtrain.distributed import scratch_run_dir
+            from lrtrain.rundir import scratch_run_dir
 
             # This rank's own scratch Hydra dir, never a run dir given with hydra.run.dir (all ranks share it).
             if not run.dist.main and out_dir == Path(scratch_run_dir()):

@@ -850,7 +850,7 @@ def run_dir_for(resume: Optional[str], default: str, strategy: str = "single") -
     """`trainer.resume=<run dir>` continues in that run dir; anything else gets a new dated one.
     Under `trainer.strategy=ddp`, ranks > 0 get a scratch dir: rank 0 alone writes the run dir."""
     if strategy == "ddp":
-        from lrtrain.distributed import launched_rank, scratch_run_dir
+        from lrtrain.rundir import launched_rank, scratch_run_dir
 
         if launched_rank():
             return scratch_run_dir()

@@ -10,9 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -21,17 +19,6 @@ import torch.distributed as tdist
 from lrtrain.errors import ConfigValueError
 
 TIMEOUT = datetime.timedelta(minutes=5)
-
-
-def launched_rank() -> Optional[int]:
-    """This process's rank when a launcher (torchrun) started it, else None."""
-    rank = os.environ.get("RANK")
-    return int(rank) if rank is not None and rank.isdigit() else None
-
-
-def scratch_run_dir() -> str:
-    """Hydra's run dir for ranks > 0: a private scratch dir, so that the one dated run dir is rank 0's."""
-    return str(Path(tempfile.gettempdir()) / f"lrtrain-rank{launched_rank()}-{os.getpid()}")
 
 
 @dataclass

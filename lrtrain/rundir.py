@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -82,11 +84,11 @@ def claim(config: Any) -> Path:
     hydra = config.hydra
     target = Path(hydra.run.dir)
     trainer = config.trainer
-    if trainer.strategy == "ddp":
-        from lrtrain.distributed import launched_rank
-
-        if launched_rank():  # a private scratch dir (lrtrain.config.run_dir_for): rank 0 writes the run
-            return target
+    if trainer.strategy == "ddp" and launched_rank():  # a scratch dir (config.run_dir_for): rank 0 writes the run
+        return target
+    if trainer.strategy != "ddp" and launched_rank() is not None:
+        print(f"lrtrain: warning: started by torchrun (RANK={launched_rank()}) without trainer.strategy=ddp: this "
+              "process trains a run of its own, in a dir of its own", file=sys.stderr)
     if _resumes_in_place(trainer.resume, target):
         resumed_in_place = Snapshot.take(target, hydra.output_subdir, f"{hydra.job.name}.log")
         return target
@@ -110,6 +112,17 @@ def claim(config: Any) -> Path:
         raise RunDirRefused(f"hydra.run.dir={target}: another run claimed it at the same time; "
                             "choose another dir") from None
     return target
+
+
+def launched_rank() -> Optional[int]:
+    """This process's rank when a launcher (torchrun) started it, else None."""
+    rank = os.environ.get("RANK")
+    return int(rank) if rank is not None and rank.isdigit() else None
+
+
+def scratch_run_dir() -> str:
+    """Hydra's run dir for ranks > 0: a private scratch dir, so that the one dated run dir is rank 0's."""
+    return str(Path(tempfile.gettempdir()) / f"lrtrain-rank{launched_rank()}-{os.getpid()}")
 
 
 def _resumes_in_place(resume: Optional[str], target: Path) -> bool:

@@ -8,9 +8,10 @@ too; once the run has checkpointed, submitit's own handler requeues the job (`Pr
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 
 class StopRequest:
@@ -18,6 +19,8 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self._shielding = 0  # inside `shielded()`: a second signal waits for the block's end
+        self._deferred = False
 
     def __bool__(self) -> bool:
         return self.signum is not None
@@ -37,9 +40,25 @@ class StopRequest:
                 signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum = signum
+        elif self._shielding:
+            self._deferred = True
+        else:
             raise KeyboardInterrupt  # a second signal: stop now
-        self.signum = signum
+
+    @contextlib.contextmanager
+    def shielded(self) -> Iterator[None]:
+        """A block a second signal does not cut short (a checkpoint write: torch turns an exception raised inside
+        its writer into an `enforce fail` RuntimeError); the KeyboardInterrupt comes right after it."""
+        self._shielding += 1
+        try:
+            yield
+        finally:
+            self._shielding -= 1
+            if not self._shielding and self._deferred:
+                self._deferred = False
+                raise KeyboardInterrupt
 
 
 # The one request of this process: lrtrain.cli installs it, the loop, the range test and the launcher read it.

@@ -101,3 +101,26 @@ def test_checkpoint_contents_are_plain_data(lrtrain):
     assert {"python", "numpy", "torch"} <= set(ckpt["rng"])
     assert ckpt["position"]["order_state"].dtype == torch.uint8 and ckpt["epoch"] == 1
     assert ckpt["config"]["trainer"]["seed"] == 0 and ckpt["versions"]["torch"] == torch.__version__
+
+
+def test_a_second_signal_during_a_checkpoint_write_waits_for_the_write(tmp_path, monkeypatch):
+    """torch turns an exception raised inside its writer into `enforce fail` errors: the write is shielded and the
+    KeyboardInterrupt comes right after it, with the new file complete."""
+    import signal
+
+    import lrtrain.checkpoints as checkpoints
+    from lrtrain.signals import StopRequest
+
+    stop = StopRequest()
+    stop.signum = signal.SIGINT  # a first signal was taken
+    original = torch.save
+
+    def save_then_signal(obj, f):
+        original(obj, f)
+        stop._handle(signal.SIGINT, None)  # the second one, while the write is under way
+
+    monkeypatch.setattr(checkpoints, "STOP", stop)
+    monkeypatch.setattr(torch, "save", save_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"model": {}, "step": 3}, tmp_path / "last.pt")
+    assert load(tmp_path / "last.pt")["step"] == 3 and not list(tmp_path.glob(".*.tmp"))
