@@ -276,6 +276,7 @@ class Trainer:
         try:
             for sink in self.sinks:
                 sink.on_start(ctx)
+            started = time.perf_counter()  # train_seconds: the loop, not the loggers' start-up (TensorBoard's import)
             # this run's own last.pt from its first step (a resume into a new dir too): to resume or roll back to
             self.save(best=False)
             while self.pos.step < total_steps and summary.status == "running":
