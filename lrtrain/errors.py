@@ -34,6 +34,11 @@ class DataError(Exception):
     """A data set that cannot be read: names the root and what was expected there."""
 
 
+class DataFileError(DataError):
+    """A data file that is there but is not what its format holds (refused, truncated, inconsistent): bad input,
+    like a bad checkpoint. The message names the file and what was expected."""
+
+
 class ModelInputError(ValueError):
     """The model cannot take the data set's inputs (e.g. a ConvNet on tabular rows)."""
 
@@ -104,6 +109,8 @@ def describe(e: BaseException) -> tuple[str, int]:
         return _first_line(str(e)), EXIT_CONFIG
     if isinstance(e, CheckpointError):
         return _first_line(str(e)), EXIT_CONFIG  # bad input, like a bad config value
+    if isinstance(e, DataFileError):
+        return _first_line(str(e)), EXIT_CONFIG
     if isinstance(e, DataError):
         return _first_line(str(e)), EXIT_FAILED
     return f"{type(e).__name__}: {_first_line(str(e))}", EXIT_FAILED
