@@ -32,10 +32,21 @@ def _schedule_class(name: str) -> type:
     return target
 
 
+def _check_positive_duration(key: str, value, timeline: Timeline, alternative: str = "") -> None:
+    """A duration that must last at least one optimizer step (durations round to the nearest step)."""
+    steps = timeline.steps(value)
+    if steps < 1:
+        raise ConfigValueError(key, value, f"a duration of at least one step{alternative} (it rounds to {steps} "
+                                           f"steps at {timeline.steps_per_epoch} steps per epoch, "
+                                           f"{timeline.run_steps or timeline.total_steps} in the run)")
+
+
 def build_schedule(cfg: DictConfig, timeline: Timeline) -> Schedule | Warmup:
     """The scheduler (and its warmup) of `cfg` over `timeline`; checks the combinations that make no sense."""
     target = _schedule_class(cfg.scheduler._target_)
     total_steps, spe = timeline.total_steps, timeline.steps_per_epoch
+    if cfg.warmup._target_:
+        _check_positive_duration("warmup.length", cfg.warmup.length, timeline, ", or warmup=none")
     warmup_steps = timeline.steps(cfg.warmup.length) if cfg.warmup._target_ else 0
     if warmup_steps and cfg.scheduler.interval == "epoch":  # stepped per epoch: whole epochs of warmup
         warmup_steps = timeline.ticks(cfg.warmup.length, "epoch") * spe
@@ -54,6 +65,9 @@ def build_schedule(cfg: DictConfig, timeline: Timeline) -> Schedule | Warmup:
     if target.uses_warmup:  # the schedule's own formula ramps over the warmup length
         extra["warmup"], warmup_steps = warmup_steps, 0
     span = Timeline(spe, total_steps - warmup_steps, run_steps=total_steps)  # the schedule's, after warmup
+    for key in target.positive_durations:
+        if cfg.scheduler.get(key) is not None:
+            _check_positive_duration(f"scheduler.{key}", cfg.scheduler[key], span)
     try:  # a custom schedule given keys its __init__ does not take, or missing some
         inspect.signature(target).bind(timeline=span, **extra, **{k: v for k, v in cfg.scheduler.items()
                                                                        if k != "_target_"})

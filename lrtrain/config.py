@@ -301,8 +301,7 @@ class ExponentialScheduleConfig(ScheduleConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "gamma")
-        check_duration(self, "period")
-        check("period", self.period, parse_duration(self.period).amount > 0, "a duration > 0")
+        check_duration(self, "period")  # at least one step: checked by the build, which knows the step count
 
 
 @dataclass
