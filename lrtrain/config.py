@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -205,7 +205,7 @@ class ScheduleFreeSGDConfig(OptimizerConfig):
 @dataclass
 class DAdaptAdamConfig(AdamLikeConfig):
     d0: float = MISSING  # the initial estimate of d
-    growth_rate: float = MISSING  # d grows by at most this factor a step (inf: no limit)
+    growth_rate: float = field(default=MISSING, metadata={"inf": "no limit"})  # d grows by at most this factor a step
     use_bias_correction: bool = MISSING
 
     def __post_init__(self) -> None:
@@ -863,9 +863,46 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         child = cfg[key]
         if isinstance(child, DictConfig):
             validate(child, f"{prefix}{key}.")
-    if is_dataclass(OmegaConf.get_type(cfg)):  # the root too: it checks `mode`
+    schema = OmegaConf.get_type(cfg)
+    if is_dataclass(schema):  # the root too: it checks `mode`
         try:
+            check_finite(cfg, schema)
             OmegaConf.to_object(cfg)
         except ConfigValueError as e:
             raise e.under(prefix[:-1]) from None
+
+
+def float_fields(schema: type) -> dict[str, str]:
+    """The float keys of a schema: name -> "float", "optional" (null is its off) or "list" (of floats)."""
+    import typing
+
+    kinds = {}
+    for f, hint in ((f, typing.get_type_hints(schema)[f.name]) for f in fields(schema)):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if hint is float:
+            kinds[f.name] = "float"
+        elif typing.get_origin(hint) is typing.Union and args == [float]:
+            kinds[f.name] = "optional"
+        elif typing.get_origin(hint) is list and args and float in (args[0], *typing.get_args(args[0])):
+            kinds[f.name] = "list"
+    return kinds
+
+
+def check_finite(node: DictConfig, schema: type) -> None:
+    """Every float of a schema is a finite number: inf and nan would pass most range checks (nan fails every
+    comparison) and then train nothing, or turn a check off. A key whose field allows inf says what it means."""
+    allow = {f.name: f.metadata.get("inf") for f in fields(schema)}
+    for name, kind in float_fields(schema).items():
+        if name not in node or OmegaConf.is_missing(node, name) or node[name] is None:
+            continue
+        value = node[name]
+        values = list(value) if kind == "list" else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v) and not (v == math.inf and allow[name]):
+                value = list(value) if kind == "list" else value
+                valid = {"float": "a finite number", "optional": "a finite number, or null",
+                         "list": "finite numbers"}[kind]
+                if allow[name]:
+                    valid += f" (.inf: {allow[name]})"
+                raise ConfigValueError(name, value, valid)
 
