@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lrtrain.errors import ConfigValueError
-from lrtrain.durations import Timeline
+from lrtrain.durations import Timeline, parse_duration
 from lrtrain.schedules import Cyclic, Schedule
 from lrtrain.warmup import Warmup
 
@@ -45,8 +45,10 @@ def build_schedule(cfg: DictConfig, timeline: Timeline) -> Schedule | Warmup:
     """The scheduler (and its warmup) of `cfg` over `timeline`; checks the combinations that make no sense."""
     target = _schedule_class(cfg.scheduler._target_)
     total_steps, spe = timeline.total_steps, timeline.steps_per_epoch
-    if cfg.warmup._target_:
-        _check_positive_duration("warmup.length", cfg.warmup.length, timeline, ", or warmup=none")
+    # warmup.length=0 is no warmup (the Optuna preset searches 0% against 5%...), but a length meant to be
+    # some warmup that rounds to no step at all is a mistake
+    if cfg.warmup._target_ and parse_duration(cfg.warmup.length).amount > 0:
+        _check_positive_duration("warmup.length", cfg.warmup.length, timeline, ", or 0 for no warmup")
     warmup_steps = timeline.steps(cfg.warmup.length) if cfg.warmup._target_ else 0
     if warmup_steps and cfg.scheduler.interval == "epoch":  # stepped per epoch: whole epochs of warmup
         warmup_steps = timeline.ticks(cfg.warmup.length, "epoch") * spe

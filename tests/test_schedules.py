@@ -631,8 +631,13 @@ def _group(option: str, key: str) -> str:
 @pytest.mark.parametrize("value,steps", [("0", 0), ("0steps", 0), ("0.001ep", 0), ("0.01%", 0)])
 @pytest.mark.parametrize("option,key", POSITIVE_KEYS)
 def test_zero_durations_are_refused_at_build(compose, option, key, value, steps):
+    from lrtrain.warmup import Warmup
+
     group = _group(option, key)
     cfg = compose(f"{group}={option}", f"{group}.{key}={value}")
+    if group == "warmup" and value in ("0", "0steps"):  # an explicit zero is no warmup (Optuna searches 0%)
+        assert not isinstance(build_schedule(cfg, Timeline(45, 900)), Warmup)
+        return
     with pytest.raises(ConfigValueError) as e:
         build_schedule(cfg, Timeline(45, 900))
     assert str(e.value).startswith(f"{group}.{key}={cfg[group][key]!r}: must be a duration of at least one step")
@@ -647,9 +652,9 @@ def test_lrtrain_schedule_refuses_zero_durations_instead_of_hanging(tmp_path, op
 
     group = _group(option, key)
     exe = Path(sys.executable).with_name("lrtrain-schedule")
-    r = subprocess.run([str(exe), f"{group}={option}", f"{group}.{key}=0steps", "out=none"], cwd=tmp_path,
+    r = subprocess.run([str(exe), f"{group}={option}", f"{group}.{key}=0.001ep", "out=none"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"lrtrain-schedule: error: {group}.{key}='0steps': must be a duration of at least "
-                                "one step" + (", or warmup=none" if group == "warmup" else "") +
+    assert r.stderr.strip() == (f"lrtrain-schedule: error: {group}.{key}='0.001ep': must be a duration of at least "
+                                "one step" + (", or 0 for no warmup" if group == "warmup" else "") +
                                 " (it rounds to 0 steps at 45 steps per epoch, 900 in the run)")
