@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -460,6 +460,15 @@ class WarmupConfig:
 
 
 @dataclass
+class NoWarmupConfig:
+    """warmup=none: no keys, so `warmup.length=...` is refused (as `scheduler.gamma` is with scheduler=constant)
+    rather than silently ignored."""
+
+    choice: ClassVar[str] = "warmup=none"  # named by the error for a key it does not have
+    _target_: Optional[str] = None
+
+
+@dataclass
 class ExponentialWarmupConfig(WarmupConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -817,6 +826,7 @@ SCHEMAS = {
     "schema_scheduler_wsd": WSDScheduleConfig,
     "schema_warmup": WarmupConfig,
     "schema_warmup_exponential": ExponentialWarmupConfig,
+    "schema_warmup_none": NoWarmupConfig,
     "schema_early_stopping_none": EarlyStoppingConfig,
     "schema_early_stopping_patience": PatienceConfig,
     "schema_early_stopping_target": TargetConfig,

@@ -71,17 +71,53 @@ def _omegaconf_error(e: Any) -> str:
         return f"{key}: renamed; use {RENAMED[key]}"
     if type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError") and key and is_dataclass(obj_type):
         valid = ", ".join(f.name for f in fields(obj_type) if not f.name.startswith("_"))
+        if not valid:  # an option without keys (warmup=none): name the options that have them
+            group = key.split(".")[0]
+            choice = getattr(obj_type, "choice", group)
+            others = [o for o in _options(group) if f"{group}={o}" != choice]
+            return f"{key}: unknown key; {choice} has no keys (options that have: {', '.join(others)})"
         return f"{key}: unknown key; valid keys here: {valid}"
+    parent = getattr(e, "parent_node", None)
+    if type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError") and key and hasattr(parent, "keys"):
+        return f"{key}: unknown key; valid keys here: {', '.join(k for k in parent.keys() if not k.startswith('_'))}"
     if type(e).__name__ == "MissingMandatoryValue" and key:
         return f"{key}: a value is required"
     return f"{key}: {msg}" if key else msg
 
 
-def _unknown_option(group: str, name: str) -> str:
+def _options(group: str) -> list[str]:
     from lrtrain.paths import config_dir
 
-    options = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
-    return f"{group}={name}: no such option; valid: {', '.join(options)}"
+    return sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+
+
+def _unknown_option(group: str, name: str) -> str:
+    return f"{group}={name}: no such option; valid: {', '.join(_options(group))}"
+
+
+def _not_enabled(e: BaseException) -> str | None:
+    """`regularization.l2.weight_decay=0.1` without l2 in the list: which option to add, and the list with it.
+
+    Read off the override Hydra was applying and the config composed so far (the frame of Hydra's
+    `_apply_overrides_to_config`): Hydra says only "Could not override", and OmegaConf, where the option's node
+    is null, fails an assertion. None when the key does not reach into an option that is off."""
+    import traceback
+
+    for frame, _ in traceback.walk_tb(e.__traceback__):
+        if frame.f_code.co_name == "_apply_overrides_to_config" and "override" in frame.f_locals:
+            key, cfg = frame.f_locals["override"].key_or_group, frame.f_locals.get("cfg")
+            break
+    else:
+        return None
+    parts = key.split(".")
+    if cfg is None or len(parts) < 3 or parts[1] not in _options(parts[0]):
+        return None
+    group, option = parts[0], parts[1]
+    node = cfg.get(group)
+    if node is None or not hasattr(node, "keys") or node.get(option) is not None:
+        return None  # the option is on: the problem is another one
+    chosen = [name for name in node.keys() if node.get(name) is not None]
+    return f"{key}: {option} is not enabled; add it: {group}=[{','.join([*chosen, option])}]"
 
 
 def describe(e: BaseException) -> tuple[str, int]:
@@ -96,6 +132,9 @@ def describe(e: BaseException) -> tuple[str, int]:
             return _unknown_option(*missing.rsplit("/", 1)), EXIT_CONFIG
     if isinstance(e, ConfigValueError):
         return str(e), EXIT_CONFIG
+    not_enabled = _not_enabled(e)  # a key of an option left out of a multi-select group
+    if not_enabled:
+        return not_enabled, EXIT_CONFIG
     if isinstance(e, OmegaConfBaseException):
         return _omegaconf_error(e), EXIT_CONFIG
     cause = e.__cause__

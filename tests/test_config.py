@@ -142,3 +142,38 @@ def test_non_finite_floats_are_refused(compose, choice, key, kind, bad):
 def test_non_finite_values_from_the_command_line_are_one_line(lrtrain):
     r = lrtrain("optimizer.eps=inf")
     assert (r.returncode, r.stderr.strip()) == (2, "lrtrain: error: optimizer.eps=inf: must be a finite number")
+
+
+# ------------------------------------------------------------------- keys of options that are not chosen
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["warmup.length=5ep"],
+     "warmup.length: unknown key; warmup=none has no keys (options that have: constant, exponential, linear)"),
+    (["warmup=none", "warmup.start_factor=0.5"],
+     "warmup.start_factor: unknown key; warmup=none has no keys (options that have: constant, exponential, linear)"),
+    (["scheduler.gamma=0.5"], "scheduler.gamma: unknown key; valid keys here: interval"),
+    (["regularization.l2.weight_decay=0.1"],
+     "regularization.l2.weight_decay: l2 is not enabled; add it: regularization=[l2]"),
+    (["regularization=[dropout]", "regularization.l2.decoupled=true"],
+     "regularization.l2.decoupled: l2 is not enabled; add it: regularization=[dropout,l2]"),
+    (["logger.mlflow.tracking_uri=sqlite:///x.db"],
+     "logger.mlflow.tracking_uri: mlflow is not enabled; add it: logger=[csv,tensorboard,mlflow]"),
+    (["logger=[csv]", "logger.tensorboard.hparams=false"],
+     "logger.tensorboard.hparams: tensorboard is not enabled; add it: logger=[csv,tensorboard]"),
+    (["logger.tensorboard.hparam=false"], "logger.tensorboard.hparam: unknown key; valid keys here: hparams"),
+    (["regularization=[l2]", "regularization.l2.decay=1"],
+     "regularization.l2.decay: unknown key; valid keys here: weight_decay, decay_1d, decoupled"),
+])
+def test_a_key_the_chosen_option_does_not_have_is_refused(compose, overrides, message):
+    from lrtrain.errors import EXIT_CONFIG, describe
+
+    with pytest.raises(Exception) as e:
+        compose(*overrides)
+    assert describe(e.value) == (message, EXIT_CONFIG)
+
+
+def test_option_not_enabled_is_one_line_from_the_cli(lrtrain):
+    r = lrtrain("regularization.l2.weight_decay=0.1")
+    assert (r.returncode, r.stderr.strip()) == (2, "lrtrain: error: regularization.l2.weight_decay: l2 is not "
+                                                   "enabled; add it: regularization=[l2]")
