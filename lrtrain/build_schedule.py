@@ -59,7 +59,7 @@ def build_schedule(cfg: DictConfig, timeline: Timeline) -> Schedule | Warmup:
     if target.uses_warmup and not (warmup_steps and warmup == "linear"):
         raise ConfigValueError("warmup", warmup, "linear with a length > 0 for scheduler=inverse_sqrt "
                                "(its own linear ramp)")
-    if warmup_steps >= total_steps:
+    if warmup_steps and warmup_steps >= total_steps:
         raise ConfigValueError("warmup.length", cfg.warmup.length, f"shorter than the run ({total_steps} steps)")
     extra: dict = {}
     if target.absolute_lrs:

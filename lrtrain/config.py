@@ -36,6 +36,13 @@ def is_positive_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
 
 
+def check_seed(obj: Any, *names: str) -> None:
+    """A seed torch can take (torch.manual_seed's range)."""
+    for name in names:
+        value = getattr(obj, name)
+        check(name, value, -2**63 <= value < 2**64, "an integer in [-2**63, 2**64 - 1] (torch's seed range)")
+
+
 def check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
     value = getattr(obj, name)
     check(name, value, value in choices, "one of " + ", ".join(choices))
@@ -604,7 +611,18 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         check_positive(self, "batch_size", "eval_batch_size")
+        check_seed(self, "split_seed")
         check("val_fraction", self.val_fraction, 0 < self.val_fraction < 1, "in (0, 1)")
+
+
+def validation_size(n: int, val_fraction: float) -> int:
+    """Examples held out for validation: at least one, and at least one left to train on."""
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise ConfigValueError("dataset.val_fraction", val_fraction,
+                               f"small enough to leave training examples: of {n} examples it holds out {n_val}, "
+                               f"leaving an empty training split (at most {(n - 0.5) / n:.4g} here)")
+    return n_val
 
 
 @dataclass
@@ -627,6 +645,7 @@ class RegressionDatasetConfig(DatasetConfig):
         check("num_test", self.num_test, self.num_test >= 0, ">= 0")
         check_positive(self, "num_features")
         check("noise", self.noise, self.noise >= 0, ">= 0")
+        check_seed(self, "seed")
 
 
 @dataclass
@@ -725,6 +744,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         check("max_epochs", self.max_epochs, self.max_epochs >= 1, ">= 1")
+        check_seed(self, "seed")
         check_positive(self, "max_steps", "num_threads", "log_every_n_steps", "checkpoint_every_n_steps")
         check("keep_last_k", self.keep_last_k, self.keep_last_k >= 0, ">= 0")
         check_choice(self, "on_divergence", ("stop", "rollback"))

@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from lrtrain.config import validation_size
 from lrtrain.errors import DataError, DataFileError
 
 
@@ -85,7 +86,7 @@ class TensorData:
 def _split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int) -> tuple[Split, Split]:
     """A fixed validation split, drawn with its own seed so it does not move when the training seed does."""
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, round(len(x) * val_fraction))
+    n_val = validation_size(len(x), val_fraction)
     return Split(x[order[n_val:]], y[order[n_val:]]), Split(x[order[:n_val]], y[order[:n_val]])
 
 
@@ -424,6 +425,17 @@ class FolderData:
         return replace(self, mean=self.mean.to(device), std=self.std.to(device), device=torch.device(device))
 
 
+def _load_image(path: str):
+    """torchvision's image loader, naming the file when it cannot be decoded. It runs in DataLoader workers,
+    whose re-raised error keeps only the message: without the name, a corrupt image is not found."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as e:
+        raise DataFileError(f"{path}: not a readable image ({type(e).__name__}: {_first_line(e)[:160]})") from None
+
+
 def folder(root: str, test_root: Optional[str], image_size: int, mean: list[float], std: list[float],
            num_workers: int, batch_size: int, eval_batch_size: int, val_fraction: float,
            split_seed: int) -> FolderData:
@@ -438,13 +450,13 @@ def folder(root: str, test_root: Optional[str], image_size: int, mean: list[floa
             continue
         where = Path(path).expanduser()
         try:
-            loaded[key] = datasets.ImageFolder(str(where), transform=transform)
+            loaded[key] = datasets.ImageFolder(str(where), transform=transform, loader=_load_image)
         except (FileNotFoundError, OSError) as e:
             raise DataError(f"{key}={path}: expected a folder of class folders with images inside, "
                             f"{where}/<class>/<image>.png|jpg|... ({_first_line(e)})") from None
     full = loaded["dataset.root"]
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(split_seed)).tolist()
-    n_val = max(1, round(len(full) * val_fraction))
+    n_val = validation_size(len(full), val_fraction)
     train = torch.utils.data.Subset(full, order[n_val:])
     val = torch.utils.data.Subset(full, order[:n_val])
     test = loaded.get("dataset.test_root")

@@ -39,6 +39,10 @@ class DataFileError(DataError):
     like a bad checkpoint. The message names the file and what was expected."""
 
 
+class WriteError(Exception):
+    """An output that could not be written (a full disk, a folder without write permission): names the file."""
+
+
 class ModelInputError(ValueError):
     """The model cannot take the data set's inputs (e.g. a ConvNet on tabular rows)."""
 
@@ -120,11 +124,58 @@ def _not_enabled(e: BaseException) -> str | None:
     return f"{key}: {option} is not enabled; add it: {group}=[{','.join([*chosen, option])}]"
 
 
+def _worker_cause(text: str) -> str | None:
+    """A DataLoader worker's exception re-raised in the main process: its first line is "Caught X in DataLoader
+    worker process 0." and the cause (which names the file) is the last line of the worker's traceback."""
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return None
+    last = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
+    return re.sub(r"^[\w.]+: ", "", last)
+
+
+def _one_line(text: str) -> str:
+    """A multi-line library message as one line: its lines joined (Hydra's cause is often on a later line)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith("full_key: "))
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """What an allocation that failed asked for, in the user's units; None when `e` is not one."""
+    text = str(e)
+    asked = re.search(r"tried to allocate (\d+) bytes", text)
+    if asked:
+        size = float(asked.group(1))
+        for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+            if size < 1024 or unit == "PiB":
+                break
+            size /= 1024
+        return f"out of memory: one allocation of {size:.3g} {unit} failed"
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+        return f"out of memory ({_first_line(text) or type(e).__name__})"
+    return None
+
+
+_FULL_KEY = re.compile(r"^full_key: (\S+)$", re.M)
+
+
 def describe(e: BaseException) -> tuple[str, int]:
     """A one-line cause and the exit code for an exception that ended a run."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import InstantiationException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
+    if isinstance(e, InstantiationException):  # building a config node failed: say which node, then the cause
+        key = _FULL_KEY.search(str(e))
+        where = f"{key.group(1)}: " if key else ""
+        cause = e.__cause__
+        if cause is None:  # Hydra's own refusal (a blocklisted _target_, ...): its whole message
+            return where + _one_line(str(e)), EXIT_CONFIG
+        if type(cause).__module__ == __name__:  # lrtrain's own errors name their key or file already
+            return describe(cause)
+        memory = _out_of_memory(cause)
+        if memory:  # the config asks for a model or data set too large to build
+            return f"{where}too large to build: {memory}; make it smaller", EXIT_CONFIG
+        message, code = describe(cause)
+        return where + message, code
     if isinstance(e, MissingConfigException):
         missing = getattr(e, "missing_cfg_file", None) or ""
         options = getattr(e, "options", None)
@@ -145,11 +196,13 @@ def describe(e: BaseException) -> tuple[str, int]:
         missing = re.search(r"Could not (?:load|find) '([\w/]+)/([^'/]+)'", str(e))
         if missing:
             return _unknown_option(*missing.groups()), EXIT_CONFIG
-        return _first_line(str(e)), EXIT_CONFIG
-    if isinstance(e, CheckpointError):
-        return _first_line(str(e)), EXIT_CONFIG  # bad input, like a bad config value
-    if isinstance(e, DataFileError):
-        return _first_line(str(e)), EXIT_CONFIG
-    if isinstance(e, DataError):
-        return _first_line(str(e)), EXIT_FAILED
-    return f"{type(e).__name__}: {_first_line(str(e))}", EXIT_FAILED
+        return _one_line(str(e)), EXIT_CONFIG
+    text = _worker_cause(str(e)) or str(e)
+    if isinstance(e, (CheckpointError, DataFileError)):
+        return _first_line(text), EXIT_CONFIG  # bad input, like a bad config value
+    if isinstance(e, (DataError, WriteError)):
+        return _first_line(text), EXIT_FAILED
+    memory = _out_of_memory(e)
+    if memory:
+        return memory, EXIT_FAILED
+    return f"{type(e).__name__}: {_first_line(text)}", EXIT_FAILED
