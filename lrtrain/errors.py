@@ -39,6 +39,11 @@ class DataFileError(DataError):
     like a bad checkpoint. The message names the file and what was expected."""
 
 
+class InputFileError(Exception):
+    """A file lrtrain wrote that it reads back (a job's summary.json or .hydra/*.yaml) and that is not what it
+    writes (edited, corrupt, from elsewhere): names the file and what was expected."""
+
+
 class WriteError(Exception):
     """An output that could not be written (a full disk, a folder without write permission): names the file."""
 
@@ -198,7 +203,7 @@ def describe(e: BaseException) -> tuple[str, int]:
             return _unknown_option(*missing.groups()), EXIT_CONFIG
         return _one_line(str(e)), EXIT_CONFIG
     text = _worker_cause(str(e)) or str(e)
-    if isinstance(e, (CheckpointError, DataFileError)):
+    if isinstance(e, (CheckpointError, DataFileError, InputFileError)):
         return _first_line(text), EXIT_CONFIG  # bad input, like a bad config value
     if isinstance(e, (DataError, WriteError)):
         return _first_line(text), EXIT_FAILED

@@ -134,3 +134,60 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failur
     assert describe(e.value) == (str(e.value), EXIT_FAILED)
     monkeypatch.undo()
     assert load(path)["step"] == 1 and sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+# -------------------------------------------------------------------------------------------- lrtrain-report
+
+
+def _sweep(root):
+    """A two-job sweep as lrtrain and Hydra leave it, reduced to what the report reads."""
+    import json
+
+    import yaml
+
+    for job, lr in enumerate((0.01, 0.02)):
+        d = root / str(job)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"optimizer.lr={lr}"]))
+        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"optimizer": {"lr": lr}}))
+        (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {}}}}))
+        (d / "summary.json").write_text(json.dumps({
+            "status": "completed", "stop_reason": None, "run_dir": str(d), "best_value": 0.5 + lr,
+            "best_epoch": 0, "monitor": "val_loss", "mode": "min", "epochs": 1, "steps": 10,
+            "train_seconds": 1.0, "final": {"val_loss": 0.5 + lr}}))
+    return root
+
+
+@pytest.mark.parametrize("file,content,why", [
+    ("0/summary.json", "[1, 2]", "expected a JSON object (an lrtrain summary), found list"),
+    ("1/summary.json", '{"status": ', "not JSON (Expecting value"),
+    ("0/summary.json", '{"status": "completed", "best_value": "high"}',
+     "best_value is 'high', expected a number (not an lrtrain summary?)"),
+    ("1/summary.json", '{"status": "completed", "best_epoch": 1.5}', "best_epoch is 1.5, expected an integer"),
+    ("0/.hydra/overrides.yaml", "5", "expected a list of overrides, found int (not written by Hydra?)"),
+    ("0/.hydra/hydra.yaml", "- a", "expected Hydra's settings (a mapping), found list (not written by Hydra?)"),
+    ("1/.hydra/config.yaml", "just text", "expected a config (a mapping), found str (not written by Hydra?)"),
+])
+def test_report_on_malformed_job_files_names_the_file(tmp_path, capsys, file, content, why):
+    from lrtrain.report import main
+
+    sweep = _sweep(tmp_path / "sweep")
+    main([str(sweep), "--no-plots"])  # the control: the intact sweep reports
+    (sweep / file).write_text(content)
+    with pytest.raises(SystemExit) as e:
+        main([str(sweep), "--no-plots"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err
+    assert err.startswith(f"lrtrain-report: error: {sweep / file}: {why}")
+
+
+def test_report_on_a_malformed_run_summary_names_it(tmp_path, capsys):
+    from lrtrain.report import main
+
+    run = _sweep(tmp_path / "sweep") / "0"
+    (run / "summary.json").write_text('{"status": "completed", "epochs": "many"}')
+    with pytest.raises(SystemExit) as e:
+        main([str(run), "--no-plots"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"lrtrain-report: error: {run / 'summary.json'}: epochs is 'many', "
+                                               "expected an integer (not an lrtrain summary?)")
