@@ -191,3 +191,22 @@ def test_report_on_a_malformed_run_summary_names_it(tmp_path, capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err.strip() == (f"lrtrain-report: error: {run / 'summary.json'}: epochs is 'many', "
                                                "expected an integer (not an lrtrain summary?)")
+
+
+def test_the_bad_inputs_script_on_a_sample(tmp_path):
+    """scripts/bad_inputs.py's rule on three of its fifty cases, one per tool (the lead runs all fifty)."""
+    import importlib.util
+    import sys
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bad_inputs", REPO / "scripts" / "bad_inputs.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["bad_inputs"] = script  # its dataclasses look their module up
+    spec.loader.exec_module(script)
+    sample = [c for c in script.CASES if c.name in ("CIFAR batch with code", "schedule T_0=0",
+                                                    "summary.json a list")]
+    assert len(script.CASES) == 50 and len(sample) == 3
+    for case in sample:
+        outcome = script.run(case, tmp_path)
+        assert outcome.passed, (case.name, outcome.why, outcome.stderr)
