@@ -299,7 +299,8 @@ def _cifar10(root: str, download: bool) -> tuple[Split, Split]:
             downloader.download()
         missing = [name for name in _CIFAR10_FILES if not (root_path / cls.base_folder / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"missing {', '.join(missing)}")
+            raise FileNotFoundError("none of them is there" if len(missing) == len(_CIFAR10_FILES)
+                                    else f"missing {', '.join(missing)}")
     except (RuntimeError, OSError) as e:
         raise _not_found("CIFAR10", root_path, download, _CIFAR10_FILES, e) from None
     meta = _load_data_pickle(root_path / cls.base_folder / cls.meta["filename"])
