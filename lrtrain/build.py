@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -15,14 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lrtrain.build_schedule import build_schedule
-from lrtrain.checkpoints import load
+from lrtrain.checkpoints import check_layout, load
 from lrtrain.config import TrainerConfig
 from lrtrain.data import FolderData, TensorData
 from lrtrain.durations import Timeline
 from lrtrain.errors import (CheckpointError, ConfigValueError, DataError, FlipError, ModelInputError,
                             OptimizerInputError)
 from lrtrain.loggers import CSVLogger, Sink
-from lrtrain.loop import Run, seed_everything
+from lrtrain.loop import Position, Run, seed_everything
 from lrtrain.lr_find import LRFinder
 from lrtrain.optimizers import has_modes, make_optimizer, momentum_key, param_groups
 from lrtrain.progress import ProgressDisplay
@@ -150,6 +150,7 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
         path = _resume_path(trainer.resume, out_dir)
         if path is not None:
             resume = load(path)
+            check_layout(path, resume, {f.name for f in fields(Position)})
             check_compatible(path, resume, config, model)
             in_place = path.resolve().parent.parent == out_dir.resolve()
     sinks: list[Sink] = []

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lrtrain.errors import ConfigValueError
-from lrtrain.durations import Timeline
+from lrtrain.durations import Timeline, parse_duration
 from lrtrain.schedules import Cyclic, Schedule
 from lrtrain.warmup import Warmup
 
@@ -32,10 +32,23 @@ def _schedule_class(name: str) -> type:
     return target
 
 
+def _check_positive_duration(key: str, value, timeline: Timeline, alternative: str = "") -> None:
+    """A duration that must last at least one optimizer step (durations round to the nearest step)."""
+    steps = timeline.steps(value)
+    if steps < 1:
+        raise ConfigValueError(key, value, f"a duration of at least one step{alternative} (it rounds to {steps} "
+                                           f"steps at {timeline.steps_per_epoch} steps per epoch, "
+                                           f"{timeline.run_steps or timeline.total_steps} in the run)")
+
+
 def build_schedule(cfg: DictConfig, timeline: Timeline) -> Schedule | Warmup:
     """The scheduler (and its warmup) of `cfg` over `timeline`; checks the combinations that make no sense."""
     target = _schedule_class(cfg.scheduler._target_)
     total_steps, spe = timeline.total_steps, timeline.steps_per_epoch
+    # warmup.length=0 is no warmup (the Optuna preset searches 0% against 5%...), but a length meant to be
+    # some warmup that rounds to no step at all is a mistake
+    if cfg.warmup._target_ and parse_duration(cfg.warmup.length).amount > 0:
+        _check_positive_duration("warmup.length", cfg.warmup.length, timeline, ", or 0 for no warmup")
     warmup_steps = timeline.steps(cfg.warmup.length) if cfg.warmup._target_ else 0
     if warmup_steps and cfg.scheduler.interval == "epoch":  # stepped per epoch: whole epochs of warmup
         warmup_steps = timeline.ticks(cfg.warmup.length, "epoch") * spe
@@ -46,7 +59,7 @@ def build_schedule(cfg: DictConfig, timeline: Timeline) -> Schedule | Warmup:
     if target.uses_warmup and not (warmup_steps and warmup == "linear"):
         raise ConfigValueError("warmup", warmup, "linear with a length > 0 for scheduler=inverse_sqrt "
                                "(its own linear ramp)")
-    if warmup_steps >= total_steps:
+    if warmup_steps and warmup_steps >= total_steps:
         raise ConfigValueError("warmup.length", cfg.warmup.length, f"shorter than the run ({total_steps} steps)")
     extra: dict = {}
     if target.absolute_lrs:
@@ -54,6 +67,9 @@ def build_schedule(cfg: DictConfig, timeline: Timeline) -> Schedule | Warmup:
     if target.uses_warmup:  # the schedule's own formula ramps over the warmup length
         extra["warmup"], warmup_steps = warmup_steps, 0
     span = Timeline(spe, total_steps - warmup_steps, run_steps=total_steps)  # the schedule's, after warmup
+    for key in target.positive_durations:
+        if cfg.scheduler.get(key) is not None:
+            _check_positive_duration(f"scheduler.{key}", cfg.scheduler[key], span)
     try:  # a custom schedule given keys its __init__ does not take, or missing some
         inspect.signature(target).bind(timeline=span, **extra, **{k: v for k, v in cfg.scheduler.items()
                                                                        if k != "_target_"})

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lrtrain.errors import CheckpointError
+from lrtrain.errors import CheckpointError, WriteError
 from lrtrain.signals import STOP
 
 
@@ -19,22 +22,42 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
     A rename within one file system is atomic, so a kill at any instant leaves the old file or the new one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         with STOP.shielded(), os.fdopen(fd, "wb") as f:  # a second Ctrl-C stops right after the write
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
             os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)  # the previous checkpoint at `path` is untouched
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "write failed" in str(e)):
+            raise _write_error(path, e) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write_error(path: Path, e: BaseException) -> WriteError:
+    """A failed write in the user's words. torch reports a full disk as its own RuntimeError ("[enforce fail at
+    inline_container.cc] ... file write failed"), without the errno: the free space says what happened."""
+    code = getattr(e, "errno", None)
+    if code is None:
+        try:
+            code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 1 << 20 else None
+        except OSError:
+            pass
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(f"no space left on device writing {path} (the previous checkpoint, if any, is intact)")
+    reason = os.strerror(code) if code else str(e).strip().splitlines()[-1][:160]
+    return WriteError(f"could not write {path}: {reason}")
 
 
 def save_copies(obj: dict[str, Any], paths: list[Path]) -> None:
@@ -60,17 +83,54 @@ def remove_temporaries(folder: Path) -> None:
 def load(path: Path) -> dict[str, Any]:
     """Load a checkpoint as data only: a pickle that carries code is refused, never run."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as e:  # truncated, corrupt, or a pickle asking for globals outside the allow-list
         text = str(e)
-        code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        code = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)
         if code:
             raise CheckpointError(f"{path}: refused: it asks to load {code.group(1)}, which is code, not data "
                                   "(a checkpoint holds only tensors and plain values)") from None
+        if text.startswith("Weights only load failed"):  # torch's advice (weights_only=False) would run it
+            raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, or more than tensors and plain "
+                                  f"values: {_unpickler_reason(text)})") from None
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt? {first[:160]})") from None
     if not isinstance(obj, dict) or "model" not in obj or "step" not in obj:
         raise CheckpointError(f"{path}: not an lrtrain checkpoint (expected a dict with model, optimizer, step)")
     return obj
+
+
+def _unpickler_reason(text: str) -> str:
+    """The line of torch's weights-only refusal that says what was refused, without its advice to load the
+    file unsafely."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
+    return (lines[0] if lines else "refused by the weights-only unpickler")[:160]
+
+
+# What a resume reads from a checkpoint, and the type each must have.
+_LAYOUT = {"model": dict, "optimizer": dict, "schedule": dict, "early_stopping": dict, "step": int, "epoch": int,
+           "position": dict, "rng": dict, "config": dict}
+
+
+def check_layout(path: Path, ckpt: dict[str, Any], position_keys: set[str]) -> None:
+    """A checkpoint a resume can use: every part it reads, of the type it reads, and a position this version
+    knows (older checkpoints may lack newer position fields; those take their defaults)."""
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not an lrtrain checkpoint of this version ({why})")
+
+    for key, kind in _LAYOUT.items():
+        if key not in ckpt:
+            raise refuse(f"missing {key!r}")
+        if not isinstance(ckpt[key], kind):
+            raise refuse(f"its {key!r} is a {type(ckpt[key]).__name__}, expected a {kind.__name__}")
+    unknown = sorted(set(ckpt["position"]) - position_keys)
+    if unknown:
+        raise refuse(f"its position has {', '.join(map(repr, unknown))}, unknown here")
+    missing = [k for k in ("python", "numpy", "torch") if k not in ckpt["rng"]]
+    if missing:
+        raise refuse(f"its rng lacks {', '.join(map(repr, missing))}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from dataclasses import dataclass, field, is_dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, ClassVar, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -34,6 +34,13 @@ def check_positive(obj: Any, *names: str) -> None:
 
 def is_positive_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+
+
+def check_seed(obj: Any, *names: str) -> None:
+    """A seed torch can take (torch.manual_seed's range)."""
+    for name in names:
+        value = getattr(obj, name)
+        check(name, value, -2**63 <= value < 2**64, "an integer in [-2**63, 2**64 - 1] (torch's seed range)")
 
 
 def check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -205,7 +212,7 @@ class ScheduleFreeSGDConfig(OptimizerConfig):
 @dataclass
 class DAdaptAdamConfig(AdamLikeConfig):
     d0: float = MISSING  # the initial estimate of d
-    growth_rate: float = MISSING  # d grows by at most this factor a step (inf: no limit)
+    growth_rate: float = field(default=MISSING, metadata={"inf": "no limit"})  # d grows by at most this factor a step
     use_bias_correction: bool = MISSING
 
     def __post_init__(self) -> None:
@@ -301,8 +308,7 @@ class ExponentialScheduleConfig(ScheduleConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "gamma")
-        check_duration(self, "period")
-        check("period", self.period, parse_duration(self.period).amount > 0, "a duration > 0")
+        check_duration(self, "period")  # at least one step: checked by the build, which knows the step count
 
 
 @dataclass
@@ -461,6 +467,15 @@ class WarmupConfig:
 
 
 @dataclass
+class NoWarmupConfig:
+    """warmup=none: no keys, so `warmup.length=...` is refused (as `scheduler.gamma` is with scheduler=constant)
+    rather than silently ignored."""
+
+    choice: ClassVar[str] = "warmup=none"  # named by the error for a key it does not have
+    _target_: Optional[str] = None
+
+
+@dataclass
 class ExponentialWarmupConfig(WarmupConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -596,7 +611,18 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         check_positive(self, "batch_size", "eval_batch_size")
+        check_seed(self, "split_seed")
         check("val_fraction", self.val_fraction, 0 < self.val_fraction < 1, "in (0, 1)")
+
+
+def validation_size(n: int, val_fraction: float) -> int:
+    """Examples held out for validation: at least one, and at least one left to train on."""
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise ConfigValueError("dataset.val_fraction", val_fraction,
+                               f"small enough to leave training examples: of {n} examples it holds out {n_val}, "
+                               f"leaving an empty training split (at most {(n - 0.5) / n:.4g} here)")
+    return n_val
 
 
 @dataclass
@@ -619,6 +645,7 @@ class RegressionDatasetConfig(DatasetConfig):
         check("num_test", self.num_test, self.num_test >= 0, ">= 0")
         check_positive(self, "num_features")
         check("noise", self.noise, self.noise >= 0, ">= 0")
+        check_seed(self, "seed")
 
 
 @dataclass
@@ -718,6 +745,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         check("max_epochs", self.max_epochs, self.max_epochs >= 1, ">= 1")
+        check_seed(self, "seed")
         check_positive(self, "max_steps", "num_threads", "log_every_n_steps", "checkpoint_every_n_steps")
         check("keep_last_k", self.keep_last_k, self.keep_last_k >= 0, ">= 0")
         check_choice(self, "on_divergence", ("stop", "rollback"))
@@ -819,6 +847,7 @@ SCHEMAS = {
     "schema_scheduler_wsd": WSDScheduleConfig,
     "schema_warmup": WarmupConfig,
     "schema_warmup_exponential": ExponentialWarmupConfig,
+    "schema_warmup_none": NoWarmupConfig,
     "schema_early_stopping_none": EarlyStoppingConfig,
     "schema_early_stopping_patience": PatienceConfig,
     "schema_early_stopping_target": TargetConfig,
@@ -865,9 +894,46 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         child = cfg[key]
         if isinstance(child, DictConfig):
             validate(child, f"{prefix}{key}.")
-    if is_dataclass(OmegaConf.get_type(cfg)):  # the root too: it checks `mode`
+    schema = OmegaConf.get_type(cfg)
+    if is_dataclass(schema):  # the root too: it checks `mode`
         try:
+            check_finite(cfg, schema)
             OmegaConf.to_object(cfg)
         except ConfigValueError as e:
             raise e.under(prefix[:-1]) from None
+
+
+def float_fields(schema: type) -> dict[str, str]:
+    """The float keys of a schema: name -> "float", "optional" (null is its off) or "list" (of floats)."""
+    import typing
+
+    kinds = {}
+    for f, hint in ((f, typing.get_type_hints(schema)[f.name]) for f in fields(schema)):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if hint is float:
+            kinds[f.name] = "float"
+        elif typing.get_origin(hint) is typing.Union and args == [float]:
+            kinds[f.name] = "optional"
+        elif typing.get_origin(hint) is list and args and float in (args[0], *typing.get_args(args[0])):
+            kinds[f.name] = "list"
+    return kinds
+
+
+def check_finite(node: DictConfig, schema: type) -> None:
+    """Every float of a schema is a finite number: inf and nan would pass most range checks (nan fails every
+    comparison) and then train nothing, or turn a check off. A key whose field allows inf says what it means."""
+    allow = {f.name: f.metadata.get("inf") for f in fields(schema)}
+    for name, kind in float_fields(schema).items():
+        if name not in node or OmegaConf.is_missing(node, name) or node[name] is None:
+            continue
+        value = node[name]
+        values = list(value) if kind == "list" else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v) and not (v == math.inf and allow[name]):
+                value = list(value) if kind == "list" else value
+                valid = {"float": "a finite number", "optional": "a finite number, or null",
+                         "list": "finite numbers"}[kind]
+                if allow[name]:
+                    valid += f" (.inf: {allow[name]})"
+                raise ConfigValueError(name, value, valid)
 

@@ -13,13 +13,15 @@ in an order drawn from `generator` (a generator on the training device, saved in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 
-from lrtrain.errors import DataError
+from lrtrain.config import validation_size
+from lrtrain.errors import DataError, DataFileError
 
 
 @dataclass
@@ -85,7 +87,7 @@ class TensorData:
 def _split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int) -> tuple[Split, Split]:
     """A fixed validation split, drawn with its own seed so it does not move when the training seed does."""
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, round(len(x) * val_fraction))
+    n_val = validation_size(len(x), val_fraction)
     return Split(x[order[n_val:]], y[order[n_val:]]), Split(x[order[:n_val]], y[order[:n_val]])
 
 
@@ -142,22 +144,29 @@ _CIFAR10_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4"
 _FOLDERS = {"MNIST": "MNIST/raw", "FashionMNIST": "FashionMNIST/raw", "CIFAR10": "cifar-10-batches-py"}
 
 
+def _not_found(cls_name: str, root_path: Path, download: bool, files: list[str], e: BaseException) -> DataError:
+    where = root_path / _FOLDERS[cls_name]
+    how = ("set dataset.download=true (needs network access)" if not download
+           else "check network access (the download failed)")
+    return DataError(f"{cls_name} not found under {where}: expected {', '.join(files)}; {how}, "
+                     f"or point dataset.root at a folder that holds them ({_first_line(e)})")
+
+
 def _torchvision_images(cls_name: str, root: str, download: bool, files: list[str]):
     from torchvision import datasets
 
     cls = getattr(datasets, cls_name)
-    if cls_name == "CIFAR10" and not download:
-        cls = _present_cifar10()
     root_path = Path(root).expanduser()
+    raw = root_path / _FOLDERS[cls_name]
+    if all((raw / name).is_file() for name in files):  # what torchvision would read (or download over)
+        _check_idx_headers(raw)
     try:
         train = cls(str(root_path), train=True, download=download)
         test = cls(str(root_path), train=False, download=download)
     except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found. You can use download=True ..."
-        where = root_path / _FOLDERS[cls_name]
-        how = ("set dataset.download=true (needs network access)" if not download
-               else "check network access (the download failed)")
-        raise DataError(f"{cls_name} not found under {where}: expected {', '.join(files)}; {how}, "
-                        f"or point dataset.root at a folder that holds them ({_first_line(e)})") from None
+        raise _not_found(cls_name, root_path, download, files, e) from None
+    for split, labels in ((train, "train-labels-idx1-ubyte"), (test, "t10k-labels-idx1-ubyte")):
+        _check_labels(raw / labels, split.targets, 10)
     return train, test
 
 
@@ -165,20 +174,143 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _present_cifar10():
-    """torchvision's CIFAR10 checking that its files are present, not their checksums.
+# IDX magic numbers: 0x08 (unsigned bytes) then the number of dimensions.
+_IDX_MAGIC = {"images": (0x00000803, 3), "labels": (0x00000801, 1)}
 
-    That is what torchvision's MNIST does when it is not downloading, and it lets a user (or a test) bring
-    CIFAR-10-format files of their own. With download=true the stock class is used and verifies checksums.
-    """
+
+def _check_idx_headers(raw: Path) -> None:
+    """Each MNIST-format file's header against its size and its partner: the right kind of file, whole, and
+    as many labels as images. Reads 16 bytes a file; torchvision then reads the files themselves."""
+    import struct
+
+    for prefix in ("train", "t10k"):
+        counts = {}
+        for kind in ("images", "labels"):
+            path = raw / f"{prefix}-{kind}-idx{_IDX_MAGIC[kind][1]}-ubyte"
+            magic, ndim = _IDX_MAGIC[kind]
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                header = f.read(4 + 4 * ndim)
+            found = struct.unpack(">I", header[:4])[0] if len(header) >= 4 else None
+            if found != magic:
+                raise DataFileError(f"{path}: not an MNIST {kind} file: expected the IDX magic number "
+                                    f"0x{magic:08x} (unsigned bytes, {ndim} dimension{'s' if ndim > 1 else ''}), "
+                                    f"found {'nothing' if found is None else f'0x{found:08x}'}")
+            if len(header) < 4 + 4 * ndim:
+                raise DataFileError(f"{path}: truncated: {size} bytes, shorter than its {4 + 4 * ndim}-byte header")
+            dims = struct.unpack(f">{ndim}I", header[4:])
+            expected = len(header) + math.prod(dims)
+            if size != expected:
+                shape = "x".join(map(str, dims))
+                raise DataFileError(f"{path}: {'truncated' if size < expected else 'too long'}: its header says "
+                                    f"{shape} {kind} ({expected} bytes), the file has {size} bytes")
+            counts[kind] = (dims[0], path)
+        (n_images, images), (n_labels, labels) = counts["images"], counts["labels"]
+        if n_images != n_labels:
+            raise DataFileError(f"{labels}: {n_labels} labels for the {n_images} images of {images.name}: "
+                                "expected one label per image")
+
+
+def _check_labels(path: Path, labels, num_classes: int) -> None:
+    """Class labels must index the model's outputs: 0 .. num_classes - 1."""
+    labels = torch.as_tensor(labels)
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+    if len(bad):
+        i = bad[0].item()
+        raise DataFileError(f"{path}: label {labels[i].item()} at position {i}: expected class labels "
+                            f"0..{num_classes - 1}")
+
+
+# What a CIFAR batch (a pickled dict of lists, strings and one numpy array) may ask the unpickler to build:
+# numpy's array reconstruction and nothing else. Anything else is code, and refused before it runs.
+_ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _Refused(Exception):
+    pass
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """How Python 3 writes bytes into a protocol-2 pickle (`_codecs.encode(text, 'latin1')`), and nothing else."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _load_data_pickle(path: Path) -> object:
+    """A pickle that may hold only plain values and numpy arrays; raises DataFileError naming the file."""
+    import pickle
+
+    class DataUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) in _ARRAY_GLOBALS:
+                return super().find_class(module, name)
+            if (module, name) == ("_codecs", "encode"):
+                return _latin1_bytes
+            raise _Refused(f"{module}.{name}")
+
+    try:
+        with open(path, "rb") as f:
+            return DataUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
+        raise DataFileError(f"{path}: refused: it asks to load {e}, which is code, not data "
+                            "(a CIFAR batch holds only arrays, lists and strings)") from None
+    except Exception as e:  # truncated or not a pickle at all
+        raise DataFileError(f"{path}: not a CIFAR-10 batch (truncated or corrupt? "
+                            f"{type(e).__name__}: {_first_line(e)[:120]})") from None
+
+
+def _cifar10_batches(root_path: Path, names: list[str], num_classes: int = 10):
+    """Images (N, 3, 32, 32) uint8 and labels of CIFAR-10 batch files, each checked against the format."""
+    import numpy as np
+
+    xs, ys = [], []
+    for name in names:
+        path = root_path / _FOLDERS["CIFAR10"] / name
+        entry = _load_data_pickle(path)
+        data = entry.get("data") if isinstance(entry, dict) else None
+        labels = entry.get("labels") if isinstance(entry, dict) else None
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+                and data.shape[1] == 3 * 32 * 32 and isinstance(labels, list)):
+            raise DataFileError(f"{path}: not a CIFAR-10 batch: expected a dict with 'data' (uint8, N x 3072) "
+                                "and 'labels' (a list)")
+        if len(labels) != len(data):
+            raise DataFileError(f"{path}: {len(labels)} labels for {len(data)} images: expected one label "
+                                "per image")
+        if not all(isinstance(v, int) for v in labels):
+            raise DataFileError(f"{path}: labels must be integers 0..{num_classes - 1}")
+        xs.append(torch.from_numpy(data).reshape(-1, 3, 32, 32))
+        ys.append(torch.tensor(labels, dtype=torch.long))
+        _check_labels(path, ys[-1], num_classes)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _cifar10(root: str, download: bool) -> tuple[Split, Split]:
+    """CIFAR-10's training and test batches. torchvision's class gives the layout and the download (which
+    verifies checksums); the batches are read here as data only, whoever wrote them."""
     from torchvision import datasets
 
-    base = datasets.CIFAR10
-    return type("CIFAR10", (base,), {
-        "train_list": [[name, None] for name, _ in base.train_list],
-        "test_list": [[name, None] for name, _ in base.test_list],
-        "meta": {**base.meta, "md5": None},
-    })
+    cls = datasets.CIFAR10
+    root_path = Path(root).expanduser()
+    try:
+        if download:
+            downloader = cls.__new__(cls)
+            downloader.root = str(root_path)  # all that CIFAR10.download() reads
+            downloader.download()
+        missing = [name for name in _CIFAR10_FILES if not (root_path / cls.base_folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError("none of them is there" if len(missing) == len(_CIFAR10_FILES)
+                                    else f"missing {', '.join(missing)}")
+    except (RuntimeError, OSError) as e:
+        raise _not_found("CIFAR10", root_path, download, _CIFAR10_FILES, e) from None
+    meta = _load_data_pickle(root_path / cls.base_folder / cls.meta["filename"])
+    if not (isinstance(meta, dict) and isinstance(meta.get(cls.meta["key"]), list)):
+        raise DataFileError(f"{root_path / cls.base_folder / cls.meta['filename']}: not CIFAR-10 metadata: "
+                            f"expected a dict with '{cls.meta['key']}' (a list of class names)")
+    train = _cifar10_batches(root_path, [name for name, _ in cls.train_list])
+    test = _cifar10_batches(root_path, [name for name, _ in cls.test_list])
+    return Split(*train), Split(*test)
 
 
 def mnist(root: str, download: bool, batch_size: int, eval_batch_size: int, val_fraction: float,
@@ -200,12 +332,10 @@ def fashion_mnist(root: str, download: bool, batch_size: int, eval_batch_size: i
 
 def cifar10(root: str, download: bool, batch_size: int, eval_batch_size: int, val_fraction: float,
             split_seed: int) -> TensorData:
-    """torchvision's CIFAR10: 32x32 colour images, 10 classes, read whole as uint8 (N, 3, 32, 32)."""
-    train, test = _torchvision_images("CIFAR10", root, download, _CIFAR10_FILES)
-    as_nchw = lambda d: torch.from_numpy(d).permute(0, 3, 1, 2).contiguous()  # noqa: E731  (stored HWC)
-    test_split = Split(as_nchw(test.data), torch.tensor(test.targets, dtype=torch.long))
-    return _assemble("cifar10", as_nchw(train.data), torch.tensor(train.targets, dtype=torch.long), test_split,
-                     10, batch_size, eval_batch_size, val_fraction, split_seed, kind="natural")
+    """CIFAR-10: 32x32 colour images, 10 classes, read whole as uint8 (N, 3, 32, 32)."""
+    train, test = _cifar10(root, download)
+    return _assemble("cifar10", train.x, train.y, test, 10, batch_size, eval_batch_size, val_fraction,
+                     split_seed, kind="natural")
 
 
 def regression(num_samples: int, num_test: int, num_features: int, noise: float, seed: int, batch_size: int,
@@ -297,6 +427,17 @@ class FolderData:
         return replace(self, mean=self.mean.to(device), std=self.std.to(device), device=torch.device(device))
 
 
+def _load_image(path: str):
+    """torchvision's image loader, naming the file when it cannot be decoded. It runs in DataLoader workers,
+    whose re-raised error keeps only the message: without the name, a corrupt image is not found."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as e:
+        raise DataFileError(f"{path}: not a readable image ({type(e).__name__}: {_first_line(e)[:160]})") from None
+
+
 def folder(root: str, test_root: Optional[str], image_size: int, mean: list[float], std: list[float],
            num_workers: int, batch_size: int, eval_batch_size: int, val_fraction: float,
            split_seed: int) -> FolderData:
@@ -311,13 +452,13 @@ def folder(root: str, test_root: Optional[str], image_size: int, mean: list[floa
             continue
         where = Path(path).expanduser()
         try:
-            loaded[key] = datasets.ImageFolder(str(where), transform=transform)
+            loaded[key] = datasets.ImageFolder(str(where), transform=transform, loader=_load_image)
         except (FileNotFoundError, OSError) as e:
             raise DataError(f"{key}={path}: expected a folder of class folders with images inside, "
                             f"{where}/<class>/<image>.png|jpg|... ({_first_line(e)})") from None
     full = loaded["dataset.root"]
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(split_seed)).tolist()
-    n_val = max(1, round(len(full) * val_fraction))
+    n_val = validation_size(len(full), val_fraction)
     train = torch.utils.data.Subset(full, order[n_val:])
     val = torch.utils.data.Subset(full, order[:n_val])
     test = loaded.get("dataset.test_root")

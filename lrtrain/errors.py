@@ -34,6 +34,20 @@ class DataError(Exception):
     """A data set that cannot be read: names the root and what was expected there."""
 
 
+class DataFileError(DataError):
+    """A data file that is there but is not what its format holds (refused, truncated, inconsistent): bad input,
+    like a bad checkpoint. The message names the file and what was expected."""
+
+
+class InputFileError(Exception):
+    """A file lrtrain wrote that it reads back (a job's summary.json or .hydra/*.yaml) and that is not what it
+    writes (edited, corrupt, from elsewhere): names the file and what was expected."""
+
+
+class WriteError(Exception):
+    """An output that could not be written (a full disk, a folder without write permission): names the file."""
+
+
 class ModelInputError(ValueError):
     """The model cannot take the data set's inputs (e.g. a ConvNet on tabular rows)."""
 
@@ -66,24 +80,107 @@ def _omegaconf_error(e: Any) -> str:
         return f"{key}: renamed; use {RENAMED[key]}"
     if type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError") and key and is_dataclass(obj_type):
         valid = ", ".join(f.name for f in fields(obj_type) if not f.name.startswith("_"))
+        if not valid:  # an option without keys (warmup=none): name the options that have them
+            group = key.split(".")[0]
+            choice = getattr(obj_type, "choice", group)
+            others = [o for o in _options(group) if f"{group}={o}" != choice]
+            return f"{key}: unknown key; {choice} has no keys (options that have: {', '.join(others)})"
         return f"{key}: unknown key; valid keys here: {valid}"
+    parent = getattr(e, "parent_node", None)
+    if type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError") and key and hasattr(parent, "keys"):
+        return f"{key}: unknown key; valid keys here: {', '.join(k for k in parent.keys() if not k.startswith('_'))}"
     if type(e).__name__ == "MissingMandatoryValue" and key:
         return f"{key}: a value is required"
     return f"{key}: {msg}" if key else msg
 
 
-def _unknown_option(group: str, name: str) -> str:
+def _options(group: str) -> list[str]:
     from lrtrain.paths import config_dir
 
-    options = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
-    return f"{group}={name}: no such option; valid: {', '.join(options)}"
+    return sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+
+
+def _unknown_option(group: str, name: str) -> str:
+    return f"{group}={name}: no such option; valid: {', '.join(_options(group))}"
+
+
+def _not_enabled(e: BaseException) -> str | None:
+    """`regularization.l2.weight_decay=0.1` without l2 in the list: which option to add, and the list with it.
+
+    Read off the override Hydra was applying and the config composed so far (the frame of Hydra's
+    `_apply_overrides_to_config`): Hydra says only "Could not override", and OmegaConf, where the option's node
+    is null, fails an assertion. None when the key does not reach into an option that is off."""
+    import traceback
+
+    for frame, _ in traceback.walk_tb(e.__traceback__):
+        if frame.f_code.co_name == "_apply_overrides_to_config" and "override" in frame.f_locals:
+            key, cfg = frame.f_locals["override"].key_or_group, frame.f_locals.get("cfg")
+            break
+    else:
+        return None
+    parts = key.split(".")
+    if cfg is None or len(parts) < 3 or parts[1] not in _options(parts[0]):
+        return None
+    group, option = parts[0], parts[1]
+    node = cfg.get(group)
+    if node is None or not hasattr(node, "keys") or node.get(option) is not None:
+        return None  # the option is on: the problem is another one
+    chosen = [name for name in node.keys() if node.get(name) is not None]
+    return f"{key}: {option} is not enabled; add it: {group}=[{','.join([*chosen, option])}]"
+
+
+def _worker_cause(text: str) -> str | None:
+    """A DataLoader worker's exception re-raised in the main process: its first line is "Caught X in DataLoader
+    worker process 0." and the cause (which names the file) is the last line of the worker's traceback."""
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return None
+    last = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
+    return re.sub(r"^[\w.]+: ", "", last)
+
+
+def _one_line(text: str) -> str:
+    """A multi-line library message as one line: its lines joined (Hydra's cause is often on a later line)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith("full_key: "))
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """What an allocation that failed asked for, in the user's units; None when `e` is not one."""
+    text = str(e)
+    asked = re.search(r"tried to allocate (\d+) bytes", text)
+    if asked:
+        size = float(asked.group(1))
+        for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+            if size < 1024 or unit == "PiB":
+                break
+            size /= 1024
+        return f"out of memory: one allocation of {size:.3g} {unit} failed"
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+        return f"out of memory ({_first_line(text) or type(e).__name__})"
+    return None
+
+
+_FULL_KEY = re.compile(r"^full_key: (\S+)$", re.M)
 
 
 def describe(e: BaseException) -> tuple[str, int]:
     """A one-line cause and the exit code for an exception that ended a run."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import InstantiationException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
+    if isinstance(e, InstantiationException):  # building a config node failed: say which node, then the cause
+        key = _FULL_KEY.search(str(e))
+        where = f"{key.group(1)}: " if key else ""
+        cause = e.__cause__
+        if cause is None:  # Hydra's own refusal (a blocklisted _target_, ...): its whole message
+            return where + _one_line(str(e)), EXIT_CONFIG
+        if type(cause).__module__ == __name__:  # lrtrain's own errors name their key or file already
+            return describe(cause)
+        memory = _out_of_memory(cause)
+        if memory:  # the config asks for a model or data set too large to build
+            return f"{where}too large to build: {memory}; make it smaller", EXIT_CONFIG
+        message, code = describe(cause)
+        return where + message, code
     if isinstance(e, MissingConfigException):
         missing = getattr(e, "missing_cfg_file", None) or ""
         options = getattr(e, "options", None)
@@ -91,6 +188,9 @@ def describe(e: BaseException) -> tuple[str, int]:
             return _unknown_option(*missing.rsplit("/", 1)), EXIT_CONFIG
     if isinstance(e, ConfigValueError):
         return str(e), EXIT_CONFIG
+    not_enabled = _not_enabled(e)  # a key of an option left out of a multi-select group
+    if not_enabled:
+        return not_enabled, EXIT_CONFIG
     if isinstance(e, OmegaConfBaseException):
         return _omegaconf_error(e), EXIT_CONFIG
     cause = e.__cause__
@@ -101,9 +201,13 @@ def describe(e: BaseException) -> tuple[str, int]:
         missing = re.search(r"Could not (?:load|find) '([\w/]+)/([^'/]+)'", str(e))
         if missing:
             return _unknown_option(*missing.groups()), EXIT_CONFIG
-        return _first_line(str(e)), EXIT_CONFIG
-    if isinstance(e, CheckpointError):
-        return _first_line(str(e)), EXIT_CONFIG  # bad input, like a bad config value
-    if isinstance(e, DataError):
-        return _first_line(str(e)), EXIT_FAILED
-    return f"{type(e).__name__}: {_first_line(str(e))}", EXIT_FAILED
+        return _one_line(str(e)), EXIT_CONFIG
+    text = _worker_cause(str(e)) or str(e)
+    if isinstance(e, (CheckpointError, DataFileError, InputFileError)):
+        return _first_line(text), EXIT_CONFIG  # bad input, like a bad config value
+    if isinstance(e, (DataError, WriteError)):
+        return _first_line(text), EXIT_FAILED
+    memory = _out_of_memory(e)
+    if memory:
+        return memory, EXIT_FAILED
+    return f"{type(e).__name__}: {_first_line(text)}", EXIT_FAILED

@@ -74,7 +74,9 @@ def steps_per_epoch(cfg) -> int:
         from hydra.utils import instantiate
 
         return math.ceil(len(instantiate(data, _convert_="all").train) / data.batch_size)
-    n_train = n - max(1, round(n * data.val_fraction))  # the split of lrtrain.data._split
+    from lrtrain.config import validation_size
+
+    n_train = n - validation_size(n, data.val_fraction)  # the split of lrtrain.data._split
     return math.ceil(n_train / data.batch_size)
 
 

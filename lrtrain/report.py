@@ -34,24 +34,39 @@ PRUNED = "pruned"  # stopped early by an Optuna pruner (lrtrain/pruning.py): a r
 
 
 def _read_summary(job_dir: Path) -> dict:
+    from lrtrain.summary import read_checked
+
     try:
-        return json.loads((job_dir / "summary.json").read_text())
-    except (OSError, ValueError):
+        return read_checked(job_dir / "summary.json")
+    except OSError:
         # no summary: the job was killed (or never started training) before writing one
         started = (job_dir / "metrics.csv").is_file()
         return {"status": "interrupted", "stop_reason": "no summary.json: the job was stopped" +
                 (" while training" if started else " before training")}
 
 
+# What each file Hydra writes into a job's .hydra/ holds: a file that holds something else was not written by
+# Hydra (or was edited), and is refused by name rather than failing deep inside the report.
+_HYDRA_FILES = {"config.yaml": (dict, "a config (a mapping)"), "hydra.yaml": (dict, "Hydra's settings (a mapping)"),
+                "overrides.yaml": (list, "a list of overrides")}
+
+
 def _read_yaml(path: Path) -> Any:
-    """A file Hydra wrote (plain YAML), read with PyYAML's C loader: OmegaConf.load is 20x slower."""
+    """A file Hydra wrote (plain YAML), read with PyYAML's C loader: OmegaConf.load is 20x slower. None when it
+    is missing or not YAML; InputFileError when one of Hydra's files holds the wrong kind of value."""
     import yaml
+
+    from lrtrain.errors import InputFileError
 
     try:
         with open(path) as f:
-            return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            value = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError):
         return None
+    kind, what = _HYDRA_FILES.get(path.name, (object, ""))
+    if value is not None and not isinstance(value, kind):
+        raise InputFileError(f"{path}: expected {what}, found {type(value).__name__} (not written by Hydra?)")
+    return value
 
 
 def _read_overrides(job_dir: Path) -> list[str]:
@@ -101,8 +116,10 @@ def _composed_values(job: Path, keys: Iterable[str]) -> dict[str, Any]:
     """Keys a job did not override, as it ran them: group choices from .hydra/hydra.yaml, values from
     .hydra/config.yaml (None where neither has the key)."""
     config = _read_yaml(job / ".hydra" / "config.yaml") or {}
-    hydra = (_read_yaml(job / ".hydra" / "hydra.yaml") or {}).get("hydra") or {}
-    choices = (hydra.get("runtime") or {}).get("choices") or {}
+    hydra = (_read_yaml(job / ".hydra" / "hydra.yaml") or {}).get("hydra")
+    runtime = (hydra or {}).get("runtime") if isinstance(hydra, dict) else None
+    choices = (runtime or {}).get("choices") if isinstance(runtime, dict) else None
+    choices = choices if isinstance(choices, dict) else {}
     values = {}
     for key in keys:
         if key in choices:
@@ -758,6 +775,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--no-plots", action="store_true", help="only the table and the CSV files")
     args = parser.parse_args(argv)
 
+    from lrtrain.errors import InputFileError
+
     def fail(message: str) -> None:
         print(f"lrtrain-report: error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -771,7 +790,13 @@ def main(argv: Optional[list[str]] = None) -> None:
 
         if not args.no_plots and (path / "metrics.csv").is_file():
             print(f"wrote {plot_curves(path)}")
-        summary = Summary.read(path / "summary.json") if (path / "summary.json").is_file() else None
+        from lrtrain.summary import read_checked
+
+        try:
+            summary = (Summary.from_dict(read_checked(path / "summary.json")) if (path / "summary.json").is_file()
+                       else None)
+        except InputFileError as e:
+            fail(str(e))
         if summary is not None and summary.epochs is not None:
             Console().print(summary_table(summary))
         elif summary is not None:  # a run that failed before training, or an LR range test
@@ -781,11 +806,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         if not (d / ".hydra").is_dir() and not job_dirs(d):
             fail(f"{d}: not a run folder (no summary.json or metrics.csv) nor a sweep folder (no job folders "
                  "with .hydra/)")
-    rows = sweep_rows(args.dirs)
+    try:
+        rows = sweep_rows(args.dirs)
+    except InputFileError as e:  # a job's file that lrtrain did not write as it is
+        fail(str(e))
     from dataclasses import replace
 
     try:
         settings = settings_of(rows)
+    except InputFileError as e:
+        fail(str(e))
     except Exception as e:  # a report node this lrtrain cannot read (edited, or from another version)
         from lrtrain.errors import describe
 
@@ -799,7 +829,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         import time
 
         out = Path("outputs", "reports", time.strftime("%Y-%m-%d"), time.strftime("%H-%M-%S"))
-    study = report_sweep(args.dirs, settings, out_dir=out, plots=not args.no_plots, rows=rows)
+    try:
+        study = report_sweep(args.dirs, settings, out_dir=out, plots=not args.no_plots, rows=rows)
+    except InputFileError as e:
+        fail(str(e))
     if args.by and not args.no_plots and study.sensitivity_key is None:
         why = ("it is a replicate key (--replicate-keys)" if args.by in settings.replicate_keys else
                f"it is not varied between configurations (varied: {', '.join(study.keys) or 'nothing'})")

@@ -37,6 +37,9 @@ class Schedule:
     #: the schedule's config holds absolute LRs (cyclic base_lr/max_lr, onecycle max_lr); the build passes
     #: the optimizer's LR so that other parameter groups scale by base_lr / optimizer_lr.
     absolute_lrs = False
+    #: duration keys that must last at least one step (a cycle or period of zero steps never ends, or divides
+    #: by zero); the build refuses them before anything runs. A null one (where allowed) means the whole run.
+    positive_durations: tuple[str, ...] = ()
 
     def __init__(self, timeline: Timeline, interval: str = "step"):
         self.timeline = timeline
@@ -85,6 +88,8 @@ class Constant(Schedule):
 class Step(Schedule):
     """lr = base_lr * gamma ** floor(t / step_size)   (torch StepLR)."""
 
+    positive_durations = ("step_size",)
+
     def __init__(self, timeline: Timeline, step_size: Any, gamma: float, interval: str = "step"):
         super().__init__(timeline, interval)
         self.step_size, self.gamma = self.ticks(step_size), gamma
@@ -110,6 +115,8 @@ class Exponential(Schedule):
     stepped per epoch with interval=epoch); staircase: gamma ** floor(t / period). With period=10000steps this
     is Keras' ExponentialDecay(decay_rate=gamma, decay_steps=10000)."""
 
+    positive_durations = ("period",)
+
     def __init__(self, timeline: Timeline, gamma: float, staircase: bool, period: Any, interval: str = "step"):
         super().__init__(timeline, interval)
         self.gamma, self.staircase, self.period = gamma, staircase, self.ticks(period)
@@ -121,6 +128,8 @@ class Exponential(Schedule):
 class Polynomial(Schedule):
     """lr = (base_lr - end_lr) * (1 - min(t, total) / total) ** power + end_lr
     (torch PolynomialLR when end_lr = 0)."""
+
+    positive_durations = ("total",)
 
     def __init__(self, timeline: Timeline, power: float, end_lr: float, total: Any = None,
                  interval: str = "step"):
@@ -135,6 +144,8 @@ class Polynomial(Schedule):
 class Linear(Schedule):
     """lr = base_lr * (1 + (end_factor - 1) * min(t, total) / total)   (torch LinearLR, start_factor=1)."""
 
+    positive_durations = ("total",)
+
     def __init__(self, timeline: Timeline, end_factor: float, total: Any = None, interval: str = "step"):
         super().__init__(timeline, interval)
         self.total = self.total_ticks if total is None else self.ticks(total)
@@ -146,6 +157,8 @@ class Linear(Schedule):
 
 class Cosine(Schedule):
     """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2   (torch CosineAnnealingLR)."""
+
+    positive_durations = ("T_max",)
 
     def __init__(self, timeline: Timeline, eta_min: float, T_max: Any = None, interval: str = "step"):
         super().__init__(timeline, interval)
@@ -160,6 +173,8 @@ class CosineRestarts(Schedule):
     """SGDR: cycle i lasts T_i = T_0 * T_mult ** i; within it, at T_cur,
     lr = eta_min + (base_lr * peak_decay ** i - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2
     (torch CosineAnnealingWarmRestarts when peak_decay = 1)."""
+
+    positive_durations = ("T_0",)
 
     def __init__(self, timeline: Timeline, T_0: Any, T_mult: int, eta_min: float, peak_decay: float,
                  interval: str = "step"):
@@ -203,6 +218,8 @@ class Cyclic(_Absolute):
     lr = base_lr + (max_lr - base_lr) * h * s, s = 1 (triangular), 1 / 2 ** (cycle - 1) (triangular2),
     gamma ** t (exp_range). With cycle_momentum, momentum (or beta1) = max_momentum - (max_momentum -
     base_momentum) * h * s: low when the LR is high."""
+
+    positive_durations = ("step_size_up", "step_size_down")
 
     own_ramp = True
 

@@ -68,3 +68,32 @@ class Summary:
         from lrtrain.writers import write_json_atomic
 
         write_json_atomic(self.to_dict(), path)
+
+
+def read_checked(path: Path) -> dict[str, Any]:
+    """A summary.json as a dict whose known keys have the types `Summary` gives them; InputFileError naming the
+    file and the first key that is wrong otherwise (the report would fail deep inside on it)."""
+    import typing
+
+    from lrtrain.errors import InputFileError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise InputFileError(f"{path}: not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise InputFileError(f"{path}: expected a JSON object (an lrtrain summary), found {type(data).__name__}")
+    hints = typing.get_type_hints(Summary)
+    for name, hint in hints.items():
+        value = data.get(name)
+        if value is None or name.startswith("_"):
+            continue
+        kind = next(a for a in (typing.get_args(hint) or (hint,)) if a is not type(None))
+        kind = typing.get_origin(kind) or kind
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+              isinstance(value, int) and not isinstance(value, bool) if kind is int else isinstance(value, kind))
+        if not ok:
+            expected = {float: "a number", int: "an integer", str: "a string", dict: "an object",
+                        list: "a list", bool: "true or false"}.get(kind, kind.__name__)
+            raise InputFileError(f"{path}: {name} is {value!r}, expected {expected} (not an lrtrain summary?)")
+    return data

@@ -65,3 +65,115 @@ def test_bad_config_fails_fast_with_one_line(lrtrain, args, message):
     assert r.returncode == 2
     assert r.stderr.strip() == message
     assert not (r.run_dir / "steps.csv").exists() and not (r.run_dir / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------------- non-finite
+
+
+def _float_keys() -> list[tuple[tuple[str, ...], str, str]]:
+    """(overrides choosing the option, full key, kind) for every float key of every registered option: each
+    option file names its schema in its defaults list (regularization options are fields of one schema)."""
+    import typing
+
+    from omegaconf import OmegaConf
+
+    from conftest import CONFIGS
+    from lrtrain.config import SCHEMAS, RegularizationConfig, float_fields
+
+    found: dict[str, tuple[tuple[str, ...], str]] = {}
+    for group in GROUPS:
+        for option in group_options(group):
+            if group == "regularization":
+                hints = typing.get_type_hints(RegularizationConfig)
+                if option not in hints:
+                    continue
+                schema, prefix = typing.get_args(hints[option])[0], f"regularization.{option}."
+                choice: tuple[str, ...] = (f"regularization=[{option}]",)
+            else:
+                node = OmegaConf.load(CONFIGS / group / f"{option}.yaml")
+                names = [d.split("@")[0].lstrip("/") for d in node.get("defaults", []) if str(d).startswith("/schema")]
+                if not names:
+                    continue
+                schema, prefix, choice = SCHEMAS[names[0]], f"{group}.", (f"{group}={option}",)
+            for name, kind in float_fields(schema).items():
+                found.setdefault(f"{prefix}{name}", (choice, kind))
+    return [(choice, key, kind) for key, (choice, kind) in sorted(found.items())]
+
+
+FLOAT_KEYS = _float_keys()
+
+
+def test_float_keys_cover_the_known_offenders():
+    keys = {key for _, key, _ in FLOAT_KEYS}
+    assert {"optimizer.eps", "early_stopping.divergence_threshold", "scheduler.gamma", "optimizer.betas",
+            "regularization.l2.weight_decay", "dataset.val_fraction", "lr_find.max_lr"} <= keys
+    assert len(keys) > 40
+
+
+_composed: dict = {}
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("choice,key,kind", FLOAT_KEYS, ids=[k for _, k, _ in FLOAT_KEYS])
+def test_non_finite_floats_are_refused(compose, choice, key, kind, bad):
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from lrtrain.config import validate
+    from lrtrain.errors import ConfigValueError
+
+    if choice not in _composed:  # compose each option once; each case changes one key of a copy
+        _composed[choice] = compose(*choice)
+    cfg = copy.deepcopy(_composed[choice])
+    value = float(bad)
+    if kind == "list":
+        value = [0.5] * (len(OmegaConf.select(cfg, key)) - 1) + [value]
+    OmegaConf.update(cfg, key, value)
+    if key.endswith("growth_rate") and bad == "inf":  # its documented "no limit"
+        validate(cfg)
+        return
+    with pytest.raises(ConfigValueError) as e:
+        validate(cfg)
+    valid = {"float": "a finite number", "optional": "a finite number, or null", "list": "finite numbers"}[kind]
+    assert str(e.value).startswith(f"{key}=") and f": must be {valid}" in str(e.value), str(e.value)
+
+
+def test_non_finite_values_from_the_command_line_are_one_line(lrtrain):
+    r = lrtrain("optimizer.eps=inf")
+    assert (r.returncode, r.stderr.strip()) == (2, "lrtrain: error: optimizer.eps=inf: must be a finite number")
+
+
+# ------------------------------------------------------------------- keys of options that are not chosen
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["warmup.length=5ep"],
+     "warmup.length: unknown key; warmup=none has no keys (options that have: constant, exponential, linear)"),
+    (["warmup=none", "warmup.start_factor=0.5"],
+     "warmup.start_factor: unknown key; warmup=none has no keys (options that have: constant, exponential, linear)"),
+    (["scheduler.gamma=0.5"], "scheduler.gamma: unknown key; valid keys here: interval"),
+    (["regularization.l2.weight_decay=0.1"],
+     "regularization.l2.weight_decay: l2 is not enabled; add it: regularization=[l2]"),
+    (["regularization=[dropout]", "regularization.l2.decoupled=true"],
+     "regularization.l2.decoupled: l2 is not enabled; add it: regularization=[dropout,l2]"),
+    (["logger.mlflow.tracking_uri=sqlite:///x.db"],
+     "logger.mlflow.tracking_uri: mlflow is not enabled; add it: logger=[csv,tensorboard,mlflow]"),
+    (["logger=[csv]", "logger.tensorboard.hparams=false"],
+     "logger.tensorboard.hparams: tensorboard is not enabled; add it: logger=[csv,tensorboard]"),
+    (["logger.tensorboard.hparam=false"], "logger.tensorboard.hparam: unknown key; valid keys here: hparams"),
+    (["regularization=[l2]", "regularization.l2.decay=1"],
+     "regularization.l2.decay: unknown key; valid keys here: weight_decay, decay_1d, decoupled"),
+])
+def test_a_key_the_chosen_option_does_not_have_is_refused(compose, overrides, message):
+    from lrtrain.errors import EXIT_CONFIG, describe
+
+    with pytest.raises(Exception) as e:
+        compose(*overrides)
+    assert describe(e.value) == (message, EXIT_CONFIG)
+
+
+def test_option_not_enabled_is_one_line_from_the_cli(lrtrain):
+    r = lrtrain("regularization.l2.weight_decay=0.1")
+    assert (r.returncode, r.stderr.strip()) == (2, "lrtrain: error: regularization.l2.weight_decay: l2 is not "
+                                                   "enabled; add it: regularization=[l2]")

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from conftest import group_options, run_lrtrain
 from datafiles import write_cifar10, write_image_folder, write_mnist
 from lrtrain.data import FolderData, TensorData
-from lrtrain.errors import DataError
+from lrtrain.errors import DataError, DataFileError
 
 TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 # option -> (num_classes, input_shape, has a test split, kind)
@@ -199,3 +199,106 @@ def test_cli_trains_on_an_image_folder_with_workers(tmp_path):
     assert r.returncode == 0, r.stderr
     summary = r.summary()
     assert summary["steps"] == 2 * 3 and set(summary["test"]) == {"test_loss", "test_acc"}  # 11 train images
+
+
+# ------------------------------------------------------------------------------------- bad data files
+
+
+class _CodePayload:
+    """Unpickled, this runs a shell command that creates `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_batch_that_carries_code_is_refused_and_never_run(tmp_path):
+    import pickle
+
+    root = write_cifar10(tmp_path / "data")
+    marker = tmp_path / "pwned"
+    batch = root / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(pickle.dumps({"data": _CodePayload(marker), "labels": [0]}, protocol=2))
+    r = run_lrtrain("dataset=cifar10", f"dataset.root={root}", "dataset.download=false", cwd=tmp_path)
+    assert not marker.exists()
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"lrtrain: error: {batch}: refused: it asks to load posix.system, which is code, "
+                                "not data (a CIFAR batch holds only arrays, lists and strings)")
+    assert not (r.run_dir / "steps.csv").exists()
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+def _cifar_dict(path, **changes):
+    import pickle
+
+    import numpy as np
+
+    entry = {"data": np.zeros((4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3], **changes}
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+
+
+@pytest.mark.parametrize("name,corrupt,needle", [
+    ("data_batch_3", _truncate, "not a CIFAR-10 batch (truncated or corrupt?"),
+    ("test_batch", lambda p: p.write_bytes(b"\x89PNG not a pickle"), "not a CIFAR-10 batch (truncated or corrupt?"),
+    ("data_batch_1", lambda p: _cifar_dict(p, labels=[0, 1]), "2 labels for 4 images"),
+    ("data_batch_2", lambda p: _cifar_dict(p, labels=[0, 1, 2, 10]), "label 10 at position 3: expected class labels 0..9"),
+    ("data_batch_5", lambda p: _cifar_dict(p, data=[1, 2]), "expected a dict with 'data' (uint8, N x 3072)"),
+    ("batches.meta", lambda p: p.write_bytes(b""), "not a CIFAR-10 batch (truncated or corrupt?"),
+])
+def test_corrupt_cifar_files_name_the_file(compose, tmp_path, name, corrupt, needle):
+    root = write_cifar10(tmp_path / "data")
+    path = root / "cifar-10-batches-py" / name
+    corrupt(path)
+    with pytest.raises(DataFileError) as e:
+        load(compose, "cifar10", root)
+    message = str(e.value)
+    assert message.startswith(f"{path}: ") and needle in message and "\n" not in message
+
+
+def _idx(path, magic, dims, body):
+    import struct
+
+    path.write_bytes(struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims) + bytes(body))
+
+
+@pytest.mark.parametrize("name,corrupt,needle", [
+    # more labels than images: would train silently on misaligned labels
+    ("train-labels-idx1-ubyte", lambda p: _idx(p, 0x801, [61], [1] * 61),
+     "61 labels for the 60 images of train-images-idx3-ubyte: expected one label per image"),
+    ("t10k-labels-idx1-ubyte", lambda p: _idx(p, 0x801, [19], [1] * 19),
+     "19 labels for the 20 images of t10k-images-idx3-ubyte"),
+    ("train-images-idx3-ubyte", lambda p: _idx(p, 0x801, [60], [0] * 60),
+     "not an MNIST images file: expected the IDX magic number 0x00000803 (unsigned bytes, 3 dimensions), "
+     "found 0x00000801"),
+    ("train-labels-idx1-ubyte", lambda p: p.write_bytes(b"ab"), "found nothing"),
+    ("train-images-idx3-ubyte", _truncate, "truncated: its header says 60x28x28 images (47056 bytes)"),
+    ("t10k-labels-idx1-ubyte", lambda p: _idx(p, 0x801, [20], [0] * 19 + [10]),
+     "label 10 at position 19: expected class labels 0..9"),
+])
+@pytest.mark.parametrize("variant", ["MNIST", "FashionMNIST"])
+def test_bad_mnist_files_name_the_file(compose, tmp_path, variant, name, corrupt, needle):
+    root = write_mnist(tmp_path / "data", variant)
+    path = root / variant / "raw" / name
+    corrupt(path)
+    with pytest.raises(DataFileError) as e:
+        load(compose, {"MNIST": "mnist", "FashionMNIST": "fashion_mnist"}[variant], root)
+    message = str(e.value)
+    assert message.startswith(f"{path}: ") and needle in message and "\n" not in message
+
+
+def test_cli_truncated_mnist_is_one_line_and_exit_2(tmp_path):
+    root = write_mnist(tmp_path / "data")
+    _truncate(root / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
+    r = run_lrtrain("dataset=mnist", f"dataset.root={root}", "dataset.download=false", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lrtrain: error: {root}/MNIST/raw/t10k-images-idx3-ubyte: "
+                                                   "truncated")

@@ -400,3 +400,17 @@ def test_direction_and_grid_sampler_are_checked_before_any_job(tmp_path):
         "trainer.monitor)")
     with pytest.raises(pytest.fail.Exception, match="the checks passed"):
         build("trainer.monitor=val_acc", "trainer.monitor_mode=max", "hydra.sweeper.direction=maximize")
+
+
+def test_a_search_whose_every_trial_fails_still_reports(lrtrain, tmp_path):
+    """No trial completes (each fails to find its data): one error line at the end, no traceback, and the report
+    and results are written all the same."""
+    sweep = tmp_path / "sweep"
+    r = lrtrain("hparams_search=optuna", "hydra.sweeper.n_trials=2", "dataset=cifar10", "dataset.root=absent",
+                "dataset.download=false", *TINY, f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("lrtrain: error: ")]
+    assert len(errors) == 1 and errors[0].startswith("lrtrain: error: 2 jobs of the sweep did not complete (job 0 "
+                                                     "failed: CIFAR10 not found under absent/cifar-10-batches-py")
+    assert (sweep / "sweep_summary.csv").is_file() and (sweep / "optimization_results.yaml").is_file()
+    assert "best_trial" not in (sweep / "optimization_results.yaml").read_text()

@@ -500,7 +500,6 @@ def test_nonsense_combinations_are_config_errors(schedule, overrides, message):
          "scheduler.scale=2.0: must be null when d_model is set"),
         ("warmup=exponential warmup.start_factor=0", "warmup.start_factor=0.0: must be in (0, 1] (a geometric ramp)"),
         ("scheduler=step scheduler.interval=batch", "scheduler.interval='batch': must be one of step, epoch"),
-        ("scheduler=exponential scheduler.period=0steps", "scheduler.period='0steps': must be a duration > 0"),
         ("scheduler=cyclic scheduler.base_momentum=0.95",
          "scheduler.max_momentum=0.9: must be in [base_momentum (0.95), 1)"),
         ("scheduler=onecycle scheduler.base_momentum=1", "scheduler.base_momentum=1.0: must be in [0, 1)"),
@@ -596,3 +595,66 @@ def test_first_and_last_lr_of_each_default(compose, name):
     first, last = ENDPOINTS[name]
     assert s(0, LR) == pytest.approx(first, rel=1e-12)
     assert s(899, LR) == pytest.approx(last, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------- durations that must be positive
+
+
+def _positive_duration_keys() -> list[tuple[str, str]]:
+    """(option, key) for every schedule key that must last at least one step, read off the classes."""
+    from omegaconf import OmegaConf
+
+    from lrtrain.build_schedule import _schedule_class
+
+    keys = []
+    for option in group_options("scheduler"):
+        node = OmegaConf.load(f"configs/scheduler/{option}.yaml")
+        if node.get("_target_") not in (None, "???"):
+            keys += [(option, key) for key in _schedule_class(node._target_).positive_durations]
+    return keys + [(w, "length") for w in group_options("warmup") if w != "none"]
+
+
+POSITIVE_KEYS = _positive_duration_keys()
+
+
+def test_positive_duration_keys_are_the_expected_ones():
+    """The list the zero-duration tests run over is not empty, and holds the keys known to hang or divide by 0."""
+    assert {("cosine_restarts", "T_0"), ("step", "step_size"), ("cyclic", "step_size_up"), ("cosine", "T_max"),
+            ("linear", "total"), ("polynomial", "total"), ("exponential", "period"),
+            ("linear", "length")} <= set(POSITIVE_KEYS)
+
+
+def _group(option: str, key: str) -> str:
+    return "warmup" if key == "length" else "scheduler"
+
+
+@pytest.mark.parametrize("value,steps", [("0", 0), ("0steps", 0), ("0.001ep", 0), ("0.01%", 0)])
+@pytest.mark.parametrize("option,key", POSITIVE_KEYS)
+def test_zero_durations_are_refused_at_build(compose, option, key, value, steps):
+    from lrtrain.warmup import Warmup
+
+    group = _group(option, key)
+    cfg = compose(f"{group}={option}", f"{group}.{key}={value}")
+    if group == "warmup" and value in ("0", "0steps"):  # an explicit zero is no warmup (Optuna searches 0%)
+        assert not isinstance(build_schedule(cfg, Timeline(45, 900)), Warmup)
+        return
+    with pytest.raises(ConfigValueError) as e:
+        build_schedule(cfg, Timeline(45, 900))
+    assert str(e.value).startswith(f"{group}.{key}={cfg[group][key]!r}: must be a duration of at least one step")
+    assert f"(it rounds to {steps} steps at 45 steps per epoch, 900 in the run)" in str(e.value)
+
+
+@pytest.mark.parametrize("option,key", POSITIVE_KEYS)
+def test_lrtrain_schedule_refuses_zero_durations_instead_of_hanging(tmp_path, option, key):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    group = _group(option, key)
+    exe = Path(sys.executable).with_name("lrtrain-schedule")
+    r = subprocess.run([str(exe), f"{group}={option}", f"{group}.{key}=0.001ep", "out=none"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"lrtrain-schedule: error: {group}.{key}='0.001ep': must be a duration of at least "
+                                "one step" + (", or 0 for no warmup" if group == "warmup" else "") +
+                                " (it rounds to 0 steps at 45 steps per epoch, 900 in the run)")

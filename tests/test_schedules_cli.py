@@ -116,3 +116,12 @@ def test_custom_schedule_from_pythonpath(lrtrain, tmp_path):
     expected = [0.01 * (k + 1) / 20 if k < 20 else 0.01 * (1 + math.cos(math.pi * (k - 20) / 70)) / 2
                 for k in range(90)]
     assert len(lrs) == 90 and all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-18) for a, b in zip(lrs, expected))
+
+
+def test_zero_restart_period_is_refused_before_the_run_starts(lrtrain):
+    """T_0=0 used to spin forever at 100% CPU; 0.001ep rounds to zero steps just the same."""
+    r = lrtrain("scheduler=cosine_restarts", "scheduler.T_0=0.001ep", timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("lrtrain: error: scheduler.T_0='0.001ep': must be a duration of at least one step "
+                                "(it rounds to 0 steps at 45 steps per epoch, 900 in the run)")
+    assert not (r.run_dir / "checkpoints").exists() and not (r.run_dir / "steps.csv").exists()

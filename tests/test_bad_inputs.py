@@ -1,0 +1,212 @@
+"""Every bad input is one line: `describe` turns library failures (Hydra's wrappers, torch's allocator, a
+DataLoader worker's re-raised error) into the key or file and what would be valid."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+
+from conftest import QUIET, run_lrtrain
+from datafiles import write_image_folder
+from lrtrain.checkpoints import check_layout, load, save_atomic
+from lrtrain.errors import EXIT_CONFIG, EXIT_FAILED, CheckpointError, WriteError, describe
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.hidden=[100000000000]"], "model: too large to build: out of memory: one allocation of 23.3 TiB failed; "
+                                      "make it smaller"),
+    (["dataset=regression", "dataset.num_samples=100000000000000", "model=linear"],
+     "dataset: too large to build: out of memory: one allocation of 3.55 PiB failed; make it smaller"),
+    (["dataset.val_fraction=0.9999"],
+     "dataset.val_fraction=0.9999: must be small enough to leave training examples: of 1797 examples it holds "
+     "out 1797, leaving an empty training split (at most 0.9997 here)"),
+    (["model._target_=os.system"],  # Hydra's reason is on the message's later lines
+     "model: Target 'os.system' is blocklisted because it allows config data to control executable behavior or "
+     "belongs to an execution-capable target family. It cannot be authorized with "
+     "HYDRA_INSTANTIATE_ALLOWLIST_OVERRIDE."),
+])
+def test_bad_sizes_are_one_line_before_training(compose, tmp_path, overrides, message):
+    from lrtrain.build import build
+
+    with pytest.raises(Exception) as e:
+        build(compose(*overrides, *QUIET), tmp_path)
+    assert describe(e.value) == (message, EXIT_CONFIG)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("key", ["trainer.seed", "dataset.split_seed", "dataset.seed"])
+@pytest.mark.parametrize("value", [2**64, -2**63 - 1])
+def test_seeds_torch_cannot_take_are_refused(compose, key, value):
+    from conftest import config_error
+
+    extra = ["dataset=regression"] if key == "dataset.seed" else []
+    assert config_error(compose, *extra, f"{key}={value}") == (
+        f"{key}={value}: must be an integer in [-2**63, 2**64 - 1] (torch's seed range)")
+
+
+def test_a_worker_error_names_the_file(tmp_path):
+    """A corrupt PNG decoded in a DataLoader worker: the worker's error reaches the main process as text."""
+    root = write_image_folder(tmp_path / "images")
+    bad = root / "cat" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    r = run_lrtrain("dataset=folder", f"dataset.root={root}", "dataset.image_size=8", "dataset.num_workers=1",
+                    "model=cnn", "model.channels=[4]", "model.hidden=8", *QUIET, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(f"lrtrain: error: {bad}: not a readable image (")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+GOOD = {"model": {}, "optimizer": {}, "schedule": {}, "early_stopping": {}, "step": 1, "epoch": 0,
+        "position": {"step": 1}, "rng": {"python": 0, "numpy": 0, "torch": 0}, "config": {}}
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"position": None}, "missing 'position'"),
+    ({"rng": None}, "missing 'rng'"),
+    ({"schedule": None}, "missing 'schedule'"),
+    ({"position": [1, 2]}, "its 'position' is a list, expected a dict"),
+    ({"position": {"step": 1, "cursor": 3}}, "its position has 'cursor', unknown here"),
+    ({"rng": {"torch": 0}}, "its rng lacks 'python', 'numpy'"),
+])
+def test_checkpoints_of_another_layout_are_refused(tmp_path, change, why):
+    ckpt = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    path = tmp_path / "old.pt"
+    with pytest.raises(CheckpointError) as e:
+        check_layout(path, ckpt, {"step", "epoch", "batch"})
+    assert str(e.value) == f"{path}: not an lrtrain checkpoint of this version ({why})"
+
+
+def test_resume_from_another_layout_is_one_line(lrtrain, tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"model": {}, "step": 3, "optimizer": {}}, path)
+    r = lrtrain(f"trainer.resume={path}")
+    assert (r.returncode, r.stderr.strip()) == (
+        2, f"lrtrain: error: {path}: not an lrtrain checkpoint of this version (missing 'schedule')")
+
+
+class _Code:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_code_payload_is_refused_without_torch_advice(tmp_path, protocol):
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"model": _Code(), "step": 1}, protocol=protocol))
+    with pytest.raises(CheckpointError) as e:
+        load(path)
+    assert str(e.value).startswith((f"{path}: refused: it asks to load posix.system, which is code, not data",
+                                     f"{path}: not a readable checkpoint (corrupt, or more than tensors"))
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:671] . PytorchStreamWriter failed writing file data/0: "
+                 "file write failed"),
+])
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
+    import shutil
+    from collections import namedtuple
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_atomic({"model": {"w": torch.ones(2)}, "step": 1}, path)
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 0))  # torch's error has no errno
+    with pytest.raises(WriteError) as e:
+        save_atomic({"model": {"w": torch.zeros(2)}, "step": 2}, path)
+    assert str(e.value) == f"no space left on device writing {path} (the previous checkpoint, if any, is intact)"
+    assert describe(e.value) == (str(e.value), EXIT_FAILED)
+    monkeypatch.undo()
+    assert load(path)["step"] == 1 and sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+# -------------------------------------------------------------------------------------------- lrtrain-report
+
+
+def _sweep(root):
+    """A two-job sweep as lrtrain and Hydra leave it, reduced to what the report reads."""
+    import json
+
+    import yaml
+
+    for job, lr in enumerate((0.01, 0.02)):
+        d = root / str(job)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"optimizer.lr={lr}"]))
+        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"optimizer": {"lr": lr}}))
+        (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {}}}}))
+        (d / "summary.json").write_text(json.dumps({
+            "status": "completed", "stop_reason": None, "run_dir": str(d), "best_value": 0.5 + lr,
+            "best_epoch": 0, "monitor": "val_loss", "mode": "min", "epochs": 1, "steps": 10,
+            "train_seconds": 1.0, "final": {"val_loss": 0.5 + lr}}))
+    return root
+
+
+@pytest.mark.parametrize("file,content,why", [
+    ("0/summary.json", "[1, 2]", "expected a JSON object (an lrtrain summary), found list"),
+    ("1/summary.json", '{"status": ', "not JSON (Expecting value"),
+    ("0/summary.json", '{"status": "completed", "best_value": "high"}',
+     "best_value is 'high', expected a number (not an lrtrain summary?)"),
+    ("1/summary.json", '{"status": "completed", "best_epoch": 1.5}', "best_epoch is 1.5, expected an integer"),
+    ("0/.hydra/overrides.yaml", "5", "expected a list of overrides, found int (not written by Hydra?)"),
+    ("0/.hydra/hydra.yaml", "- a", "expected Hydra's settings (a mapping), found list (not written by Hydra?)"),
+    ("1/.hydra/config.yaml", "just text", "expected a config (a mapping), found str (not written by Hydra?)"),
+])
+def test_report_on_malformed_job_files_names_the_file(tmp_path, capsys, file, content, why):
+    from lrtrain.report import main
+
+    sweep = _sweep(tmp_path / "sweep")
+    main([str(sweep), "--no-plots"])  # the control: the intact sweep reports
+    (sweep / file).write_text(content)
+    with pytest.raises(SystemExit) as e:
+        main([str(sweep), "--no-plots"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err
+    assert err.startswith(f"lrtrain-report: error: {sweep / file}: {why}")
+
+
+def test_report_on_a_malformed_run_summary_names_it(tmp_path, capsys):
+    from lrtrain.report import main
+
+    run = _sweep(tmp_path / "sweep") / "0"
+    (run / "summary.json").write_text('{"status": "completed", "epochs": "many"}')
+    with pytest.raises(SystemExit) as e:
+        main([str(run), "--no-plots"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"lrtrain-report: error: {run / 'summary.json'}: epochs is 'many', "
+                                               "expected an integer (not an lrtrain summary?)")
+
+
+def test_the_bad_inputs_script_on_a_sample(tmp_path):
+    """scripts/bad_inputs.py's rule on three of its fifty cases, one per tool (the lead runs all fifty)."""
+    import importlib.util
+    import sys
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bad_inputs", REPO / "scripts" / "bad_inputs.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["bad_inputs"] = script  # its dataclasses look their module up
+    spec.loader.exec_module(script)
+    sample = [c for c in script.CASES if c.name in ("CIFAR batch with code", "schedule T_0=0",
+                                                    "summary.json a list")]
+    assert len(script.CASES) == 50 and len(sample) == 3
+    for case in sample:
+        outcome = script.run(case, tmp_path)
+        assert outcome.passed, (case.name, outcome.why, outcome.stderr)
