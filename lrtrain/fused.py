@@ -101,7 +101,6 @@ class Segment:
         self.kind = _segment_key(runs[0])
         device = params[0].device
         groups = [[_group_of(run.optimizer, p) for p in run.model.parameters()] for run in runs]
-        g0 = runs[0].optimizer.param_groups[0]
         self.dims = [p.dim() for p in params]
         per = lambda key: [[g[key] for g in gs] for gs in groups]  # noqa: E731  [replica][param]
         if self.kind[0] == "adam":
@@ -114,8 +113,8 @@ class Segment:
             self.eps = [_broadcast([run.optimizer.param_groups[0]["eps"] for run in runs], d, device)
                         for d in self.dims]
             self.amsgrad = self.kind[1]
-            decoupled = [type(run.optimizer) is torch.optim.AdamW or bool(g0.get("decoupled_weight_decay"))
-                         for run in runs]
+            decoupled = [type(run.optimizer) is torch.optim.AdamW
+                         or bool(run.optimizer.param_groups[0].get("decoupled_weight_decay")) for run in runs]
             wd = per("weight_decay")
             self.coupled = [[0.0 if decoupled[r] else wd[r][i] for r in range(len(runs))]
                             for i in range(len(params))]
@@ -500,6 +499,7 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
             except Exception as e:
                 _end(t, k, e, results, replicas)
     spe = runs[0].timeline.steps_per_epoch
+    lrs: list[float] = []
     fresh = set(active)  # replicas whose next step begins an epoch (or continues after a resume/rollback)
 
     def ended(k: int) -> bool:
@@ -513,6 +513,13 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
             return True
         _end(t, k, None, results, replicas)
         return True
+
+    def record(t: Trainer, k: int, result: StepResult) -> None:
+        try:
+            t.record(result, lrs[k], None)
+        except Diverged as d:  # found at a mid-epoch checkpoint's flush
+            t._on_divergence(d)
+            fresh.add(k)
 
     def end_epoch(k: int, stopped: bool) -> None:
         t = trainers[k]
@@ -536,7 +543,7 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
                     if results[k] is None:
                         ended(k)
                 break
-            lrs = [0.0] * len(runs)
+            lrs[:] = [0.0] * len(runs)
             batches = [0] * len(runs)
             for k in active:
                 step_lrs = trainers[k].step_lrs()
@@ -547,21 +554,16 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
             losses_k = losses.unbind()
             correct_k = correct.unbind() if correct is not None else [None] * len(runs)
             norms_k = norms.unbind() if norms is not None else [None] * len(runs)
-            for k in list(active):
-                t = trainers[k]
+            for k in active:  # first every replica's step, then epoch ends, then the ends of runs: no replica's
+                t = trainers[k]  # step is timed with another's validation or plots in it
                 result = StepResult(losses_k[k], correct_k[k], norms_k[k] if replicas.clipped[k] else None, None)
-
-                def after(k: int = k, t: Trainer = t, result: StepResult = result) -> None:
-                    try:
-                        t.record(result, lrs[k], None)
-                    except Diverged as d:  # found at a mid-epoch checkpoint's flush
-                        t._on_divergence(d)
-                        fresh.add(k)
-                        return
-                    if t.pos.batch >= spe or t.pos.step >= t.run.timeline.total_steps:
-                        end_epoch(k, stopped=False)
-
-                _guarded(after, t, k, results, replicas)
+                _guarded(lambda t=t, k=k, result=result: record(t, k, result), t, k, results, replicas)
+            for k in active:
+                t = trainers[k]
+                if results[k] is None and k not in fresh and (t.pos.batch >= spe or
+                                                              t.pos.step >= t.run.timeline.total_steps):
+                    _guarded(lambda k=k: end_epoch(k, stopped=False), t, k, results, replicas)
+            for k in active:
                 if results[k] is None:
                     ended(k)
             active = [k for k in active if results[k] is None]

@@ -1,0 +1,214 @@
+"""Fused sweeps (hydra/launcher=fused): the same files as the default launcher, from one vectorized model.
+
+Real `lrtrain -m` processes on the digits default, each sweep against the same sweep under the default launcher;
+the vectorized update is checked step by step against the torch.optim optimizers it stands for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import lrtrain_env, read_rows
+
+QUIET = ["trainer.progress=none", "logger=[csv]", "logger.csv.plots=false"]
+FUSED = "hydra/launcher=fused"
+# Largest |fused - solo| per-step training loss: float32 reduction order (baddbmm vs addmm, summed per-replica
+# losses) gives differences of a few 1e-7 over the first epochs of the digits default (measured: at most
+# 4.8e-7 over 3 epochs, README "Fused sweeps"); 1e-5 leaves room for the drift of a longer run, and is 100
+# times below the step-to-step change of the loss that a real difference (another batch, LR or init) makes.
+TOL = 1e-5
+
+
+def sweep(lrtrain, sweep_dir: Path, *overrides: str):
+    return lrtrain("-m", *overrides, *QUIET, f"hydra.sweep.dir={sweep_dir}")
+
+
+def jobs(sweep_dir: Path) -> list[str]:
+    return sorted((p.name for p in sweep_dir.iterdir() if p.is_dir()), key=int)
+
+
+def assert_same_job(fused: Path, solo: Path) -> None:
+    """A fused job's files against the same job under the default launcher."""
+    a, b = read_rows(fused / "steps.csv"), read_rows(solo / "steps.csv")
+    assert len(a) == len(b) and len(a) > 0
+    assert [r["lr"] for r in a] == [r["lr"] for r in b]  # the LR column is identical, as text
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    diffs = [abs(float(x["loss"]) - float(y["loss"])) for x, y in zip(a, b)]
+    assert max(diffs) < TOL, max(diffs)
+    ma, mb = read_rows(fused / "metrics.csv"), read_rows(solo / "metrics.csv")
+    assert [r["epoch"] for r in ma] == [r["epoch"] for r in mb]
+    for x, y in zip(ma, mb):
+        for key in ("train_loss", "val_loss", "lr"):
+            assert abs(float(x[key]) - float(y[key])) < TOL, (key, x[key], y[key])
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (fused, solo))
+    for key in ("status", "best_epoch", "epochs", "steps", "stop_reason", "seed"):
+        assert sa[key] == sb[key], key
+    assert {p.name for p in (fused / "checkpoints").iterdir()} == {p.name for p in (solo / "checkpoints").iterdir()}
+    assert (fused / ".hydra" / "overrides.yaml").read_text() == (solo / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_mixed_optimizers_and_seeds_fuse_into_the_default_launchers_files(lrtrain, tmp_path):
+    grid = ["optimizer=adam,momentum", "trainer.seed=0,1", "trainer.max_epochs=2"]
+    fused = sweep(lrtrain, tmp_path / "fused", FUSED, *grid)
+    assert fused.returncode == 0, fused.stderr
+    assert "fused: jobs 0, 1, 2, 3 as one model of 4 replicas" in fused.stdout
+    solo = sweep(lrtrain, tmp_path / "solo", *grid)
+    assert solo.returncode == 0, solo.stderr
+    assert jobs(tmp_path / "fused") == jobs(tmp_path / "solo") == ["0", "1", "2", "3"]
+    for job in "0123":
+        assert_same_job(tmp_path / "fused" / job, tmp_path / "solo" / job)
+        summary = json.loads((tmp_path / "fused" / job / "summary.json").read_text())
+        assert summary["fused"] == {"replicas": 4, "jobs": "0,1,2,3"}
+    # each seed its own init and data order: the first losses differ between seeds, not between launchers
+    first = {job: read_rows(tmp_path / "fused" / job / "steps.csv")[0]["loss"] for job in "0123"}
+    assert first["0"] != first["1"] and first["2"] != first["3"]
+    # the sweep report, as the default launcher writes it
+    report = {row["job"]: row for row in read_rows(tmp_path / "fused" / "sweep_summary.csv")}
+    solo_report = {row["job"]: row for row in read_rows(tmp_path / "solo" / "sweep_summary.csv")}
+    assert report.keys() == solo_report.keys() and {r["status"] for r in report.values()} == {"completed"}
+    assert [r["overrides"] for r in report.values()] == [r["overrides"] for r in solo_report.values()]
+
+    # a fused job's last.pt is an ordinary checkpoint: it resumes alone under the default launcher
+    job = tmp_path / "fused" / "1"
+    again = lrtrain(f"trainer.resume={job / 'checkpoints' / 'last.pt'}", "trainer.max_epochs=3", "trainer.seed=1",
+                    *QUIET, run_dir=tmp_path / "resumed")
+    assert again.returncode == 0, again.stderr
+    summary = again.summary()
+    assert summary["status"] == "completed" and summary["resumed_from_step"] == 90 and summary["steps"] == 135
+
+
+def test_a_diverging_job_changes_nothing_in_the_others(lrtrain, tmp_path):
+    grid = ["optimizer=sgd", "optimizer.lr=0.05,1e6,0.2", "trainer.max_epochs=2"]
+    fused = sweep(lrtrain, tmp_path / "fused", FUSED, *grid)
+    solo = sweep(lrtrain, tmp_path / "solo", *grid)
+    assert fused.returncode == solo.returncode == 1  # the sweep says one job did not complete
+    assert "fused: jobs 0, 1, 2 as one model of 3 replicas" in fused.stdout
+    for job in "02":
+        assert_same_job(tmp_path / "fused" / job, tmp_path / "solo" / job)
+    diverged = json.loads((tmp_path / "fused" / "1" / "summary.json").read_text())
+    assert diverged["status"] == "diverged" and "the training loss became nan" in diverged["stop_reason"]
+    alone = json.loads((tmp_path / "solo" / "1" / "summary.json").read_text())
+    assert {k: diverged[k] for k in ("stop_reason", "steps", "epochs", "best_value")} == {
+        k: alone[k] for k in ("stop_reason", "steps", "epochs", "best_value")}
+    assert fused.stderr.strip().splitlines()[-1] == solo.stderr.strip().splitlines()[-1].replace("/solo/", "/fused/")
+
+
+def test_incompatible_jobs_split_into_groups_and_unsupported_ones_run_alone(lrtrain, tmp_path):
+    r = sweep(lrtrain, tmp_path / "s", FUSED, "model.hidden=[32],[64]", "optimizer=adam,sgd,adagrad",
+              "trainer.max_steps=5")
+    assert r.returncode == 0, r.stderr
+    assert "fused: jobs 0, 1 as one model of 2 replicas" in r.stdout
+    assert "fused: jobs 3, 4 as one model of 2 replicas" in r.stdout
+    assert "solo: job 2 (optimizer Adagrad has no fused update" in r.stdout
+    assert "solo: job 5 (optimizer Adagrad" in r.stdout
+    for job in "012345":
+        summary = json.loads((tmp_path / "s" / job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["steps"] == 5
+        assert ("fused" in summary) == (job not in "25")
+    assert len(read_rows(tmp_path / "s" / "sweep_summary.csv")) == 6
+
+
+def test_ddp_is_refused_in_one_line(lrtrain, tmp_path):
+    r = sweep(lrtrain, tmp_path / "s", FUSED, "trainer.strategy=ddp", "optimizer.lr=1e-3,3e-3")
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1] == (
+        "lrtrain: error: trainer.strategy='ddp': must be single with hydra/launcher=fused (ddp spreads one job "
+        "over several processes; fused trains several jobs in one)")
+
+
+# ------------------------------------------------------------------------------------ the update itself
+
+UPDATES = [
+    ["optimizer=adam", "optimizer.lr=1e-3"],
+    ["optimizer=adam", "optimizer.lr=3e-3", "optimizer.betas=[0.8,0.99]", "optimizer.eps=1e-6", "regularization=[l2]"],
+    ["optimizer=adam", "optimizer.lr=2e-3", "regularization=[l2]", "regularization.l2.decoupled=true"],
+    ["optimizer=adamw", "optimizer.lr=1e-3", "regularization=[l2]", "regularization.l2.weight_decay=0.1"],
+    ["optimizer=amsgrad", "optimizer.lr=1e-3"],
+    ["optimizer=amsgrad", "optimizer.lr=5e-3", "optimizer.betas=[0.5,0.9]"],
+    ["optimizer=sgd", "optimizer.lr=0.1", "regularization=[l2]", "regularization.l2.decoupled=true"],
+    ["optimizer=sgd", "optimizer.lr=0.3"],
+    ["optimizer=momentum", "optimizer.lr=0.05", "regularization=[l2]", "regularization.l2.decay_1d=true"],
+    ["optimizer=momentum", "optimizer.lr=0.02", "optimizer.momentum=0.5", "optimizer.dampening=0.1"],
+    ["optimizer=momentum", "optimizer.lr=0.01", "optimizer.nesterov=true", "regularization=[l2]"],
+]
+
+
+def test_the_fused_update_is_torch_optims_per_replica(compose, tmp_path):
+    """Every replica, after each of 5 steps with its own LR each step, holds what its torch optimizer holds.
+
+    To a few float32 ulps: a per-replica LR or decay factor is a broadcast tensor, where torch.optim multiplies
+    by a Python float (torch's add(alpha=) may fuse the multiply-add); a wrong LR, beta, decay or bias correction
+    moves the weights by 1e-4 or more in 5 steps."""
+    from lrtrain.build import build
+    from lrtrain.fused import Replicas, order_replicas
+
+    runs = [build(compose(*o, "trainer.device=cpu", "trainer.progress=none", "logger=[csv]"), tmp_path / str(i))
+            for i, o in enumerate(UPDATES)]
+    runs = [runs[i] for i in order_replicas(runs)]
+    replicas = Replicas(runs)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(5):
+        lrs = [run.optimizer.param_groups[0]["lr"] * (1 + 0.3 * step) for run in runs]  # a schedule of sorts
+        grads = [torch.randn(p.shape, generator=gen) for p in replicas.params]
+        for p, g in zip(replicas.params, grads):
+            p.grad = g.clone()
+        replicas._update(lrs)
+        replicas.dirty = [True] * len(runs)
+        for k, run in enumerate(runs):
+            for group in run.optimizer.param_groups:
+                group["lr"] = lrs[k]
+            for p, g in zip(run.model.parameters(), grads):
+                p.grad = g[k].clone()
+            run.optimizer.step()
+    for k, run in enumerate(runs):
+        for i, p in enumerate(run.model.parameters()):
+            torch.testing.assert_close(replicas.params[i][k], p.detach(), rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"{run.config['optimizer']}, param {i}: {m}")
+        mine = {}
+        for i, p in enumerate(run.model.parameters()):
+            state = run.optimizer.state[p]
+            for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+                if name in state:
+                    torch.testing.assert_close(replicas.state[name][i][k], state[name], rtol=1e-5, atol=1e-7)
+                    mine[name] = True
+            if "step" in state:
+                assert replicas.steps[k] == int(state["step"]) == 5
+        assert mine or run.optimizer.param_groups[0].get("momentum") == 0
+
+
+# ---------------------------------------------------------------------------------- kill and re-run
+
+
+@pytest.mark.slow
+def test_a_killed_fused_sweep_resumes_when_run_again(tmp_path):
+    """SIGKILL mid-sweep, the same command again: finished epochs are kept, the rest resumes from last.pt, and
+    every job ends as an uninterrupted fused sweep ends."""
+    args = [sys.executable, "-m", "lrtrain", "-m", FUSED, "optimizer.lr=1e-3,3e-3", "trainer.max_epochs=12", *QUIET]
+    killed = subprocess.Popen(args + [f"hydra.sweep.dir={tmp_path / 'killed'}"], cwd=tmp_path, env=lrtrain_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "0" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) > 3):
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "0" / "summary.json").is_file()  # killed before it ended
+    again = subprocess.run(args + [f"hydra.sweep.dir={tmp_path / 'killed'}"], cwd=tmp_path, env=lrtrain_env(),
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    whole = subprocess.run(args + [f"hydra.sweep.dir={tmp_path / 'whole'}"], cwd=tmp_path, env=lrtrain_env(),
+                           capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    for job in "01":
+        summary = json.loads((tmp_path / "killed" / job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["resumed_from_step"] > 0
+        assert_same_job(tmp_path / "killed" / job, tmp_path / "whole" / job)
