@@ -101,7 +101,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
 
             lr_search = build_lr_finder(cfg).run(run, plots=plots)
     except BaseException as e:
-        _record_failure(out_dir, e)
+        record_failure(out_dir, e)
         raise
     if cfg.mode == "lr_find":
         summary = Summary(status="completed", run_dir=str(out_dir), lr_find=lr_search)
@@ -143,7 +143,7 @@ def _threads_for_parallel_jobs(cfg: DictConfig) -> None:
     torch.set_num_threads(max(1, cores // parallel))
 
 
-def _record_failure(out_dir: Path, e: BaseException) -> None:
+def record_failure(out_dir: Path, e: BaseException) -> None:
     """A run that fails before training still leaves a summary.json saying why, in its own dir; a run dir that
     was to be resumed in place is left as it was (what Hydra rewrote in it is put back)."""
     from lrtrain import rundir

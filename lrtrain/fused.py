@@ -502,6 +502,8 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
     lrs: list[float] = []
     fresh = set(active)  # replicas whose next step begins an epoch (or continues after a resume/rollback)
 
+    closing: list[int] = []  # replicas that ended this step: their outputs are written after every one is timed
+
     def ended(k: int) -> bool:
         t = trainers[k]
         if t.running:
@@ -509,16 +511,22 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
         try:
             t.finish()
         except Exception as e:
-            _end(trainers[k], k, e, results, replicas)
+            _end(t, k, e, results, replicas)
             return True
-        _end(t, k, None, results, replicas)
+        t.totals()
+        closing.append(k)
         return True
+
+    def close_ended() -> None:
+        for k in closing:
+            _end(trainers[k], k, None, results, replicas, timed=True)
+        closing.clear()
 
     def record(t: Trainer, k: int, result: StepResult) -> None:
         try:
             t.record(result, lrs[k], None)
         except Diverged as d:  # found at a mid-epoch checkpoint's flush
-            t._on_divergence(d)
+            t.on_divergence(d)
             fresh.add(k)
 
     def end_epoch(k: int, stopped: bool) -> None:
@@ -526,11 +534,12 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
         try:
             t.end_epoch(stopped)
         except Diverged as d:
-            t._on_divergence(d)
+            t.on_divergence(d)
         fresh.add(k)
 
     try:
         active = [k for k in active if not ended(k)]
+        close_ended()
         while active:
             for k in sorted(fresh):
                 if k in active:
@@ -542,6 +551,7 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
                     _guarded(lambda k=k: end_epoch(k, stopped=True), trainers[k], k, results, replicas)
                     if results[k] is None:
                         ended(k)
+                close_ended()
                 break
             lrs[:] = [0.0] * len(runs)
             batches = [0] * len(runs)
@@ -566,8 +576,10 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
             for k in active:
                 if results[k] is None:
                     ended(k)
+            close_ended()
             active = [k for k in active if results[k] is None]
     except BaseException as e:  # a second signal (KeyboardInterrupt) or a bug: every replica left ends with it
+        close_ended()
         for k in active:
             if results[k] is None:
                 trainers[k].fail(e)
@@ -589,12 +601,18 @@ def _guarded(fn: Callable[[], None], t: Trainer, k: int, results: list[Any], rep
 
 
 def _end(t: Trainer, k: int, error: Optional[BaseException], results: list[Any], replicas: Replicas,
-         close_only: bool = False) -> None:
+         close_only: bool = False, timed: bool = False) -> None:
+    """Replica k ended (with `error`, or its summary): its sinks get the summary, and its slice stops updating."""
+    if results[k] is not None:
+        return
     if error is not None and not close_only and hasattr(t, "summary"):
         t.fail(error)
     try:
         if hasattr(t, "summary"):
-            t.close()
+            if timed:  # totals() was called when it ended
+                t.end_sinks(t.summary)
+            else:
+                t.close()
     except Exception as e:
         error = error or e
     results[k] = error if error is not None else t.summary

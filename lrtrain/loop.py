@@ -255,7 +255,7 @@ class Trainer:
                 try:
                     self._epoch(self.run.timeline.total_steps)
                 except Diverged as d:
-                    self._on_divergence(d)
+                    self.on_divergence(d)
             self.finish()
         except BaseException as e:
             self.fail(e)
@@ -330,6 +330,11 @@ class Trainer:
 
     def close(self) -> None:
         """The summary's totals, then every sink gets it and is closed."""
+        self.totals()
+        self.end_sinks(self.summary)
+
+    def totals(self) -> None:
+        """The summary's totals: where the run is and how long it trained (its outputs not counted)."""
         pos, summary = self.pos, self.summary
         summary.best_value, summary.best_epoch = pos.best_value, pos.best_epoch
         summary.steps, summary.epochs = pos.step, pos.epoch + (pos.batch > 0)
@@ -337,13 +342,12 @@ class Trainer:
         summary.train_seconds = time.perf_counter() - self.started + self.seconds_before
         summary.samples_per_second = pos.samples / pos.step_seconds if pos.step_seconds else 0.0
         summary.effective_lr = pos.last_effective_lr
-        self._end_sinks(summary)
 
     def _sync(self) -> None:
         """Before run.model and run.optimizer are read (validation, checkpoints, the end): a no-op here; a fused
         replica copies its slice of the stacked tensors into them (lrtrain.fused)."""
 
-    def _end_sinks(self, summary: Summary) -> None:
+    def end_sinks(self, summary: Summary) -> None:
         """Every sink gets the summary and is closed, even when another one fails; the first error is raised."""
         error: Optional[BaseException] = None
         for sink in self.sinks:
@@ -513,7 +517,7 @@ class Trainer:
         elif reason:
             self.summary.status, self.summary.stop_reason = "early_stopped", reason
 
-    def _on_divergence(self, d: Diverged) -> None:
+    def on_divergence(self, d: Diverged) -> None:
         """Stop (keeping the last good checkpoint), or roll back to it with a smaller LR."""
         pos, settings = self.pos, self.settings
         self._clear_pending()

@@ -15,6 +15,7 @@ finished summary (killed, interrupted) resumes from it in place, and the others 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -115,7 +116,7 @@ def prepare(cfg: DictConfig, box: Prepared) -> Optional[float]:
         validate(cfg)
         run = build(cfg, out_dir, Path(hydra_cfg.sweep.dir), box.job)
     except Exception as e:
-        cli._record_failure(out_dir, e)
+        cli.record_failure(out_dir, e)
         return cli.failed(e, box.job)
     from lrtrain.fused import unfusable
 
@@ -193,7 +194,9 @@ def train_groups(returns: list[JobReturn], prepared: list[Prepared]) -> None:
         runs = [box.run for _, box in members]
         for run in runs[1:]:  # one copy of the data for the group (on a GPU each job moved its own)
             run.data = runs[0].data
+        started = time.perf_counter()
         results = fit_fused(runs, label=",".join(map(str, jobs)))
+        log.info(f"fused: jobs {', '.join(map(str, jobs))} trained in {time.perf_counter() - started:.2f} s")
         for (ret, box), result in zip(members, results):
             if isinstance(result, BaseException):
                 ret.return_value = cli.failed(result, box.job)
