@@ -16,8 +16,8 @@ others' numbers.
 
 from __future__ import annotations
 
-import copy
 import json
+import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -83,55 +83,56 @@ def order_replicas(runs: Sequence[Run]) -> list[int]:
     return sorted(range(len(runs)), key=lambda i: _segment_key(runs[i]))
 
 
-def _broadcast(values: Sequence[float], dim: int, device: torch.device) -> float | torch.Tensor:
-    """One value per replica: a Python float when they are all equal (torch.optim's own arithmetic), otherwise
-    a tensor [n, 1, ...] that broadcasts against a stacked tensor of `dim` dimensions."""
+def _column(values: Sequence[float], device: torch.device, dtype: torch.dtype = torch.float32) -> float | torch.Tensor:
+    """One value per replica: a Python float when they are all equal (torch.optim's own arithmetic), otherwise a
+    column [n, 1] that broadcasts over the replicas' rows."""
     first = values[0]
     if all(v == first for v in values):
         return float(first)
-    return torch.tensor(values, dtype=torch.float32, device=device).view(len(values), *([1] * (dim - 1)))
+    return torch.tensor(values, dtype=dtype, device=device).view(len(values), 1)
 
 
 class Segment:
     """Replicas [a, b) of a group, all updated by one formula (Adam/AdamW with or without AMSGrad, or SGD with or
-    without momentum, Nesterov or not), each with its own hyper-parameters."""
+    without momentum, Nesterov or not), each with its own hyper-parameters: columns over their rows of the flat
+    [K, D] tensors, and each parameter's weight decay spread over its elements."""
 
-    def __init__(self, a: int, b: int, runs: Sequence[Run], params: list[torch.Tensor]):
+    def __init__(self, a: int, b: int, runs: Sequence[Run], sizes: list[int], device: torch.device):
         self.a, self.b = a, b
         self.kind = _segment_key(runs[0])
-        device = params[0].device
         groups = [[_group_of(run.optimizer, p) for p in run.model.parameters()] for run in runs]
-        self.dims = [p.dim() for p in params]
-        per = lambda key: [[g[key] for g in gs] for gs in groups]  # noqa: E731  [replica][param]
+        first = [run.optimizer.param_groups[0] for run in runs]
         if self.kind[0] == "adam":
-            beta1 = [run.optimizer.param_groups[0]["betas"][0] for run in runs]
-            beta2 = [run.optimizer.param_groups[0]["betas"][1] for run in runs]
-            self.beta1, self.beta2 = beta1, beta2
-            self.one_minus_b1 = _broadcast([1 - b for b in beta1], max(self.dims), device)
-            self.b2 = [_broadcast(beta2, d, device) for d in self.dims]
-            self.one_minus_b2 = [_broadcast([1 - b for b in beta2], d, device) for d in self.dims]
-            self.eps = [_broadcast([run.optimizer.param_groups[0]["eps"] for run in runs], d, device)
-                        for d in self.dims]
+            self.beta1 = [g["betas"][0] for g in first]
+            self.beta2 = [g["betas"][1] for g in first]
+            self.one_minus_b1 = _column([1 - b for b in self.beta1], device)
+            self.b2 = _column(self.beta2, device)
+            self.one_minus_b2 = _column([1 - b for b in self.beta2], device)
+            self.eps = _column([g["eps"] for g in first], device)
             self.amsgrad = self.kind[1]
-            decoupled = [type(run.optimizer) is torch.optim.AdamW
-                         or bool(run.optimizer.param_groups[0].get("decoupled_weight_decay")) for run in runs]
-            wd = per("weight_decay")
-            self.coupled = [[0.0 if decoupled[r] else wd[r][i] for r in range(len(runs))]
-                            for i in range(len(params))]
-            self.decoupled = [[wd[r][i] if decoupled[r] else 0.0 for r in range(len(runs))]
-                              for i in range(len(params))]
+            decoupled = [type(run.optimizer) is torch.optim.AdamW or bool(g.get("decoupled_weight_decay"))
+                         for run, g in zip(runs, first)]
+            coupled = [[0.0 if decoupled[r] else g["weight_decay"] for g in gs] for r, gs in enumerate(groups)]
+            decay = [[g["weight_decay"] if decoupled[r] else 0.0 for g in gs] for r, gs in enumerate(groups)]
         else:
-            self.momentum = [_broadcast([run.optimizer.param_groups[0]["momentum"] for run in runs], d, device)
-                             for d in self.dims]
-            self.dampening = [_broadcast([1 - run.optimizer.param_groups[0]["dampening"] for run in runs], d,
-                                         device) for d in self.dims]
+            self.momentum = _column([g["momentum"] for g in first], device)
+            self.dampening = _column([1 - g["dampening"] for g in first], device)
             self.nesterov = self.kind[2]
             # torch's SGD: coupled decay is its own; decoupled decay is lrtrain's pre-hook (lrtrain.optimizers)
-            wd, dd = per("weight_decay"), [[g.get("decoupled_decay", 0.0) for g in gs] for gs in groups]
-            self.coupled = [[wd[r][i] for r in range(len(runs))] for i in range(len(params))]
-            self.decoupled = [[dd[r][i] for r in range(len(runs))] for i in range(len(params))]
-        self.coupled_t = [None if not any(c) else _broadcast(c, d, device)
-                          for c, d in zip(self.coupled, self.dims)]
+            coupled = [[g["weight_decay"] for g in gs] for gs in groups]
+            decay = [[g.get("decoupled_decay", 0.0) for g in gs] for gs in groups]
+        self.coupled = _spread(coupled, sizes, device, torch.float32)
+        # p <- p * (1 - lr * wd) with 1 - lr * wd in double, as torch.optim computes it from Python floats
+        self.decay = _spread(decay, sizes, device, torch.float64)
+
+
+def _spread(per_param: list[list[float]], sizes: list[int], device: torch.device,
+            dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """[replica][param] values as an [n, D] tensor over the parameters' elements; None when all are 0."""
+    if not any(v for row in per_param for v in row):
+        return None
+    return torch.stack([torch.cat([torch.full((size,), v, dtype=dtype) for v, size in zip(row, sizes)])
+                        for row in per_param]).to(device)
 
 
 def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, Any]:
@@ -142,7 +143,12 @@ def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str
 
 
 class Replicas:
-    """The stacked state of K replicas of one model: parameters, optimizer state, the fused step."""
+    """The stacked state of K replicas of one model: parameters, optimizer state, the fused step.
+
+    Everything lives in flat [K, D] tensors (D: the model's parameter count), one row per replica: the
+    parameters are leaf views of `flat` shaped [K, ...] (what the forward uses), their gradients views of `grad`
+    (autograd accumulates into them in place), so the update is a dozen whole-tensor operations per step, not a
+    dozen per parameter tensor, and nothing is copied or stacked per step."""
 
     def __init__(self, runs: Sequence[Run]):
         self.runs = list(runs)
@@ -150,9 +156,19 @@ class Replicas:
         first = runs[0]
         self.model = first.model
         self.names = [name for name, _ in first.model.named_parameters()]
-        modules = [list(run.model.parameters()) for run in runs]
-        self.params = [torch.stack([m[i].detach() for m in modules]).requires_grad_() for i in range(len(self.names))]
-        self.device = self.params[0].device
+        shapes = [p.shape for p in first.model.parameters()]
+        self.sizes = [p.numel() for p in first.model.parameters()]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self.device = first.device
+        dtype = next(first.model.parameters()).dtype
+        self.flat = torch.zeros(self.k, sum(self.sizes), dtype=dtype, device=self.device)
+        self.grad = torch.zeros_like(self.flat)
+        # the parameters are strided views of `flat`, and so are their gradients (of `grad`), on purpose
+        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+        self.params = [self._view(self.flat, i, shapes[i]).requires_grad_() for i in range(len(shapes))]
+        self.grads = [self._view(self.grad, i, shapes[i]) for i in range(len(shapes))]
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
         self.data: TensorData = first.data
         self.classify = first.data.num_classes is not None
         self.amp = first.step_fn().amp
@@ -162,11 +178,13 @@ class Replicas:
         start = 0
         for i in range(1, self.k + 1):
             if i == self.k or _segment_key(runs[i]) != _segment_key(runs[start]):
-                self.segments.append(Segment(start, i, runs[start:i], self.params))
+                self.segments.append(Segment(start, i, runs[start:i], self.sizes, self.device))
                 start = i
-        self.state: dict[str, list[torch.Tensor]] = {}
-        for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
-            self.state[name] = [torch.zeros_like(p, requires_grad=False) for p in self.params]
+        kinds = {seg.kind for seg in self.segments}
+        names = (["exp_avg", "exp_avg_sq"] * any(k[0] == "adam" for k in kinds)
+                 + ["max_exp_avg_sq"] * any(k[0] == "adam" and k[1] for k in kinds)
+                 + ["momentum_buffer"] * any(k[0] == "sgd" and k[1] for k in kinds))
+        self.state = {name: torch.zeros_like(self.flat) for name in names}
         self.steps = [0] * self.k  # each replica's optimizer steps (Adam's bias corrections)
         self.has_buffer = [False] * self.k  # SGD: the momentum buffer exists (torch starts it from the gradient)
         self.last_lrs: list[Optional[list[float]]] = [None] * self.k
@@ -188,6 +206,10 @@ class Replicas:
         for k in range(self.k):
             self.push(k)
 
+    def _view(self, flat: torch.Tensor, i: int, shape: torch.Size) -> torch.Tensor:
+        o = self.offsets[i]
+        return flat[:, o:o + self.sizes[i]].view(self.k, *shape)
+
     def _vmap_forward(self) -> Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]:
         from torch.func import functional_call, vmap
 
@@ -203,7 +225,7 @@ class Replicas:
 
     @torch.no_grad()
     def push(self, k: int) -> None:
-        """Replica k's module and torch optimizer (just built or restored) into slice k."""
+        """Replica k's module and torch optimizer (just built or restored) into row k."""
         run = self.runs[k]
         opt = run.optimizer
         steps = 0
@@ -211,9 +233,10 @@ class Replicas:
         for i, p in enumerate(run.model.parameters()):
             self.params[i][k].copy_(p)
             state = opt.state.get(p, {})
+            o, n = self.offsets[i], self.sizes[i]
             for name, stacked in self.state.items():
                 value = state.get(name)
-                stacked[i][k].copy_(value) if value is not None else stacked[i][k].zero_()
+                stacked[k, o:o + n].copy_(value.reshape(-1)) if value is not None else stacked[k, o:o + n].zero_()
             if "step" in state:
                 steps = int(float(state["step"]))
             if state.get("momentum_buffer") is not None:
@@ -224,7 +247,7 @@ class Replicas:
 
     @torch.no_grad()
     def pull(self, k: int) -> None:
-        """Slice k into replica k's module and torch optimizer, as its solo run would hold them now."""
+        """Row k into replica k's module and torch optimizer, as its solo run would hold them now."""
         if not self.dirty[k]:
             return
         run = self.runs[k]
@@ -233,15 +256,16 @@ class Replicas:
         amsgrad = bool(opt.param_groups[0].get("amsgrad"))
         for i, p in enumerate(run.model.parameters()):
             p.copy_(self.params[i][k])
+            o, n = self.offsets[i], self.sizes[i]
+            row = lambda name: self.state[name][k, o:o + n].view_as(p).clone()  # noqa: E731
             if adam and self.steps[k]:
                 state = {"step": torch.tensor(float(self.steps[k]), dtype=torch.get_default_dtype()),
-                         "exp_avg": self.state["exp_avg"][i][k].clone(),
-                         "exp_avg_sq": self.state["exp_avg_sq"][i][k].clone()}
+                         "exp_avg": row("exp_avg"), "exp_avg_sq": row("exp_avg_sq")}
                 if amsgrad:
-                    state["max_exp_avg_sq"] = self.state["max_exp_avg_sq"][i][k].clone()
+                    state["max_exp_avg_sq"] = row("max_exp_avg_sq")
                 opt.state[p] = state
             elif not adam and self.has_buffer[k]:
-                opt.state[p] = {"momentum_buffer": self.state["momentum_buffer"][i][k].clone()}
+                opt.state[p] = {"momentum_buffer": row("momentum_buffer")}
         if self.last_lrs[k] is not None:
             for group, lr in zip(opt.param_groups, self.last_lrs[k]):
                 group["lr"] = lr
@@ -251,11 +275,9 @@ class Replicas:
     def retire(self, k: int) -> None:
         """Replica k ended: it stops updating (zeros stay zeros with an LR of 0, NaN or not before)."""
         self.done[k] = True
-        for p in self.params:
-            p[k].zero_()
+        self.flat[k].zero_()
         for stacked in self.state.values():
-            for s in stacked:
-                s[k].zero_()
+            stacked[k].zero_()
 
     # ---------------------------------------------------------------------------------------- the step
 
@@ -267,7 +289,7 @@ class Replicas:
     def batch(self, batches: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Each replica's next batch (`batches[k]`: its index in the epoch): stored inputs [K, B, ...], targets
         [K, B] and, when the replicas' batches differ in size, a mask of the real samples [K, B]."""
-        bs, n = self.data.batch_size, self.perms.shape[1]
+        bs = self.data.batch_size
         first = batches[0]
         if all(b == first for b in batches):
             idx, mask = self.perms[:, first * bs:(first + 1) * bs], None
@@ -291,12 +313,15 @@ class Replicas:
         with self.amp:
             out = self.forward(self.params, self.data.inputs(stored))
             losses = self._losses(out, y, mask)
-        for p in self.params:
-            p.grad = None
+        self.grad.zero_()
         total = losses.sum()
         if self.l1 is not None:  # lrtrain's L1Penalty: the weights of 2 or more dimensions
             total = total + sum((p.abs().flatten(1).sum(1) * self.l1).sum() for p in self.params if p.dim() > 2)
         total.backward()
+        for p, g in zip(self.params, self.grads):
+            if p.grad is not g:  # autograd accumulates into the views; should it ever replace one, copy it back
+                g.copy_(p.grad)
+                p.grad = g
         norms = self._clip() if self.max_norm is not None or self.clip_value is not None else None
         self._update(lrs)
         for k in range(self.k):
@@ -324,102 +349,88 @@ class Replicas:
     @torch.no_grad()
     def _clip(self) -> torch.Tensor:
         """Per replica, as lrtrain's GradClip: the total L2 norm before clipping; clip by norm or by value."""
-        grads = [p.grad for p in self.params]
-        norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]),
-                                         dim=0)
+        norms = torch.linalg.vector_norm(self.grad, dim=1)
         if self.max_norm is not None:
             coef = (self.max_norm / (norms + 1e-6)).clamp(max=1.0)
             coef = torch.where(torch.isinf(self.max_norm), torch.ones_like(coef), coef)
-            for g in grads:
-                g.mul_(coef.view(self.k, *([1] * (g.dim() - 1))))
+            self.grad.mul_(coef.view(self.k, 1))
         if self.clip_value is not None:
-            for g in grads:
-                v = self.clip_value.view(self.k, *([1] * (g.dim() - 1)))
-                torch.clamp(g, min=-v, max=v, out=g)
+            v = self.clip_value.view(self.k, 1)
+            torch.clamp(self.grad, min=-v, max=v, out=self.grad)
         return norms
 
     @torch.no_grad()
     def _update(self, lrs: Sequence[float]) -> None:
         for seg in self.segments:
-            a, b = seg.a, seg.b
-            if all(self.done[a:b]):
+            if all(self.done[seg.a:seg.b]):
                 continue
-            lr = list(lrs[a:b])
+            lr = list(lrs[seg.a:seg.b])
+            p, g = self.flat[seg.a:seg.b], self.grad[seg.a:seg.b]
+            if seg.decay is not None:  # decoupled: p <- p * (1 - lr * wd), before the update
+                lr64 = torch.tensor(lr, dtype=torch.float64, device=self.device).view(-1, 1)
+                p.mul_((1 - lr64 * seg.decay).to(p.dtype))
+            if seg.coupled is not None:  # coupled: g <- g + wd * p
+                g = g + p * seg.coupled
             if seg.kind[0] == "adam":
-                self._adam(seg, lr)
+                self._adam(seg, lr, p, g)
             else:
-                self._sgd(seg, lr)
+                self._sgd(seg, lr, p, g)
 
-    def _adam(self, seg: Segment, lr: list[float]) -> None:
-        """torch.optim.Adam / AdamW (single-tensor, as on the CPU), per replica."""
+    def _adam(self, seg: Segment, lr: list[float], p: torch.Tensor, g: torch.Tensor) -> None:
+        """torch.optim.Adam / AdamW's single-tensor update (the one used on the CPU), per replica."""
         a, b = seg.a, seg.b
         for k in range(a, b):
             if not self.done[k]:
                 self.steps[k] += 1
-        steps = self.steps[a:b]
         # a replica that ended before its first step has no step count: any bias correction will do (its LR is 0)
-        bc1 = [1 - b1 ** max(s, 1) for b1, s in zip(seg.beta1, steps)]
-        bc2_sqrt = [(1 - b2 ** max(s, 1)) ** 0.5 for b2, s in zip(seg.beta2, steps)]
-        step_size = [-(l / c) for l, c in zip(lr, bc1)]
-        for i, p_all in enumerate(self.params):
-            dim = p_all.dim()
-            p, g = p_all[a:b], p_all.grad[a:b]
-            m, v = self.state["exp_avg"][i][a:b], self.state["exp_avg_sq"][i][a:b]
-            if any(seg.decoupled[i]):
-                p.mul_(_broadcast([1 - l * wd for l, wd in zip(lr, seg.decoupled[i])], dim, self.device))
-            if seg.coupled_t[i] is not None:
-                g = g.add(p, alpha=seg.coupled_t[i]) if isinstance(seg.coupled_t[i], float) else g + p * seg.coupled_t[i]
-            weight = seg.one_minus_b1
-            m.lerp_(g, weight if isinstance(weight, float) else weight.view(b - a, *([1] * (dim - 1))))
-            if isinstance(seg.one_minus_b2[i], float):
-                v.mul_(seg.b2[i]).addcmul_(g, g.conj(), value=seg.one_minus_b2[i])
-            else:
-                v.mul_(seg.b2[i]).addcmul_(g * seg.one_minus_b2[i], g)
-            if seg.amsgrad:
-                mx = self.state["max_exp_avg_sq"][i][a:b]
-                torch.maximum(mx, v, out=mx)
-                v = mx
-            denom = (v.sqrt() / _broadcast(bc2_sqrt, dim, self.device)).add_(seg.eps[i])
-            size = _broadcast(step_size, dim, self.device)
-            if isinstance(size, float):
-                p.addcdiv_(m, denom, value=size)
-            else:
-                p.addcdiv_(m * size, denom)
+        steps = [max(s, 1) for s in self.steps[a:b]]
+        bc1 = [1 - b1 ** s for b1, s in zip(seg.beta1, steps)]
+        bc2_sqrt = _column([(1 - b2 ** s) ** 0.5 for b2, s in zip(seg.beta2, steps)], self.device)
+        step_size = _column([-(lr_k / c) for lr_k, c in zip(lr, bc1)], self.device)
+        m, v = self.state["exp_avg"][a:b], self.state["exp_avg_sq"][a:b]
+        m.lerp_(g, seg.one_minus_b1)
+        if isinstance(seg.one_minus_b2, float):
+            v.mul_(seg.b2).addcmul_(g, g, value=seg.one_minus_b2)
+        else:
+            v.mul_(seg.b2).addcmul_(g * seg.one_minus_b2, g)
+        if seg.amsgrad:
+            mx = self.state["max_exp_avg_sq"][a:b]
+            torch.maximum(mx, v, out=mx)
+            v = mx
+        denom = (v.sqrt() / bc2_sqrt).add_(seg.eps)
+        if isinstance(step_size, float):
+            p.addcdiv_(m, denom, value=step_size)
+        else:
+            p.addcdiv_(m * step_size, denom)
 
-    def _sgd(self, seg: Segment, lr: list[float]) -> None:
-        """torch.optim.SGD (single-tensor, as on the CPU), with lrtrain's decoupled decay before it, per replica."""
+    def _sgd(self, seg: Segment, lr: list[float], p: torch.Tensor, g: torch.Tensor) -> None:
+        """torch.optim.SGD's single-tensor update (the one used on the CPU), per replica."""
         a, b = seg.a, seg.b
-        momentum = seg.kind[1]
-        for i, p_all in enumerate(self.params):
-            dim = p_all.dim()
-            p, g = p_all[a:b], p_all.grad[a:b]
-            if any(seg.decoupled[i]):
-                p.mul_(_broadcast([1 - l * wd for l, wd in zip(lr, seg.decoupled[i])], dim, self.device))
-            if seg.coupled_t[i] is not None:
-                g = g.add(p, alpha=seg.coupled_t[i]) if isinstance(seg.coupled_t[i], float) else g + p * seg.coupled_t[i]
-            if momentum:
-                buf = self.state["momentum_buffer"][i][a:b]
-                started = self.has_buffer[a:b]
-                mu, damp = seg.momentum[i], seg.dampening[i]
-                if all(started):
-                    buf.mul_(mu)
-                    buf.add_(g, alpha=damp) if isinstance(damp, float) else buf.add_(g * damp)
-                elif not any(started):
-                    buf.copy_(g)
-                else:  # replicas restored at different points: each its own way
-                    for j, s in enumerate(started):
-                        mu_j = mu if isinstance(mu, float) else float(mu[j])
-                        d_j = damp if isinstance(damp, float) else float(damp[j])
-                        buf[j].copy_(buf[j].mul(mu_j).add(g[j], alpha=d_j) if s else g[j])
-                if i == len(self.params) - 1:
-                    for k in range(a, b):
-                        self.has_buffer[k] = self.has_buffer[k] or not self.done[k]
-                if seg.nesterov:
-                    g = g.add(buf, alpha=mu) if isinstance(mu, float) else g + buf * mu
-                else:
-                    g = buf
-            rate = _broadcast([-l for l in lr], dim, self.device)
-            p.add_(g, alpha=rate) if isinstance(rate, float) else p.add_(g * rate)
+        if seg.kind[1]:  # momentum
+            buf = self.state["momentum_buffer"][a:b]
+            started = self.has_buffer[a:b]
+            mu, damp = seg.momentum, seg.dampening
+            if all(started):
+                buf.mul_(mu)
+                buf.add_(g, alpha=damp) if isinstance(damp, float) else buf.add_(g * damp)
+            elif not any(started):
+                buf.copy_(g)
+            else:  # replicas restored at different points: each its own way
+                for j, s in enumerate(started):
+                    mu_j = mu if isinstance(mu, float) else float(mu[j])
+                    d_j = damp if isinstance(damp, float) else float(damp[j])
+                    buf[j].copy_(buf[j].mul(mu_j).add(g[j], alpha=d_j) if s else g[j])
+            for k in range(a, b):
+                self.has_buffer[k] = self.has_buffer[k] or not self.done[k]
+            if seg.nesterov:
+                g = g.add(buf, alpha=mu) if isinstance(mu, float) else g + buf * mu
+            else:
+                g = buf
+        rate = _column([-lr_k for lr_k in lr], self.device)
+        if isinstance(rate, float):
+            p.add_(g, alpha=rate)
+        else:
+            p.add_(g * rate)
 
 
 def _matmul_forward(model: nn.Module) -> Optional[Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]]:
@@ -455,19 +466,64 @@ def _matmul_forward(model: nn.Module) -> Optional[Callable[[list[torch.Tensor], 
     return forward
 
 
-class ReplicaTrainer(Trainer):
-    """A job's Trainer whose model and optimizer live in a slice of a fused group's stacked tensors."""
+class Writer:
+    """One thread that writes a fused group's checkpoints, in the order they were taken, while the group trains
+    on (writing a checkpoint is mostly pickling and fsync, the same for every replica). A replica waits for its
+    own writes before anything reads them back (a rollback) and before its summary says it ended."""
 
-    replicas: Replicas
-    index: int
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtrain-checkpoints")
+        self.pending: dict[int, list[Any]] = {}
+
+    def submit(self, k: int, write: Callable[[], None]) -> None:
+        self.pending.setdefault(k, []).append(self.pool.submit(write))
+
+    def wait(self, k: int) -> None:
+        """Replica k's writes are on disk; the first that failed is raised."""
+        futures, self.pending[k] = self.pending.get(k, []), []
+        errors = [f.exception() for f in futures]
+        error = next((e for e in errors if e is not None), None)
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class ReplicaTrainer(Trainer):
+    """A job's Trainer whose model and optimizer live in a row of a fused group's flat tensors."""
+
+    replicas: Optional[Replicas] = None
+    writer: Optional[Writer] = None
+    index: int = 0
 
     def _sync(self) -> None:
-        self.replicas.pull(self.index)
+        if self.replicas is not None:
+            self.replicas.pull(self.index)
+
+    def checkpoint(self) -> dict[str, Any]:
+        ckpt = super().checkpoint()
+        # written in the writer's thread: the weights as they are now, not as the next copy from the row leaves them
+        ckpt["model"] = {name: t.clone() for name, t in ckpt["model"].items()}
+        return ckpt
+
+    def _write(self, write: Callable[[], None]) -> None:
+        if self.writer is None:
+            write()
+        else:
+            self.writer.submit(self.index, write)
 
     def restore(self, ckpt: dict[str, Any], keep_history: bool = False) -> None:
         super().restore(ckpt, keep_history)
-        if getattr(self, "replicas", None) is not None:  # a rollback: the stacked slice follows
+        if self.replicas is not None:  # a rollback: the row follows
             self.replicas.push(self.index)
+
+    def on_divergence(self, d: Diverged) -> None:
+        if self.writer is not None:
+            self.writer.wait(self.index)  # a rollback reads last.pt back
+        super().on_divergence(d)
 
 
 def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
@@ -477,9 +533,9 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
     runs = [runs[i] for i in order]
     trainers = [ReplicaTrainer(run) for run in runs]
     results: list[Any] = [None] * len(runs)
+    writer = Writer()
     for k, t in enumerate(trainers):
         t.index = k
-        t.replicas = None  # type: ignore[assignment]
         try:
             t.begin()
             t.summary.fused = {"replicas": len(runs), "jobs": label}
@@ -487,7 +543,7 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
             results[k] = e
     replicas = Replicas(runs)
     for k, t in enumerate(trainers):
-        t.replicas = replicas
+        t.replicas, t.writer = replicas, writer
         if results[k] is not None:
             replicas.retire(k)
     active: list[int] = []
@@ -585,6 +641,8 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
                 trainers[k].fail(e)
                 _end(trainers[k], k, e, results, replicas, close_only=True)
         raise
+    finally:
+        writer.close()
     back: list[Any] = [None] * len(runs)
     for k, i in enumerate(order):
         back[i] = results[k]
@@ -605,6 +663,13 @@ def _end(t: Trainer, k: int, error: Optional[BaseException], results: list[Any],
     """Replica k ended (with `error`, or its summary): its sinks get the summary, and its slice stops updating."""
     if results[k] is not None:
         return
+    if isinstance(t, ReplicaTrainer) and t.writer is not None:
+        try:
+            t.writer.wait(k)  # its checkpoints are on disk before its summary says it ended
+        except Exception as e:
+            error = error or e
+            if hasattr(t, "summary"):
+                t.fail(e)
     if error is not None and not close_only and hasattr(t, "summary"):
         t.fail(error)
     try:

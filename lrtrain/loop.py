@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -228,9 +228,9 @@ class Trainer:
         ckpt = self.checkpoint()
         last = self.ckpt_dir / "last.pt"
         if best:
-            save_copies(ckpt, [last, self.ckpt_dir / "best.pt"])
+            self._write(lambda: save_copies(ckpt, [last, self.ckpt_dir / "best.pt"]))
         else:
-            save_atomic(ckpt, last)
+            self._write(lambda: save_atomic(ckpt, last))
 
     def save_step_checkpoint(self) -> None:
         self._sync()
@@ -239,9 +239,13 @@ class Trainer:
             keep = self.settings.keep_last_k
             step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
             ckpt = self.checkpoint()
-            save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if keep else []))
-            for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None]:
-                old.unlink()
+
+            def write() -> None:
+                save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if keep else []))
+                for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None]:
+                    old.unlink()
+
+            self._write(write)
         train_mode(self.run.optimizer)
 
     # ------------------------------------------------------------------------------------------- loop
@@ -342,6 +346,10 @@ class Trainer:
         summary.train_seconds = time.perf_counter() - self.started + self.seconds_before
         summary.samples_per_second = pos.samples / pos.step_seconds if pos.step_seconds else 0.0
         summary.effective_lr = pos.last_effective_lr
+
+    def _write(self, write: Callable[[], None]) -> None:
+        """Write a checkpoint to disk: now, here; a fused group writes its replicas' in a thread (lrtrain.fused)."""
+        write()
 
     def _sync(self) -> None:
         """Before run.model and run.optimizer are read (validation, checkpoints, the end): a no-op here; a fused
