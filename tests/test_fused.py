@@ -21,7 +21,7 @@ from conftest import lrtrain_env, read_rows
 
 QUIET = ["trainer.progress=none", "logger=[csv]", "logger.csv.plots=false"]
 FUSED = "hydra/launcher=fused"
-# Largest |fused - solo| per-step training loss: float32 reduction order (baddbmm vs addmm, summed per-replica
+# Largest |fused - solo| per-step training loss (relative where the loss is above 1): float32 reduction order (baddbmm vs addmm, summed per-replica
 # losses) gives differences of a few 1e-7 over the first epochs of the digits default (measured: at most
 # 4.8e-7 over 3 epochs, README "Fused sweeps"); 1e-5 leaves room for the drift of a longer run, and is 100
 # times below the step-to-step change of the loss that a real difference (another batch, LR or init) makes.
@@ -42,13 +42,16 @@ def assert_same_job(fused: Path, solo: Path) -> None:
     assert len(a) == len(b) and len(a) > 0
     assert [r["lr"] for r in a] == [r["lr"] for r in b]  # the LR column is identical, as text
     assert [r["step"] for r in a] == [r["step"] for r in b]
-    diffs = [abs(float(x["loss"]) - float(y["loss"])) for x, y in zip(a, b)]
-    assert max(diffs) < TOL, max(diffs)
+    # relative to the loss where it is above 1 (a diverging job's losses reach 1e7 and more)
+    diffs = [abs(float(x["loss"]) - float(y["loss"])) / max(1.0, abs(float(y["loss"]))) for x, y in zip(a, b)
+             if x["loss"] != y["loss"]]  # nan == nan as text
+    assert max(diffs, default=0.0) < TOL, max(diffs)
     ma, mb = read_rows(fused / "metrics.csv"), read_rows(solo / "metrics.csv")
     assert [r["epoch"] for r in ma] == [r["epoch"] for r in mb]
     for x, y in zip(ma, mb):
         for key in ("train_loss", "val_loss", "lr"):
-            assert abs(float(x[key]) - float(y[key])) < TOL, (key, x[key], y[key])
+            assert x[key] == y[key] or abs(float(x[key]) - float(y[key])) < TOL * max(1.0, abs(float(y[key]))), (
+                key, x[key], y[key])
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (fused, solo))
     for key in ("status", "best_epoch", "epochs", "steps", "stop_reason", "seed"):
         assert sa[key] == sb[key], key
@@ -87,18 +90,20 @@ def test_mixed_optimizers_and_seeds_fuse_into_the_default_launchers_files(lrtrai
 
 
 def test_a_diverging_job_changes_nothing_in_the_others(lrtrain, tmp_path):
-    grid = ["optimizer=sgd", "optimizer.lr=0.05,1e6,0.2", "trainer.max_epochs=1"]
+    """lr=1e6 diverges through its 3 rollbacks, lr=8 is rolled back once and recovers, lr=0.05 never is."""
+    grid = ["optimizer=sgd", "optimizer.lr=0.05,1e6,8", "trainer.on_divergence=rollback",
+            "early_stopping.divergence_threshold=3", "trainer.max_epochs=2"]
     fused = sweep(lrtrain, tmp_path / "fused", FUSED, *grid)
     solo = sweep(lrtrain, tmp_path / "solo", *grid)
     assert fused.returncode == solo.returncode == 1  # the sweep says one job did not complete
     assert "fused: jobs 0, 1, 2 as one model of 3 replicas" in fused.stdout
-    for job in "02":
+    for job in "012":
         assert_same_job(tmp_path / "fused" / job, tmp_path / "solo" / job)
-    diverged = json.loads((tmp_path / "fused" / "1" / "summary.json").read_text())
-    assert diverged["status"] == "diverged" and "the training loss became nan" in diverged["stop_reason"]
+    summaries = [json.loads((tmp_path / "fused" / job / "summary.json").read_text()) for job in "012"]
+    assert [s["status"] for s in summaries] == ["completed", "diverged", "completed"]
+    assert [len(s["rollbacks"]) for s in summaries] == [0, 3, 1]
     alone = json.loads((tmp_path / "solo" / "1" / "summary.json").read_text())
-    assert {k: diverged[k] for k in ("stop_reason", "steps", "epochs", "best_value")} == {
-        k: alone[k] for k in ("stop_reason", "steps", "epochs", "best_value")}
+    assert summaries[1]["rollbacks"] == alone["rollbacks"]
     assert fused.stderr.strip().splitlines()[-1] == solo.stderr.strip().splitlines()[-1].replace("/solo/", "/fused/")
 
 
