@@ -203,6 +203,7 @@ class Replicas:
         self.clip_value = None if not any(c is not None and c.value is not None for c in clips) else torch.tensor(
             [c.value if c is not None and c.value is not None else inf for c in clips], device=self.device)
         self.perms = torch.zeros(self.k, len(first.data.train), dtype=torch.long, device=self.device)
+        self._history: dict[tuple[int, int, int], torch.Tensor] = {}
         for k in range(self.k):
             self.push(k)
 
@@ -279,6 +280,13 @@ class Replicas:
         for stacked in self.state.values():
             stacked[k].zero_()
 
+    def history(self, steps: list[torch.Tensor]) -> torch.Tensor:
+        """The group's per-step [K] tensors `steps` stacked to [len, K], once for all the replicas that flush them."""
+        key = (id(steps[0]), id(steps[-1]), len(steps))
+        if key not in self._history:
+            self._history[key] = torch.stack(steps)
+        return self._history[key]
+
     # ---------------------------------------------------------------------------------------- the step
 
     def new_epoch(self, k: int, generator: torch.Generator) -> None:
@@ -309,6 +317,7 @@ class Replicas:
                                                                           Optional[torch.Tensor]]:
         """One step of every replica: its batch `batches[k]`, its LR `lrs[k]` (0 for replicas that ended).
         Returns the replicas' data losses [K], correct predictions [K] and gradient norms before clipping [K]."""
+        self._history.clear()  # a new step: the tensors the last stacks were keyed by may be gone
         stored, y, mask = self.batch(batches)
         with self.amp:
             out = self.forward(self.params, self.data.inputs(stored))
@@ -499,6 +508,14 @@ class ReplicaTrainer(Trainer):
     writer: Optional[Writer] = None
     index: int = 0
 
+    def _pending_tensors(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        # what record() kept are the group's [K] tensors of each step: stacked once for every replica, column k
+        rows, k = self.replicas.history, self.index
+        losses = rows(self._pending_losses)[:, k].float()
+        correct = rows(self._pending_correct)[:, k].sum() if self._pending_correct else torch.zeros(())
+        norms = rows(self._pending_norms)[:, k].float() if self._pending_norms else None
+        return losses, correct, norms
+
     def _sync(self) -> None:
         if self.replicas is not None:
             self.replicas.pull(self.index)
@@ -536,6 +553,7 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
     writer = Writer()
     for k, t in enumerate(trainers):
         t.index = k
+        t.live = []  # a live bar reads its loss every step, and a step's loss here is the group's [K] tensor
         try:
             t.begin()
             t.summary.fused = {"replicas": len(runs), "jobs": label}
@@ -617,12 +635,10 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
                 lrs[k] = step_lrs[0]
                 batches[k] = trainers[k].pos.batch
             losses, correct, norms = replicas.step(batches, lrs)
-            losses_k = losses.unbind()
-            correct_k = correct.unbind() if correct is not None else [None] * len(runs)
-            norms_k = norms.unbind() if norms is not None else [None] * len(runs)
             for k in active:  # first every replica's step, then epoch ends, then the ends of runs: no replica's
                 t = trainers[k]  # step is timed with another's validation or plots in it
-                result = StepResult(losses_k[k], correct_k[k], norms_k[k] if replicas.clipped[k] else None, None)
+                # the whole group's [K] tensors: this replica's column is read at its flush (_pending_tensors)
+                result = StepResult(losses, correct, norms if replicas.clipped[k] else None, None)
                 _guarded(lambda t=t, k=k, result=result: record(t, k, result), t, k, results, replicas)
             for k in active:
                 t = trainers[k]

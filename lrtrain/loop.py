@@ -447,9 +447,7 @@ class Trainer:
         if not self._pending_losses:
             return
         pos, run, settings = self.pos, self.run, self.settings
-        losses_t = torch.stack(self._pending_losses).float()
-        correct_t = torch.stack(self._pending_correct).sum() if self._pending_correct else torch.zeros(())
-        norms_t = torch.stack(self._pending_norms).float() if self._pending_norms else None
+        losses_t, correct_t, norms_t = self._pending_tensors()
         if self.dist:  # every rank gets the same values, so every rank decides on divergence the same way
             losses_t, correct_t = self.dist.mean(losses_t), self.dist.sum(correct_t)
         losses = losses_t.tolist()
@@ -480,6 +478,13 @@ class Trainer:
             pos.seen += size
         pos.correct += correct
         pos.last_lr = lrs[-1]
+
+    def _pending_tensors(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """The pending steps' losses and gradient norms (one per step), and their correct predictions (a sum)."""
+        losses = torch.stack(self._pending_losses).float()
+        correct = torch.stack(self._pending_correct).sum() if self._pending_correct else torch.zeros(())
+        norms = torch.stack(self._pending_norms).float() if self._pending_norms else None
+        return losses, correct, norms
 
     def _clear_pending(self) -> None:
         self._pending_losses, self._pending_lrs, self._pending_correct, self._pending_norms = [], [], [], []
