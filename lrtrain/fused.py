@@ -16,6 +16,7 @@ others' numbers.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from typing import Any, Callable, Optional, Sequence
@@ -54,8 +55,8 @@ def unfusable(run: Run) -> Optional[str]:
         return "augmentation draws its random numbers from the job's own global RNG"
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
         return "dropout draws its random numbers from the job's own global RNG"
-    if any(True for _ in model.buffers()):
-        return "the model has buffers (batch norm statistics)"
+    if any(not isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules() if list(m.buffers(False))):
+        return "the model has buffers other than batch norm statistics"
     if run.schedule.momentum(0) is not None:
         return "the schedule cycles momentum"
     return None
@@ -172,7 +173,11 @@ class Replicas:
         self.data: TensorData = first.data
         self.classify = first.data.num_classes is not None
         self.amp = first.step_fn().amp
-        self.forward = _matmul_forward(first.model) or self._vmap_forward()
+        # batch norm statistics: one stacked tensor [K, ...] per buffer, updated in place by the batched forward
+        self.buffer_names = [name for name, _ in first.model.named_buffers()]
+        self.buffers = [torch.stack([dict(run.model.named_buffers())[name].detach() for run in runs])
+                        for name in self.buffer_names]
+        self.forward = (None if self.buffers else _matmul_forward(first.model)) or self._vmap_forward()
         # segments: contiguous replicas sharing an update formula (the caller ordered them)
         self.segments: list[Segment] = []
         start = 0
@@ -212,15 +217,18 @@ class Replicas:
         return flat[:, o:o + self.sizes[i]].view(self.k, *shape)
 
     def _vmap_forward(self) -> Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]:
+        """Any model: torch.func.functional_call over each replica's parameters (and buffers), vmapped."""
         from torch.func import functional_call, vmap
 
-        model, names = self.model, self.names
+        # its own copy, always in training mode (a replica's module is switched to eval mode to validate)
+        model = copy.deepcopy(self.model).train()
+        names, buffer_names, buffers = self.names, self.buffer_names, self.buffers
 
-        def one(params: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
-            return functional_call(model, dict(zip(names, params)), (x,))
+        def one(params: tuple[torch.Tensor, ...], bufs: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(model, {**dict(zip(names, params)), **dict(zip(buffer_names, bufs))}, (x,))
 
         batched = vmap(one)
-        return lambda params, x: batched(tuple(params), x)
+        return lambda params, x: batched(tuple(params), tuple(buffers), x)
 
     # ---------------------------------------------------------------------------- replica <-> stacked
 
@@ -242,6 +250,9 @@ class Replicas:
                 steps = int(float(state["step"]))
             if state.get("momentum_buffer") is not None:
                 self.has_buffer[k] = True
+        own = dict(run.model.named_buffers())
+        for name, stacked in zip(self.buffer_names, self.buffers):
+            stacked[k].copy_(own[name])
         self.steps[k] = steps
         self.last_lrs[k] = None
         self.dirty[k] = False
@@ -267,6 +278,9 @@ class Replicas:
                 opt.state[p] = state
             elif not adam and self.has_buffer[k]:
                 opt.state[p] = {"momentum_buffer": row("momentum_buffer")}
+        own = dict(run.model.named_buffers())
+        for name, stacked in zip(self.buffer_names, self.buffers):
+            own[name].copy_(stacked[k])
         if self.last_lrs[k] is not None:
             for group, lr in zip(opt.param_groups, self.last_lrs[k]):
                 group["lr"] = lr
@@ -279,6 +293,8 @@ class Replicas:
         self.flat[k].zero_()
         for stacked in self.state.values():
             stacked[k].zero_()
+        for stacked in self.buffers:  # a NaN in its batch norm statistics stays its own, but zeros are calmer
+            stacked[k].zero_() if not stacked.is_floating_point() else stacked[k].fill_(1.0)
 
     def history(self, steps: list[torch.Tensor]) -> torch.Tensor:
         """The group's per-step [K] tensors `steps` stacked to [len, K], once for all the replicas that flush them."""
@@ -358,7 +374,9 @@ class Replicas:
     @torch.no_grad()
     def _clip(self) -> torch.Tensor:
         """Per replica, as lrtrain's GradClip: the total L2 norm before clipping; clip by norm or by value."""
-        norms = torch.linalg.vector_norm(self.grad, dim=1)
+        # the norm of the parameters' norms, as torch.nn.utils.get_total_norm takes it
+        norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1)
+                                                      for g in self.grads]), dim=0)
         if self.max_norm is not None:
             coef = (self.max_norm / (norms + 1e-6)).clamp(max=1.0)
             coef = torch.where(torch.isinf(self.max_norm), torch.ones_like(coef), coef)
