@@ -177,7 +177,9 @@ class Replicas:
         self.buffer_names = [name for name, _ in first.model.named_buffers()]
         self.buffers = [torch.stack([dict(run.model.named_buffers())[name].detach() for run in runs])
                         for name in self.buffer_names]
-        self.forward = (None if self.buffers else _matmul_forward(first.model)) or self._vmap_forward()
+        matmul = None if self.buffers else _matmul_forward(first.model)
+        self.forward = matmul or self._vmap_forward(train=True)
+        self.eval_forward = matmul or self._vmap_forward(train=False)
         # segments: contiguous replicas sharing an update formula (the caller ordered them)
         self.segments: list[Segment] = []
         start = 0
@@ -209,6 +211,7 @@ class Replicas:
             [c.value if c is not None and c.value is not None else inf for c in clips], device=self.device)
         self.perms = torch.zeros(self.k, len(first.data.train), dtype=torch.long, device=self.device)
         self._history: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._validation: dict[int, dict[str, float]] = {}
         for k in range(self.k):
             self.push(k)
 
@@ -216,12 +219,12 @@ class Replicas:
         o = self.offsets[i]
         return flat[:, o:o + self.sizes[i]].view(self.k, *shape)
 
-    def _vmap_forward(self) -> Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]:
+    def _vmap_forward(self, train: bool) -> Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]:
         """Any model: torch.func.functional_call over each replica's parameters (and buffers), vmapped."""
         from torch.func import functional_call, vmap
 
-        # its own copy, always in training mode (a replica's module is switched to eval mode to validate)
-        model = copy.deepcopy(self.model).train()
+        # its own copy, in one mode for good (a replica's own module is switched to eval mode to validate)
+        model = copy.deepcopy(self.model).train(train)
         names, buffer_names, buffers = self.names, self.buffer_names, self.buffers
 
         def one(params: tuple[torch.Tensor, ...], bufs: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
@@ -229,6 +232,29 @@ class Replicas:
 
         batched = vmap(one)
         return lambda params, x: batched(tuple(params), tuple(buffers), x)
+
+    @torch.no_grad()
+    def validate(self, k: int) -> dict[str, float]:
+        """Replica k's validation metrics, as lrtrain.loop.evaluate gives them: every replica is validated at
+        once, in one batched forward, and kept until the next step (replicas end their epochs in the same step)."""
+        if k not in self._validation:
+            data, n = self.data, len(self.data.val)
+            loss_sum = torch.zeros(self.k, device=self.device)
+            correct = torch.zeros(self.k, device=self.device, dtype=torch.long)
+            for stored, y in data.eval_batches(data.val):
+                x = data.inputs(stored)
+                with self.amp:
+                    out = self.eval_forward(self.params, x.expand(self.k, *x.shape)).float()
+                if data.num_classes is None:
+                    loss_sum += F.mse_loss(out.squeeze(-1), y.expand(self.k, -1), reduction="none").sum(1)
+                else:
+                    loss_sum += F.cross_entropy(out.flatten(0, 1), y.repeat(self.k), reduction="none").view(
+                        self.k, -1).sum(1)
+                    correct += (out.argmax(-1) == y).sum(1)
+            losses, hits = loss_sum.tolist(), correct.tolist()
+            for j in range(self.k):
+                self._validation[j] = {"loss": losses[j] / n, **({"acc": hits[j] / n} if self.classify else {})}
+        return self._validation[k]
 
     # ---------------------------------------------------------------------------- replica <-> stacked
 
@@ -334,6 +360,7 @@ class Replicas:
         """One step of every replica: its batch `batches[k]`, its LR `lrs[k]` (0 for replicas that ended).
         Returns the replicas' data losses [K], correct predictions [K] and gradient norms before clipping [K]."""
         self._history.clear()  # a new step: the tensors the last stacks were keyed by may be gone
+        self._validation.clear()
         stored, y, mask = self.batch(batches)
         with self.amp:
             out = self.forward(self.params, self.data.inputs(stored))
@@ -533,6 +560,9 @@ class ReplicaTrainer(Trainer):
         correct = rows(self._pending_correct)[:, k].sum() if self._pending_correct else torch.zeros(())
         norms = rows(self._pending_norms)[:, k].float() if self._pending_norms else None
         return losses, correct, norms
+
+    def _validate(self) -> dict[str, float]:
+        return self.replicas.validate(self.index) if self.replicas is not None else super()._validate()
 
     def _sync(self) -> None:
         if self.replicas is not None:

@@ -347,6 +347,10 @@ class Trainer:
         summary.samples_per_second = pos.samples / pos.step_seconds if pos.step_seconds else 0.0
         summary.effective_lr = pos.last_effective_lr
 
+    def _validate(self) -> dict[str, float]:
+        """The validation metrics of the weights as they are now (a fused group validates its replicas at once)."""
+        return evaluate(self.run.model, self.run.data.val, self.run.data, self.step.amp)
+
     def _write(self, write: Callable[[], None]) -> None:
         """Write a checkpoint to disk: now, here; a fused group writes its replicas' in a thread (lrtrain.fused)."""
         write()
@@ -494,7 +498,7 @@ class Trainer:
         run, pos, settings = self.run, self.pos, self.settings
         self._sync()
         eval_mode(run.optimizer)  # schedule-free: validate (and then save) the averaged weights
-        val = evaluate(run.model, run.data.val, run.data, self.step.amp)  # every rank: the full validation set
+        val = self._validate()  # every rank: the full validation set
         if self.dist:
             val = self.dist.from_main(val)  # rank 0's numbers, so every rank takes the same decisions
         if run.stopper.guard.check_finite and not math.isfinite(val["loss"]):
