@@ -111,17 +111,18 @@ def test_a_diverging_job_changes_nothing_in_the_others(lrtrain, tmp_path):
 
 def test_incompatible_jobs_split_into_groups_and_unsupported_ones_run_alone(lrtrain, tmp_path):
     r = sweep(lrtrain, tmp_path / "s", FUSED, "model.hidden=[32],[64]", "optimizer=adam,sgd,adagrad",
-              "trainer.max_steps=5")
+              "trainer.max_steps=5,9")
     assert r.returncode == 0, r.stderr
-    assert "fused: jobs 0, 1 as one model of 2 replicas" in r.stdout
-    assert "fused: jobs 3, 4 as one model of 2 replicas" in r.stdout
-    assert "solo: job 2 (optimizer Adagrad has no fused update" in r.stdout
-    assert "solo: job 5 (optimizer Adagrad" in r.stdout
-    for job in "012345":
-        summary = json.loads((tmp_path / "s" / job / "summary.json").read_text())
-        assert summary["status"] == "completed" and summary["steps"] == 5
-        assert ("fused" in summary) == (job not in "25")
-    assert len(read_rows(tmp_path / "s" / "sweep_summary.csv")) == 6
+    # jobs are numbered hidden x optimizer x max_steps: 0-5 are hidden [32], 6-11 hidden [64]
+    assert "fused: jobs 0, 1, 2, 3 as one model of 4 replicas" in r.stdout
+    assert "fused: jobs 6, 7, 8, 9 as one model of 4 replicas" in r.stdout
+    for job in (4, 5, 10, 11):
+        assert f"solo: job {job} (optimizer Adagrad has no fused update" in r.stdout
+    for job in range(12):
+        summary = json.loads((tmp_path / "s" / str(job) / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["steps"] == (5, 9)[job % 2]  # each its own length
+        assert ("fused" in summary) == (job not in (4, 5, 10, 11))
+    assert len(read_rows(tmp_path / "s" / "sweep_summary.csv")) == 12
 
 
 def test_ddp_is_refused_in_one_line(lrtrain, tmp_path):
@@ -244,3 +245,27 @@ def test_other_models_fuse_through_vmap(compose, tmp_path, model):
     for i, job in enumerate(jobs):
         fit(build(compose(*job, *settings), tmp_path / f"solo{i}"))
         assert_same_job(tmp_path / f"fused{i}", tmp_path / f"solo{i}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_interrupts_every_replica_and_the_same_command_finishes_them(tmp_path):
+    args = [sys.executable, "-m", "lrtrain", "-m", FUSED, "optimizer.lr=1e-3,3e-3", "trainer.max_epochs=12", *QUIET,
+            f"hydra.sweep.dir={tmp_path / 's'}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=lrtrain_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = tmp_path / "s" / "0" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) > 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    summaries = [json.loads((tmp_path / "s" / job / "summary.json").read_text()) for job in "01"]
+    assert {s["status"] for s in summaries} == {"interrupted"}
+    assert summaries[0]["steps"] == summaries[1]["steps"] < 12 * 45  # stopped together, after the same step
+    again = subprocess.run(args, cwd=tmp_path, env=lrtrain_env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    for job, before in zip("01", summaries):
+        summary = json.loads((tmp_path / "s" / job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["resumed_from_step"] == before["steps"]
+        assert len(read_rows(tmp_path / "s" / job / "steps.csv")) == 12 * 45
