@@ -182,8 +182,17 @@ def train_groups(returns: list[JobReturn], prepared: list[Prepared]) -> None:
     groups: dict[str, list[tuple[JobReturn, Prepared]]] = {}
     for ret, box in waiting:
         groups.setdefault(group_key(box.run), []).append((ret, box))
+    from lrtrain.signals import STOP
+    from lrtrain.summary import Summary
+
     for members in groups.values():
         jobs = [box.job for _, box in members]
+        if STOP:  # the sweep was interrupted before these jobs trained: listed as not started, as cli.train does
+            for ret, box in members:
+                Summary(status="not_started", stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
+                        run_dir=str(box.out_dir)).write(box.out_dir / "summary.json")
+                ret.return_value, box.run = None, None
+            continue
         if len(members) == 1:
             ret, box = members[0]
             log.info(f"solo: job {box.job} (no other job of this batch has its model, data and batch size)")
