@@ -61,7 +61,7 @@ def assert_same_job(fused: Path, solo: Path) -> None:
         assert (fused / ".hydra" / "overrides.yaml").read_text() == (solo / ".hydra" / "overrides.yaml").read_text()
 
 
-def test_mixed_optimizers_and_seeds_fuse_into_the_default_launchers_files(lrtrain, tmp_path):
+def test_mixed_optimizers_and_seeds_fuse_into_the_default_launchers_files(lrtrain, compose, tmp_path):
     grid = ["optimizer=adam,momentum", "trainer.seed=0,1", "trainer.max_epochs=2"]
     # against the default launcher itself: the whole outputs contract, .hydra/ and the report included
     fused = sweep(lrtrain, tmp_path / "fused", FUSED, *grid)
@@ -83,13 +83,15 @@ def test_mixed_optimizers_and_seeds_fuse_into_the_default_launchers_files(lrtrai
     assert report.keys() == solo_report.keys() and {r["status"] for r in report.values()} == {"completed"}
     assert [r["overrides"] for r in report.values()] == [r["overrides"] for r in solo_report.values()]
 
-    # a fused job's last.pt is an ordinary checkpoint: it resumes alone under the default launcher
+    # a fused job's last.pt is an ordinary checkpoint: it resumes alone, as a default-launcher job (in-process)
+    from lrtrain.build import build
+    from lrtrain.loop import fit
+
     job = tmp_path / "fused" / "1"
-    again = lrtrain(f"trainer.resume={job / 'checkpoints' / 'last.pt'}", "trainer.max_epochs=3", "trainer.seed=1",
-                    *QUIET, run_dir=tmp_path / "resumed")
-    assert again.returncode == 0, again.stderr
-    summary = again.summary()
-    assert summary["status"] == "completed" and summary["resumed_from_step"] == 90 and summary["steps"] == 135
+    cfg = compose(f"trainer.resume={job / 'checkpoints' / 'last.pt'}", "trainer.max_epochs=3", "trainer.seed=1",
+                  *QUIET, "trainer.device=cpu")
+    summary = fit(build(cfg, tmp_path / "resumed"))
+    assert summary.status == "completed" and summary.resumed_from_step == 90 and summary.steps == 135
 
 
 def test_a_diverging_job_changes_nothing_in_the_others(lrtrain, compose, tmp_path):
