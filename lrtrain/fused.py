@@ -668,13 +668,14 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
                     trainers[k].begin_epoch()
                     replicas.new_epoch(k, trainers[k].order)
             fresh.clear()
-            if STOP:  # every replica checkpoints where it is and ends interrupted, as a solo run does
-                for k in active:
+            if STOP:  # every replica checkpoints where it is and ends interrupted, as a solo run does (one whose
+                for k in active:  # flush finds a divergence first rolls back, and is interrupted on the next turn)
                     _guarded(lambda k=k: end_epoch(k, stopped=True), trainers[k], k, results, replicas)
                     if results[k] is None:
                         ended(k)
                 close_ended()
-                break
+                active = [k for k in active if results[k] is None]
+                continue
             lrs[:] = [0.0] * len(runs)
             batches = [0] * len(runs)
             for k in active:
