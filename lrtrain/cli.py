@@ -29,23 +29,37 @@ def train(cfg: DictConfig) -> Optional[float]:
                 run_dir=str(out_dir)).write(out_dir / "summary.json")
         return None
     PREEMPTION.install()
+    job = None if single else HydraConfig.get().job.num
     try:
         summary = _train(cfg, out_dir)
     except Exception as e:
-        if _SHOW_TRACEBACK:
-            raise
-        if single:
-            _exit_with(e)
-        # In a sweep the job's summary.json records the failure and the other jobs go on; the sweep report
-        # (lrtrain.report.SweepReport) then makes the sweep exit non-zero.
-        from lrtrain.errors import describe
+        return failed(e, job)
+    return outcome(summary, out_dir, job)
 
-        print(f"lrtrain: job {HydraConfig.get().job.num} failed: {describe(e)[0]}", file=sys.stderr)
-        return None
+
+def failed(e: Exception, job: Optional[int]) -> None:
+    """A run that raised: a single run exits with the error's message and code; a sweep's job returns None."""
+    if _SHOW_TRACEBACK:
+        raise e
+    if job is None:
+        _exit_with(e)
+    # In a sweep the job's summary.json records the failure and the other jobs go on; the sweep report
+    # (lrtrain.report.SweepReport) then makes the sweep exit non-zero.
+    from lrtrain.errors import describe
+
+    print(f"lrtrain: job {job} failed: {describe(e)[0]}", file=sys.stderr)
+    return None
+
+
+def outcome(summary: Summary, out_dir: Path, job: Optional[int]) -> Optional[float]:
+    """What a run that ended returns (the best monitored value, None unless it succeeded); a single run that
+    was interrupted or diverged exits with its code. `job`: the job's number in a sweep, None for a single run."""
     from lrtrain.errors import EXIT_DIVERGED
+    from lrtrain.signals import PREEMPTION, STOP
 
+    single = job is None
     if summary.status == "interrupted":
-        where = f"at step {summary.steps}" + (f" of job {HydraConfig.get().job.num}" if not single else "")
+        where = f"at step {summary.steps}" + (f" of job {job}" if not single else "")
         if PREEMPTION.pending:
             print(f"lrtrain: pre-empted ({STOP.name}) {where}; submitit requeues the job, which resumes from "
                   f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
@@ -62,9 +76,14 @@ def train(cfg: DictConfig) -> Optional[float]:
     return summary.best_value if summary.succeeded else None
 
 
-def _train(cfg: DictConfig, out_dir: Path) -> Summary:
+def sweep_position() -> tuple[Optional[Path], Optional[int]]:
+    """(the sweep's dir, this job's number) in a multirun; (None, None) for a single run."""
     hydra_cfg = HydraConfig.get()
-    sweep = (Path(hydra_cfg.sweep.dir), hydra_cfg.job.num) if hydra_cfg.mode.name == "MULTIRUN" else (None, None)
+    return (Path(hydra_cfg.sweep.dir), hydra_cfg.job.num) if hydra_cfg.mode.name == "MULTIRUN" else (None, None)
+
+
+def _train(cfg: DictConfig, out_dir: Path) -> Summary:
+    sweep = sweep_position()
     plots = "csv" in cfg.logger and cfg.logger.csv.plots
     from lrtrain.signals import PREEMPTION
 
@@ -83,7 +102,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
 
             lr_search = build_lr_finder(cfg).run(run, plots=plots)
     except BaseException as e:
-        _record_failure(out_dir, e)
+        record_failure(out_dir, e)
         raise
     if cfg.mode == "lr_find":
         summary = Summary(status="completed", run_dir=str(out_dir), lr_find=lr_search)
@@ -140,7 +159,7 @@ def _threads_for_parallel_jobs(cfg: DictConfig) -> None:
     torch.set_num_threads(max(1, cores // parallel))
 
 
-def _record_failure(out_dir: Path, e: BaseException) -> None:
+def record_failure(out_dir: Path, e: BaseException) -> None:
     """A run that fails before training still leaves a summary.json saying why, in its own dir; a run dir that
     was to be resumed in place is left as it was (what Hydra rewrote in it is put back)."""
     from lrtrain import rundir

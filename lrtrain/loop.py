@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from lrtrain.pruning import TrialPruning
 from lrtrain.regularization import StepHooks
 from lrtrain.schedules import Schedule
 from lrtrain.signals import STOP
-from lrtrain.step import TrainStep
+from lrtrain.step import StepResult, TrainStep
 from lrtrain.summary import Summary
 from lrtrain.warmup import Warmup
 
@@ -221,37 +221,62 @@ class Trainer:
         set_rng_state(ckpt["rng"])
 
     def save(self, best: bool) -> None:
+        self._sync()
         eval_mode(self.run.optimizer)  # every rank: a checkpoint holds the weights a resume evaluates
         if not self.main:
             return
         ckpt = self.checkpoint()
         last = self.ckpt_dir / "last.pt"
         if best:
-            save_copies(ckpt, [last, self.ckpt_dir / "best.pt"])
+            self._write(lambda: save_copies(ckpt, [last, self.ckpt_dir / "best.pt"]))
         else:
-            save_atomic(ckpt, last)
+            self._write(lambda: save_atomic(ckpt, last))
 
     def save_step_checkpoint(self) -> None:
+        self._sync()
         eval_mode(self.run.optimizer)  # a mid-epoch checkpoint holds the weights a resume evaluates
         if self.main:
             keep = self.settings.keep_last_k
             step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
             ckpt = self.checkpoint()
-            save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if keep else []))
-            for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None]:
-                old.unlink()
+
+            def write() -> None:
+                save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if keep else []))
+                for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None]:
+                    old.unlink()
+
+            self._write(write)
         train_mode(self.run.optimizer)
 
     # ------------------------------------------------------------------------------------------- loop
 
     def fit(self) -> Summary:
         """Train, validate every epoch, test at the end; hand every row to the sinks; return the summary."""
+        self.begin()
+        try:
+            self.open()
+            while self.running:
+                try:
+                    self._epoch(self.run.timeline.total_steps)
+                except Diverged as d:
+                    self.on_divergence(d)
+            self.finish()
+        except BaseException as e:
+            self.fail(e)
+            raise
+        finally:
+            self.close()
+        return self.summary
+
+    # The pieces of fit(), which a fused sweep (lrtrain.fused) calls for each of its replicas in turn.
+
+    def begin(self) -> None:
+        """Restore a checkpoint to resume from; the columns, the sinks' context and the summary."""
         run, settings, out = self.run, self.settings, self.run.out_dir
         if run.resume is not None:
             self.restore(run.resume)
             if not run.resumed_in_place:  # continuing into a new run dir: its CSVs start at the checkpoint
                 self.pos.steps_rows = self.pos.metrics_rows = 0
-        total_steps = run.timeline.total_steps
         self.metric_cols = ["epoch", "step", "lr", "train_loss", "val_loss",
                             *(["train_acc", "val_acc"] if self.classify else []), "seconds"]
         self.step_cols = (["step", "epoch", "lr", "loss"] + (["grad_norm"] if run.hooks.clip else [])
@@ -261,8 +286,8 @@ class Trainer:
         if self.main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             remove_temporaries(self.ckpt_dir)  # what a killed write left
-        ctx = RunContext(out, self.step_cols, self.metric_cols, run.config, self.pos.steps_rows,
-                         self.pos.metrics_rows, run.resumed_in_place, run.sweep_dir, run.job_num)
+        self.ctx = RunContext(out, self.step_cols, self.metric_cols, run.config, self.pos.steps_rows,
+                              self.pos.metrics_rows, run.resumed_in_place, run.sweep_dir, run.job_num)
         summary = self.summary = Summary(
             status="running", run_dir=str(out), monitor=settings.monitor, mode=settings.monitor_mode, epochs=0,
             steps=0, train_seconds=0.0, samples_per_second=0.0, device=str(run.device),
@@ -271,49 +296,71 @@ class Trainer:
             versions=versions())
         if self.dist:
             summary.world_size, summary.global_batch_size = self.world, run.data.batch_size * self.world
-        started = time.perf_counter()
-        seconds_before = self.pos.step_seconds
-        try:
-            for sink in self.sinks:
-                sink.on_start(ctx)
-            started = time.perf_counter()  # train_seconds: the loop, not the loggers' start-up (TensorBoard's import)
-            # this run's own last.pt from its first step (a resume into a new dir too): to resume or roll back to
-            self.save(best=False)
-            while self.pos.step < total_steps and summary.status == "running":
-                try:
-                    self._epoch(total_steps)
-                except Diverged as d:
-                    self._on_divergence(d)
-            if summary.status == "running":
-                summary.status = "completed"
-            eval_mode(run.optimizer)  # the final weights, tested and kept, are the evaluation ones
-            stopper = run.stopper
-            ended = summary.status != "interrupted"  # an interrupted run is continued, not finished, by a resume
-            if ended and stopper.restore_best_weights and stopper.best_weights is not None:
-                run.model.load_state_dict(stopper.best_weights)
-                summary.restored_best_weights_from_epoch = stopper.best_epoch
-            if ended and run.data.test is not None and summary.status != "diverged":
-                test = evaluate(run.model, run.data.test, run.data, self.step.amp)
-                summary.test = {f"test_{k}": v for k, v in test.items()}
-            if self.dist:  # the weights every rank ends with: identical unless the ranks fell out of step
-                hashes = self.dist.gather(weights_hash(run.model.state_dict()))
-                summary.rank_weight_hashes, summary.ranks_in_sync = hashes, len(set(hashes)) == 1
-        except BaseException as e:
-            summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            summary.stop_reason = f"{type(e).__name__}: {e}".splitlines()[0]
-            raise
-        finally:
-            pos = self.pos
-            summary.best_value, summary.best_epoch = pos.best_value, pos.best_epoch
-            summary.steps, summary.epochs = pos.step, pos.epoch + (pos.batch > 0)
-            summary.rollbacks = pos.rollbacks
-            summary.train_seconds = time.perf_counter() - started + seconds_before
-            summary.samples_per_second = pos.samples / pos.step_seconds if pos.step_seconds else 0.0
-            summary.effective_lr = pos.last_effective_lr
-            self._end_sinks(summary)
-        return summary
+        self.started = time.perf_counter()
+        self.seconds_before = self.pos.step_seconds
 
-    def _end_sinks(self, summary: Summary) -> None:
+    def open(self) -> None:
+        for sink in self.sinks:
+            sink.on_start(self.ctx)
+        self.started = time.perf_counter()  # train_seconds: the loop, not the loggers' start-up (TensorBoard's import)
+        # this run's own last.pt from its first step (a resume into a new dir too): to resume or roll back to
+        self.save(best=False)
+
+    @property
+    def running(self) -> bool:
+        return self.pos.step < self.run.timeline.total_steps and self.summary.status == "running"
+
+    def finish(self) -> None:
+        """The run ended (or was interrupted): the final weights, tested when it ended."""
+        run, summary = self.run, self.summary
+        if summary.status == "running":
+            summary.status = "completed"
+        self._sync()
+        eval_mode(run.optimizer)  # the final weights, tested and kept, are the evaluation ones
+        stopper = run.stopper
+        ended = summary.status != "interrupted"  # an interrupted run is continued, not finished, by a resume
+        if ended and stopper.restore_best_weights and stopper.best_weights is not None:
+            run.model.load_state_dict(stopper.best_weights)
+            summary.restored_best_weights_from_epoch = stopper.best_epoch
+        if ended and run.data.test is not None and summary.status != "diverged":
+            test = evaluate(run.model, run.data.test, run.data, self.step.amp)
+            summary.test = {f"test_{k}": v for k, v in test.items()}
+        if self.dist:  # the weights every rank ends with: identical unless the ranks fell out of step
+            hashes = self.dist.gather(weights_hash(run.model.state_dict()))
+            summary.rank_weight_hashes, summary.ranks_in_sync = hashes, len(set(hashes)) == 1
+
+    def fail(self, e: BaseException) -> None:
+        self.summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        self.summary.stop_reason = f"{type(e).__name__}: {e}".splitlines()[0]
+
+    def close(self) -> None:
+        """The summary's totals, then every sink gets it and is closed."""
+        self.totals()
+        self.end_sinks(self.summary)
+
+    def totals(self) -> None:
+        """The summary's totals: where the run is and how long it trained (its outputs not counted)."""
+        pos, summary = self.pos, self.summary
+        summary.best_value, summary.best_epoch = pos.best_value, pos.best_epoch
+        summary.steps, summary.epochs = pos.step, pos.epoch + (pos.batch > 0)
+        summary.rollbacks = pos.rollbacks
+        summary.train_seconds = time.perf_counter() - self.started + self.seconds_before
+        summary.samples_per_second = pos.samples / pos.step_seconds if pos.step_seconds else 0.0
+        summary.effective_lr = pos.last_effective_lr
+
+    def _validate(self) -> dict[str, float]:
+        """The validation metrics of the weights as they are now (a fused group validates its replicas at once)."""
+        return evaluate(self.run.model, self.run.data.val, self.run.data, self.step.amp)
+
+    def _write(self, write: Callable[[], None]) -> None:
+        """Write a checkpoint to disk: now, here; a fused group writes its replicas' in a thread (lrtrain.fused)."""
+        write()
+
+    def _sync(self) -> None:
+        """Before run.model and run.optimizer are read (validation, checkpoints, the end): a no-op here; a fused
+        replica copies its slice of the stacked tensors into them (lrtrain.fused)."""
+
+    def end_sinks(self, summary: Summary) -> None:
         """Every sink gets the summary and is closed, even when another one fails; the first error is raised."""
         error: Optional[BaseException] = None
         for sink in self.sinks:
@@ -328,15 +375,8 @@ class Trainer:
 
     def _epoch(self, total_steps: int) -> None:
         run, pos, data, step = self.run, self.pos, self.run.data, self.step
-        schedule, live, cycles = run.schedule, self.live, self.cycles_momentum
-        spe, n, bs = run.timeline.steps_per_epoch, len(data.train), data.batch_size * self.world
-        every_ckpt = self.settings.checkpoint_every_n_steps
-        started = time.perf_counter()
-        self.order.set_state(pos.order_state)
-        run.model.train()
-        train_mode(run.optimizer)
-        base_lrs = [base * pos.lr_scale for base in self.base_lrs]
-        first_batch = pos.batch
+        schedule, cycles = run.schedule, self.cycles_momentum
+        self.begin_epoch()
         shard = {"shard": self.shard} if self.dist else {}
         stop_each_step = self.dist is None  # under ddp the ranks stop together, at the epoch's end
         stopped = False
@@ -347,32 +387,59 @@ class Trainer:
                 stopped = True
                 break
             momentum = schedule.momentum(pos.step) if cycles else None
-            result = step(stored, y, [schedule(pos.step, base) for base in base_lrs], momentum)
-            self._pending_losses.append(result.loss)
-            lr = run.optimizer.param_groups[0]["lr"]
-            self._pending_lrs.append(lr)
-            if result.correct is not None:
-                self._pending_correct.append(result.correct)
-            if result.grad_norm is not None:
-                self._pending_norms.append(result.grad_norm)
-            if result.effective_lr is not None:
-                self._pending_effective.append(result.effective_lr)
-            if momentum is not None:
-                self._pending_momenta.append(momentum)
-            pos.step += 1
-            pos.batch += 1
-            for sink in live:
-                sink.on_step(pos.step, pos.epoch, lr, result.loss)
-            if every_ckpt and pos.step % every_ckpt == 0 and pos.batch < spe and pos.step < total_steps:
-                self._flush()
-                self.save_step_checkpoint()
+            result = step(stored, y, self.step_lrs(), momentum)
+            self.record(result, run.optimizer.param_groups[0]["lr"], momentum)
+        self.end_epoch(stopped)
+
+    def begin_epoch(self) -> None:
+        """Before an epoch's first step (or the first step after a resume or rollback mid-epoch)."""
+        run, pos = self.run, self.pos
+        self.epoch_started = time.perf_counter()
+        self.order.set_state(pos.order_state)
+        run.model.train()
+        train_mode(run.optimizer)
+        self.epoch_base_lrs = [base * pos.lr_scale for base in self.base_lrs]
+        self.first_batch = pos.batch
+
+    def step_lrs(self) -> list[float]:
+        """Each parameter group's LR for the next step."""
+        schedule, step = self.run.schedule, self.pos.step
+        return [schedule(step, base) for base in self.epoch_base_lrs]
+
+    def record(self, result: StepResult, lr: float, momentum: Optional[float]) -> None:
+        """One step was taken: keep its numbers for the next flush; checkpoint when one is due mid-epoch."""
+        pos = self.pos
+        self._pending_losses.append(result.loss)
+        self._pending_lrs.append(lr)
+        if result.correct is not None:
+            self._pending_correct.append(result.correct)
+        if result.grad_norm is not None:
+            self._pending_norms.append(result.grad_norm)
+        if result.effective_lr is not None:
+            self._pending_effective.append(result.effective_lr)
+        if momentum is not None:
+            self._pending_momenta.append(momentum)
+        pos.step += 1
+        pos.batch += 1
+        for sink in self.live:
+            sink.on_step(pos.step, pos.epoch, lr, result.loss)
+        every_ckpt = self.settings.checkpoint_every_n_steps
+        if (every_ckpt and pos.step % every_ckpt == 0 and pos.batch < self.run.timeline.steps_per_epoch
+                and pos.step < self.run.timeline.total_steps):
+            self._flush()
+            self.save_step_checkpoint()
+
+    def end_epoch(self, stopped: bool) -> None:
+        """After an epoch's last step, or when a signal stopped it (`stopped`): flush, then validate or checkpoint."""
+        pos = self.pos
         self._flush()
-        pos.step_seconds += time.perf_counter() - started
-        pos.samples += min(n, pos.batch * bs) - min(n, first_batch * bs)
+        pos.step_seconds += time.perf_counter() - self.epoch_started
+        n, bs = len(self.run.data.train), self.run.data.batch_size * self.world
+        pos.samples += min(n, pos.batch * bs) - min(n, self.first_batch * bs)
         if stopped:
             self._interrupt()
         else:
-            self._end_epoch(started)
+            self._end_epoch(self.epoch_started)
 
     def _interrupt(self) -> None:
         """A signal asked the run to stop: checkpoint where it is (mid-epoch too) and end as `interrupted`."""
@@ -385,9 +452,7 @@ class Trainer:
         if not self._pending_losses:
             return
         pos, run, settings = self.pos, self.run, self.settings
-        losses_t = torch.stack(self._pending_losses).float()
-        correct_t = torch.stack(self._pending_correct).sum() if self._pending_correct else torch.zeros(())
-        norms_t = torch.stack(self._pending_norms).float() if self._pending_norms else None
+        losses_t, correct_t, norms_t = self._pending_tensors()
         if self.dist:  # every rank gets the same values, so every rank decides on divergence the same way
             losses_t, correct_t = self.dist.mean(losses_t), self.dist.sum(correct_t)
         losses = losses_t.tolist()
@@ -419,14 +484,22 @@ class Trainer:
         pos.correct += correct
         pos.last_lr = lrs[-1]
 
+    def _pending_tensors(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """The pending steps' losses and gradient norms (one per step), and their correct predictions (a sum)."""
+        losses = torch.stack(self._pending_losses).float()
+        correct = torch.stack(self._pending_correct).sum() if self._pending_correct else torch.zeros(())
+        norms = torch.stack(self._pending_norms).float() if self._pending_norms else None
+        return losses, correct, norms
+
     def _clear_pending(self) -> None:
         self._pending_losses, self._pending_lrs, self._pending_correct, self._pending_norms = [], [], [], []
         self._pending_effective, self._pending_momenta = [], []
 
     def _end_epoch(self, started: float) -> None:
         run, pos, settings = self.run, self.pos, self.settings
+        self._sync()
         eval_mode(run.optimizer)  # schedule-free: validate (and then save) the averaged weights
-        val = evaluate(run.model, run.data.val, run.data, self.step.amp)  # every rank: the full validation set
+        val = self._validate()  # every rank: the full validation set
         if self.dist:
             val = self.dist.from_main(val)  # rank 0's numbers, so every rank takes the same decisions
         if run.stopper.guard.check_finite and not math.isfinite(val["loss"]):
@@ -462,7 +535,7 @@ class Trainer:
         elif reason:
             self.summary.status, self.summary.stop_reason = "early_stopped", reason
 
-    def _on_divergence(self, d: Diverged) -> None:
+    def on_divergence(self, d: Diverged) -> None:
         """Stop (keeping the last good checkpoint), or roll back to it with a smaller LR."""
         pos, settings = self.pos, self.settings
         self._clear_pending()

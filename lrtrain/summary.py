@@ -39,12 +39,13 @@ class Summary:
     ranks_in_sync: Optional[bool] = None
     lr_find: Optional[dict[str, Any]] = None  # the LR range test's result, when one ran
     effective_lr: Optional[float] = None  # the last step size Prodigy or D-Adaptation learned
+    fused: Optional[dict[str, Any]] = None  # hydra/launcher=fused: the replicas trained together with this job
     versions: Optional[dict[str, str]] = None
 
     # Written even when empty: a reader can always look these up (all but the extras, once training started).
     _ALWAYS = ("status", "stop_reason", "run_dir", "best_value")
     _EXTRAS = ("restored_best_weights_from_epoch", "world_size", "global_batch_size", "rank_weight_hashes",
-               "ranks_in_sync", "lr_find", "effective_lr")
+               "ranks_in_sync", "lr_find", "effective_lr", "fused")
 
     @property
     def succeeded(self) -> bool:

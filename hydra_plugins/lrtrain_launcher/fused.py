@@ -1,0 +1,214 @@
+"""`hydra/launcher=fused`: the jobs of a batch that share a model and its data train together (lrtrain.fused).
+
+Each job goes through Hydra's `run_job` as under the default launcher (its dir, `.hydra/`, its log, the
+callbacks), with a task that builds the job's run (`lrtrain.build.build`, as `lrtrain.cli` does) and keeps
+it. Jobs that cannot fuse (another optimizer, dropout, mode=lr_find, ...) train right there, alone, as the default
+launcher would. The kept runs are then grouped (`lrtrain.fused.group_key`: model, data set and split, batch
+size, device, precision); each group of two or more trains fused, a group of one alone. Each job's return
+value is then what `lrtrain.cli.train` returns for it, for sweepers.
+
+Running the same sweep again into the same `hydra.sweep.dir` resumes it: a job whose `summary.json` says it
+finished is not trained again (its value is read back), one that holds `checkpoints/last.pt` without a
+finished summary (killed, interrupted) resumes from it in place, and the others start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from omegaconf import DictConfig, open_dict
+
+from hydra_plugins.lrtrain_launcher import LrtrainLauncher
+
+log = logging.getLogger(__name__)
+
+# What a finished job's summary.json says: a re-run of the sweep does not train it again.
+FINISHED = ("completed", "early_stopped", "diverged", "pruned")
+
+
+class Prepared:
+    """What the task of one job left for the launcher: its built run, or the value it already returned."""
+
+    def __init__(self) -> None:
+        self.run: Any = None
+        self.out_dir: Optional[Path] = None
+        self.job: Optional[int] = None
+        self.solo: Optional[str] = None  # why it trained alone
+        self.skipped = False
+
+
+class FusedLauncher(LrtrainLauncher):
+    """Builds every job of a batch, then trains each group of compatible jobs as one vectorized model."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        try:
+            return self._launch(job_overrides, initial_job_idx)
+        finally:
+            self.hydra_context.config_loader.forget()
+
+    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Launching {len(job_overrides)} jobs, fused where they can be")
+        returns: list[JobReturn] = []
+        prepared: list[Prepared] = []
+        for idx, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + idx
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            if sweep_config.trainer.strategy == "ddp":
+                from lrtrain.errors import ConfigValueError
+
+                raise ConfigValueError("trainer.strategy", "ddp", "single with hydra/launcher=fused (ddp spreads "
+                                                                  "one job over several processes; fused trains "
+                                                                  "several jobs in one)")
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            box = Prepared()
+            returns.append(run_job(hydra_context=self.hydra_context, task_function=lambda cfg: prepare(cfg, box),
+                                   config=sweep_config, job_dir_key="hydra.sweep.dir",
+                                   job_subdir_key="hydra.sweep.subdir"))
+            prepared.append(box)
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        train_groups(returns, prepared)
+        return returns
+
+
+def prepare(cfg: DictConfig, box: Prepared) -> Optional[float]:
+    """The task of one job: build its run and keep it in `box` (None is returned for now), or, for a job that
+    cannot fuse, train it now as `lrtrain.cli.train` would and return its value."""
+    from lrtrain import cli
+    from lrtrain.signals import STOP
+
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    box.out_dir, box.job = out_dir, hydra_cfg.job.num
+    if STOP:
+        return cli.train(cfg)  # a sweep interrupted before this job: listed as not started
+    finished = _finished(out_dir)
+    if finished is not None:
+        box.skipped = True
+        log.info(f"job {box.job}: already {finished.status} in {out_dir}; not trained again")
+        return finished.best_value if finished.succeeded else None
+    if (out_dir / "checkpoints" / "last.pt").is_file() and not cfg.trainer.resume:
+        cfg.trainer.resume = "auto"  # a job of this sweep that was killed or interrupted: continue it in place
+    reason = _unfusable_config(cfg)
+    if reason is not None:
+        return _solo(cfg, box, reason)
+    if cfg.trainer.progress in ("auto", "rich"):
+        # one live bar per job at once is not possible (rich has one live display); the launcher says what runs
+        import sys
+
+        if cfg.trainer.progress == "rich" or sys.stdout.isatty():
+            cfg.trainer.progress = "none"
+    try:
+        from lrtrain.build import build
+        from lrtrain.config import validate
+
+        validate(cfg)
+        run = build(cfg, out_dir, Path(hydra_cfg.sweep.dir), box.job)
+    except Exception as e:
+        cli.record_failure(out_dir, e)
+        return cli.failed(e, box.job)
+    from lrtrain.fused import unfusable
+
+    reason = unfusable(run)
+    if reason is not None:
+        box.solo = reason
+        log.info(f"solo: job {box.job} ({reason})")
+        return _fit_alone(run, box)
+    box.run = run
+    return None
+
+
+def _solo(cfg: DictConfig, box: Prepared, reason: str) -> Optional[float]:
+    from lrtrain import cli
+
+    box.solo = reason
+    log.info(f"solo: job {box.job} ({reason})")
+    return cli.train(cfg)
+
+
+def _fit_alone(run: Any, box: Prepared) -> Optional[float]:
+    from lrtrain import cli
+    from lrtrain.loop import fit
+
+    try:
+        summary = fit(run)
+    except Exception as e:
+        return cli.failed(e, box.job)
+    return cli.outcome(summary, box.out_dir, box.job)
+
+
+def _unfusable_config(cfg: DictConfig) -> Optional[str]:
+    """Why a job cannot fuse, seen in its config before anything is built."""
+    if cfg.mode != "train":
+        return f"mode={cfg.mode}"
+    if cfg.optimizer.get("lr") == "auto":
+        return "optimizer.lr=auto runs the LR range test first"
+    return None
+
+
+def _finished(out_dir: Path) -> Any:
+    """The summary of a job of this sweep that already finished (a re-run of the sweep), or None."""
+    path = out_dir / "summary.json"
+    if not path.is_file():
+        return None
+    from lrtrain.summary import Summary
+
+    try:
+        summary = Summary.read(path)
+    except (OSError, ValueError):
+        return None
+    return summary if summary.status in FINISHED else None
+
+
+def train_groups(returns: list[JobReturn], prepared: list[Prepared]) -> None:
+    """Group the kept runs, train each group, and set each job's return value."""
+    waiting = [(ret, box) for ret, box in zip(returns, prepared) if box.run is not None]
+    if not waiting:
+        return
+    from lrtrain import cli
+    from lrtrain.fused import fit_fused, group_key
+
+    groups: dict[str, list[tuple[JobReturn, Prepared]]] = {}
+    for ret, box in waiting:
+        groups.setdefault(group_key(box.run), []).append((ret, box))
+    from lrtrain.signals import STOP
+    from lrtrain.summary import Summary
+
+    for members in groups.values():
+        jobs = [box.job for _, box in members]
+        if STOP:  # the sweep was interrupted before these jobs trained: listed as not started, as cli.train does
+            for ret, box in members:
+                Summary(status="not_started", stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
+                        run_dir=str(box.out_dir)).write(box.out_dir / "summary.json")
+                ret.return_value, box.run = None, None
+            continue
+        if len(members) == 1:
+            ret, box = members[0]
+            log.info(f"solo: job {box.job} (no other job of this batch has its model, data and batch size)")
+            ret.return_value = _fit_alone(box.run, box)
+            box.run = None
+            continue
+        log.info(f"fused: jobs {', '.join(map(str, jobs))} as one model of {len(members)} replicas")
+        runs = [box.run for _, box in members]
+        for run in runs[1:]:  # one copy of the data for the group (on a GPU each job moved its own)
+            run.data = runs[0].data
+        started = time.perf_counter()
+        results = fit_fused(runs, label=",".join(map(str, jobs)))
+        log.info(f"fused: jobs {', '.join(map(str, jobs))} trained in {time.perf_counter() - started:.2f} s")
+        for (ret, box), result in zip(members, results):
+            if isinstance(result, BaseException):
+                ret.return_value = cli.failed(result, box.job)
+            else:
+                ret.return_value = cli.outcome(result, box.out_dir, box.job)
+            box.run = None
