@@ -118,6 +118,7 @@ def test_a_diverging_job_changes_nothing_in_the_others(lrtrain, compose, tmp_pat
     assert summaries[1]["rollbacks"] == alone["rollbacks"]
 
 
+@pytest.mark.slow
 def test_incompatible_jobs_split_into_groups_and_unsupported_ones_run_alone(lrtrain, tmp_path):
     r = sweep(lrtrain, tmp_path / "s", FUSED, "model.hidden=[32],[64]", "optimizer=adam,sgd,adagrad",
               "trainer.max_steps=5,9")

@@ -113,6 +113,7 @@ def test_mlflow_run_matches_the_csv_files(lrtrain, tmp_path):
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
 
 
+@pytest.mark.slow
 def test_mlflow_sweep_is_a_parent_with_a_child_per_job(tmp_path):
     sweep = tmp_path / "sweep"
     # job 1 diverges: its child run ends FAILED, and so does the sweep's parent run

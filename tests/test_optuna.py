@@ -50,6 +50,7 @@ def summary(run_dir: Path) -> dict:
 # ------------------------------------------------------------------------------------------ real searches
 
 
+@pytest.mark.slow
 def test_sqlite_study_survives_a_kill_and_the_same_command_finishes_it(tmp_path):
     from optuna.trial import TrialState
 
@@ -119,6 +120,7 @@ def test_two_workers_share_one_study_and_run_n_trials_between_them(tmp_path, kin
     assert "joined an existing study" in (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
 
 
+@pytest.mark.slow
 def test_pruned_trials_stop_early_and_read_pruned_in_study_summary_and_report(lrtrain, tmp_path):
     from omegaconf import OmegaConf
     from optuna.trial import TrialState

@@ -72,7 +72,7 @@ def _resume_matches_reference(run_dir, reference, cwd):
     return resumed
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum, code", [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)])
 def test_a_signal_checkpoints_then_resume_is_bit_identical(reference, tmp_path, signum, code):
     """SIGINT/SIGTERM: the current step ends, last.pt and summary.json say where, one line, exit 128 + signal."""
     run_dir = tmp_path / "run"
@@ -91,6 +91,7 @@ def test_a_signal_checkpoints_then_resume_is_bit_identical(reference, tmp_path, 
     assert resumed.summary()["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_second_sigint_stops_at_once_and_the_run_still_resumes(reference, tmp_path):
     """Two Ctrl-C in a row, with a checkpoint written every step: the second lands anywhere, a write included."""
     run_dir = tmp_path / "run"
@@ -177,6 +178,7 @@ def test_every_optimizer_resumes_bit_for_bit_from_a_mid_epoch_checkpoint(compose
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 
+@pytest.mark.slow
 def test_a_preempted_submitit_job_checkpoints_is_requeued_and_resumes_bit_for_bit(reference, tmp_path):
     """submitit's pre-emption signal (SIGUSR2) on a job of `hydra/launcher=submitit_local`: the job checkpoints,
     submitit's own requeue runs it again, and it resumes from its last.pt into the numbers of an unbroken run."""

@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from omegaconf import OmegaConf
 
 from conftest import group_options
@@ -44,6 +46,7 @@ def replay(run_dir: Path) -> list[tuple[int, float, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_every_schedule_trains_from_the_cli_both_intervals(lrtrain, tmp_path):
     # inverse_sqrt needs a warmup (below); custom needs a class (test_custom_schedule_from_pythonpath)
     names = [n for n in group_options("scheduler") if n not in ("inverse_sqrt", "custom")]

@@ -152,6 +152,7 @@ def test_lrtrain_report_combines_sweeps_and_counts_interrupted_jobs(lrtrain, tmp
     assert r.returncode == 2 and r.stderr.strip() == f"lrtrain-report: error: {tmp_path / 'nowhere'}: no such folder"
 
 
+@pytest.mark.slow
 def test_optuna_search_plots_the_objective_against_each_parameter(lrtrain, tmp_path):
     sweep = tmp_path / "sweep"
     r = lrtrain("hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep}")

@@ -74,6 +74,7 @@ def test_a_failing_job_is_recorded_and_the_others_still_run(lrtrain, tmp_path):
     assert (sweep / "sweep.png").read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_its_trials_into_the_sweep_report(lrtrain, tmp_path):
     sweep = tmp_path / "sweep"
     r = lrtrain("hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep}")
