@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from omegaconf import OmegaConf
 
 from conftest import group_options
