@@ -97,7 +97,8 @@ def test_sqlite_study_survives_a_kill_and_the_same_command_finishes_it(tmp_path)
     assert results.trials == {"COMPLETE": 2, "FAIL": 1}
 
 
-@pytest.mark.parametrize("kind", ["sqlite", pytest.param("journal", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_two_workers_share_one_study_and_run_n_trials_between_them(tmp_path, kind):
     from optuna.trial import TrialState
 
@@ -404,6 +405,7 @@ def test_direction_and_grid_sampler_are_checked_before_any_job(tmp_path):
         build("trainer.monitor=val_acc", "trainer.monitor_mode=max", "hydra.sweeper.direction=maximize")
 
 
+@pytest.mark.slow
 def test_a_search_whose_every_trial_fails_still_reports(lrtrain, tmp_path):
     """No trial completes (each fails to find its data): one error line at the end, no traceback, and the report
     and results are written all the same."""
