@@ -61,6 +61,13 @@ def run_lrtrain(*overrides: str, cwd: Path, run_dir: Path | None = None, module:
     return Result(proc.returncode, proc.stdout, proc.stderr, run_dir)
 
 
+def finished_run(tmp_path_factory, name: str, *overrides: str) -> Path:
+    """A run of `overrides` that completed, in a folder of its own: for module fixtures that several tests read."""
+    r = run_lrtrain(*overrides, cwd=tmp_path_factory.mktemp(name))
+    assert r.returncode == 0, r.stderr
+    return r.run_dir
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """In-process tests too: two pytest workers share two cores."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import group_options, lrtrain_env, QUIET, run_lrtrain
+from conftest import finished_run, group_options, lrtrain_env, QUIET, run_lrtrain
 
 # 90 steps an epoch, a checkpoint every 7 steps (mostly mid-epoch); shuffling, dropout and augmentation all
 # draw random numbers, which a resume must replay exactly.
@@ -34,10 +34,7 @@ def _weights(run_dir):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("reference")
-    r = run_lrtrain(*ARGS, cwd=cwd)
-    assert r.returncode == 0, r.stderr
-    return r.run_dir
+    return finished_run(tmp_path_factory, "reference", *ARGS)
 
 
 def _signal_after_rows(run_dir, rows, cwd, *signums, args=ARGS):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import lrtrain_env, run_lrtrain
+from conftest import finished_run, lrtrain_env, run_lrtrain
 from lrtrain.rundir import claim
 
 QUICK = ["trainer.max_epochs=1", "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false"]
@@ -23,10 +23,7 @@ def _tree(path: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("finished")
-    r = run_lrtrain(*QUICK, cwd=cwd)
-    assert r.returncode == 0, r.stderr
-    return r.run_dir
+    return finished_run(tmp_path_factory, "finished", *QUICK)
 
 
 def _config(run_dir: Path, explicit: bool, resume=None, overwrite=False):
