@@ -78,6 +78,7 @@ def test_hostile_checkpoint_refused_by_the_cli(lrtrain, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and not marker.exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_model_or_data_is_refused(lrtrain, tmp_path):
     first = lrtrain("trainer.max_steps=5", "trainer.progress=none", "logger.csv.plots=false", run_dir=tmp_path / "a")
     assert first.returncode == 0, first.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from conftest import FAST
@@ -72,6 +73,7 @@ def test_recorded_lr_is_the_lr_the_optimizer_used(lrtrain):
     assert float(steps[0]["lr"]) > 0
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(lrtrain, tmp_path):
     def metrics(seed: int, name: str) -> list[tuple]:
         r = lrtrain(*FAST, "trainer.max_epochs=1", f"trainer.seed={seed}", run_dir=tmp_path / name)
@@ -90,6 +92,7 @@ def test_max_steps_sets_the_run_length(lrtrain):
     assert [int(m["step"]) for m in r.csv("metrics.csv")] == [45, 50]
 
 
+@pytest.mark.slow
 def test_multirun_sweep_gives_one_run_per_value(lrtrain, tmp_path):
     r = lrtrain("-m", "scheduler=step", "scheduler.gamma=0.8,0.9,0.95", "trainer.max_epochs=1",
                 "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false",

@@ -124,6 +124,7 @@ def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
     assert resumed_mid_epoch >= 1
 
 
+@pytest.mark.slow
 def test_resume_auto_and_extending_a_finished_run(reference, tmp_path):
     first = run_lrtrain(*ARGS[:-1], "trainer.max_epochs=2", "trainer.resume=auto", cwd=tmp_path)
     assert first.returncode == 0 and first.summary()["resumed_from_step"] is None  # nothing to resume yet

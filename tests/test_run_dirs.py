@@ -76,6 +76,7 @@ def test_a_dir_holding_a_run_is_refused_and_left_untouched(finished, tmp_path):
     assert _tree(finished) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_run(finished, tmp_path):
     target = tmp_path / "copy"
     import shutil

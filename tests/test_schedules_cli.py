@@ -60,6 +60,7 @@ def test_every_schedule_trains_from_the_cli_both_intervals(lrtrain, tmp_path):
             assert recorded == expected, f"{job.name} step {step}"
 
 
+@pytest.mark.slow
 def test_warmup_kinds_compose_and_nonsense_is_refused(lrtrain, tmp_path):
     r = lrtrain("-m", "scheduler=inverse_sqrt,wsd,cosine_restarts", "warmup=linear,exponential,constant",
                 "trainer.max_epochs=3", *QUIET, f"hydra.sweep.dir={tmp_path / 'sweep'}")

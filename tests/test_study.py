@@ -61,6 +61,7 @@ def assert_statistics(row: dict[str, str], metric: str, values: list[float], con
     assert float(row[f"{metric}_ci_high"]) == pytest.approx(high, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_seeds_of_a_sweep_form_configurations_with_t_intervals(lrtrain, tmp_path):
     """Also: the sweep's callback reports with the composed config's `report` node (a 90% interval here)."""
     sweep = tmp_path / "sweep"

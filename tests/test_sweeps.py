@@ -125,7 +125,8 @@ main()
 """
 
 
-@pytest.mark.parametrize("launcher, compositions", [("lrtrain", 3), pytest.param("basic", 6, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, compositions", [("lrtrain", 3), ("basic", 6)])
 def test_default_launcher_composes_each_job_once(tmp_path, launcher, compositions):
     """Hydra's sweeper composes each job to check the batch; lrtrain's launcher runs that config (the basic
     one composes it again). A repeated job gets its own config and trains to the same result."""
