@@ -442,10 +442,12 @@ class Trainer:
             self._end_epoch(self.epoch_started)
 
     def _interrupt(self) -> None:
-        """A signal asked the run to stop: checkpoint where it is (mid-epoch too) and end as `interrupted`."""
+        """A signal asked the run to stop mid-epoch: checkpoint where it is and end as `interrupted`."""
         self.save(best=False)
-        self.summary.status = "interrupted"
-        self.summary.stop_reason = f"{STOP.name} at step {self.pos.step}"
+        self._mark_interrupted()
+
+    def _mark_interrupted(self) -> None:
+        self.summary.status, self.summary.stop_reason = "interrupted", f"{STOP.name} at step {self.pos.step}"
 
     def _flush(self) -> None:
         """Read back the pending steps (one host sync), hand their rows to the sinks, check for divergence."""
@@ -529,7 +531,7 @@ class Trainer:
         self.save(best=best)
         stop = self.dist.from_main(bool(STOP)) if self.dist else bool(STOP)
         if stop and pos.step < run.timeline.total_steps:
-            self.summary.status, self.summary.stop_reason = "interrupted", f"{STOP.name} at step {pos.step}"
+            self._mark_interrupted()
         elif pruned:
             self.summary.status, self.summary.stop_reason = "pruned", pruned
         elif reason:
