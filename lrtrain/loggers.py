@@ -120,6 +120,10 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Events TensorBoard's writer thread may hold before `add_event` waits (about 100 bytes each).
+EVENT_QUEUE = 10_000
+
+
 class TensorBoardLogger(Sink):
     """Scalars per step and per epoch, and (`hparams`) the run's config and final metrics in TensorBoard's HParams
     format, so `tensorboard --logdir <sweep dir>` compares a sweep's jobs in the HParams tab."""
@@ -140,7 +144,9 @@ class TensorBoardLogger(Sink):
         if self._writer is None:  # torch.utils.tensorboard is imported when a run starts, not when lrtrain does
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+            # A queue that holds an epoch's per-step events: with SummaryWriter's default of 10, each `add_event`
+            # past the tenth waits for its writer thread to checksum and write the one before (~80 us a step).
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), max_queue=EVENT_QUEUE)
         return self._writer
 
     def on_steps(self, rows: list[list[Any]]) -> None:
