@@ -727,6 +727,7 @@ class TrainerConfig:
     max_steps: Optional[int] = None
     device: str = MISSING
     precision: str = MISSING
+    compile: bool = MISSING
     seed: int = MISSING
     num_threads: Optional[int] = None
     monitor: str = MISSING

@@ -41,6 +41,8 @@ def unfusable(run: Run) -> Optional[str]:
     opt, model = run.optimizer, run.model
     if run.dist is not None:
         return "ddp"
+    if run.settings.compile:
+        return "trainer.compile: the fused step has its own forward pass, which torch.compile does not compile"
     if not isinstance(run.data, TensorData):
         return f"{run.data.name} is read from folders, not held in memory"
     kind = FUSED_OPTIMIZERS.get(type(opt))

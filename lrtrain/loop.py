@@ -70,7 +70,7 @@ class Run:
     def step_fn(self, model: Optional[nn.Module] = None) -> TrainStep:
         """The training step over `model` (default: the run's model; the loop passes its ddp wrapper)."""
         return TrainStep(model or self.model, self.optimizer, self.loss_fn, self.data, self.hooks,
-                         self.settings.precision, self.device)
+                         self.settings.precision, self.device, compile=self.settings.compile)
 
 
 @dataclass

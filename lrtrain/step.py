@@ -4,11 +4,13 @@ range test suggests is measured on the step the run then trains with (augmentati
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
+from lrtrain.errors import ConfigValueError
 from lrtrain.optimizers import effective_lr, set_momentum
 from lrtrain.regularization import StepHooks
 
@@ -21,11 +23,17 @@ class StepResult(NamedTuple):
 
 
 class TrainStep:
-    """set the LRs (and a cycled momentum) -> augment -> forward under autocast -> loss (+ penalty) -> backward -> clip -> optimizer step."""
+    """set the LRs (and a cycled momentum) -> augment -> forward (torch.compile'd with trainer.compile) under autocast -> loss (+ penalty) -> backward -> clip -> optimizer step."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, data,
-                 hooks: StepHooks, precision: str, device: torch.device):
+                 hooks: StepHooks, precision: str, device: torch.device, compile: bool = False):
         self.model, self.optimizer, self.loss_fn, self.data, self.hooks = model, optimizer, loss_fn, data, hooks
+        # trainer.compile: the forward pass goes through torch.compile (it shares the model's parameters, so
+        # checkpoints, evaluation and the optimizer see the plain module); the first call compiles
+        self.forward = torch.compile(model) if compile else model
+        self.compiling = compile
+        if compile:  # inductor looks for CUDA on every machine and warns where there is none
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.classify = data.num_classes is not None
         self.learns_lr = effective_lr(optimizer) is not None
         self.amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
@@ -44,7 +52,7 @@ class TrainStep:
         if hooks.augment is not None:
             stored = hooks.augment(stored)
         with self.amp:
-            output = self.model(self.data.inputs(stored))
+            output = self._forward(self.data.inputs(stored))
             loss = self.loss_fn(output if self.classify else output.squeeze(-1), y)
         opt.zero_grad(set_to_none=True)
         (loss + hooks.penalty() if hooks.penalty is not None else loss).backward()  # logged: the data loss
@@ -52,3 +60,16 @@ class TrainStep:
         opt.step()
         correct = (output.argmax(1) == y).sum() if self.classify else None
         return StepResult(loss.detach(), correct, norm, step_size)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.compiling:
+            return self.forward(x)
+        from torch._dynamo.exc import TorchDynamoException
+
+        try:  # the first call compiles: a failure there (no C++ compiler, an unsupported op) is the option's
+            output = self.forward(x)
+        except TorchDynamoException as e:
+            reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise ConfigValueError("trainer.compile", True, f"false here: torch.compile failed: {reason}") from None
+        self.compiling = False
+        return output

@@ -143,6 +143,14 @@ def test_ddp_is_refused_in_one_line(lrtrain, tmp_path):
         "over several processes; fused trains several jobs in one)")
 
 
+def test_a_compiled_job_runs_alone(compose, tmp_path):
+    from lrtrain.build import build
+    from lrtrain.fused import unfusable
+
+    run = build(compose("trainer.compile=true", "trainer.device=cpu", "logger=[csv]"), tmp_path / "run")
+    assert unfusable(run).startswith("trainer.compile")
+
+
 # ------------------------------------------------------------------------------------ the update itself
 
 UPDATES = [
