@@ -26,12 +26,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrtrain.data import TensorData
+from lrtrain.loggers import CSVLogger, TensorBoardLogger
 from lrtrain.loop import Diverged, Run, Trainer
+from lrtrain.plots import CurvesPool
+from lrtrain.progress import ProgressDisplay
 from lrtrain.signals import STOP
 from lrtrain.step import StepResult
+from lrtrain.summary import Summary
 
 # The optimizer classes the fused update implements (exact classes: a subclass may change the update).
 FUSED_OPTIMIZERS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
+# Sinks that do not read a run's files when it ends: beside them, its curves.png can be drawn after it ended.
+_CURVES_UNREAD = (CSVLogger, TensorBoardLogger, ProgressDisplay)
 # Elementwise modules the batched-matmul forward applies as they are.
 _ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Identity)
 
@@ -551,6 +557,7 @@ class ReplicaTrainer(Trainer):
 
     replicas: Optional[Replicas] = None
     writer: Optional[Writer] = None
+    curves: Optional[CurvesPool] = None
     index: int = 0
 
     def _pending_tensors(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
@@ -585,22 +592,37 @@ class ReplicaTrainer(Trainer):
         if self.replicas is not None:  # a rollback: the row follows
             self.replicas.push(self.index)
 
+    def end_sinks(self, summary: Summary) -> None:
+        """As Trainer's, but curves.png is queued for `curves` (worker processes) when no sink reads it."""
+        csv = next((s for s in self.sinks if isinstance(s, CSVLogger) and s.plots), None)
+        if self.curves is None or csv is None or not all(isinstance(s, _CURVES_UNREAD) for s in self.sinks):
+            super().end_sinks(summary)
+            return
+        csv.plots = False
+        try:
+            super().end_sinks(summary)
+        finally:
+            csv.plots = True
+            if csv.epochs:  # what the CSV logger itself draws
+                self.curves.add(self.run.out_dir)
+
     def on_divergence(self, d: Diverged) -> None:
         if self.writer is not None:
             self.writer.wait(self.index)  # a rollback reads last.pt back
         super().on_divergence(d)
 
 
-def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
+def fit_fused(runs: Sequence[Run], label: str = "", curves: Optional[CurvesPool] = None) -> list[Any]:
     """Train `runs` (compatible: `group_key`, none `unfusable`) as one fused group. Returns, for each run in
-    order, its Summary or the exception that ended it (as `fit` would have raised it)."""
+    order, its Summary or the exception that ended it (as `fit` would have raised it). With `curves`, the
+    runs' curves.png are queued there, for `curves.draw()`."""
     order = order_replicas(runs)
     runs = [runs[i] for i in order]
     trainers = [ReplicaTrainer(run) for run in runs]
     results: list[Any] = [None] * len(runs)
     writer = Writer()
     for k, t in enumerate(trainers):
-        t.index = k
+        t.index, t.curves = k, curves
         t.live = []  # a live bar reads its loss every step, and a step's loss here is the group's [K] tensor
         try:
             t.begin()
