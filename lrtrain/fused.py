@@ -527,37 +527,10 @@ def _matmul_forward(model: nn.Module) -> Optional[Callable[[list[torch.Tensor], 
     return forward
 
 
-class Writer:
-    """One thread that writes a fused group's checkpoints, in the order they were taken, while the group trains
-    on (writing a checkpoint is mostly pickling and fsync, the same for every replica). A replica waits for its
-    own writes before anything reads them back (a rollback) and before its summary says it ended."""
-
-    def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtrain-checkpoints")
-        self.pending: dict[int, list[Any]] = {}
-
-    def submit(self, k: int, write: Callable[[], None]) -> None:
-        self.pending.setdefault(k, []).append(self.pool.submit(write))
-
-    def wait(self, k: int) -> None:
-        """Replica k's writes are on disk; the first that failed is raised."""
-        futures, self.pending[k] = self.pending.get(k, []), []
-        errors = [f.exception() for f in futures]
-        error = next((e for e in errors if e is not None), None)
-        if error is not None:
-            raise error
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
-
-
 class ReplicaTrainer(Trainer):
     """A job's Trainer whose model and optimizer live in a row of a fused group's flat tensors."""
 
     replicas: Optional[Replicas] = None
-    writer: Optional[Writer] = None
     curves: Optional[CurvesPool] = None
     index: int = 0
 
@@ -575,18 +548,6 @@ class ReplicaTrainer(Trainer):
     def _sync(self) -> None:
         if self.replicas is not None:
             self.replicas.pull(self.index)
-
-    def checkpoint(self) -> dict[str, Any]:
-        ckpt = super().checkpoint()
-        # written in the writer's thread: the weights as they are now, not as the next copy from the row leaves them
-        ckpt["model"] = {name: t.clone() for name, t in ckpt["model"].items()}
-        return ckpt
-
-    def _write(self, write: Callable[[], None]) -> None:
-        if self.writer is None:
-            write()
-        else:
-            self.writer.submit(self.index, write)
 
     def restore(self, ckpt: dict[str, Any], keep_history: bool = False) -> None:
         super().restore(ckpt, keep_history)
@@ -607,11 +568,6 @@ class ReplicaTrainer(Trainer):
             if csv.epochs:  # what the CSV logger itself draws
                 self.curves.add(self.run.out_dir)
 
-    def on_divergence(self, d: Diverged) -> None:
-        if self.writer is not None:
-            self.writer.wait(self.index)  # a rollback reads last.pt back
-        super().on_divergence(d)
-
 
 def fit_fused(runs: Sequence[Run], label: str = "", curves: Optional[CurvesPool] = None) -> list[Any]:
     """Train `runs` (compatible: `group_key`, none `unfusable`) as one fused group. Returns, for each run in
@@ -621,7 +577,6 @@ def fit_fused(runs: Sequence[Run], label: str = "", curves: Optional[CurvesPool]
     runs = [runs[i] for i in order]
     trainers = [ReplicaTrainer(run) for run in runs]
     results: list[Any] = [None] * len(runs)
-    writer = Writer()
     for k, t in enumerate(trainers):
         t.index, t.curves = k, curves
         t.live = []  # a live bar reads its loss every step, and a step's loss here is the group's [K] tensor
@@ -632,7 +587,7 @@ def fit_fused(runs: Sequence[Run], label: str = "", curves: Optional[CurvesPool]
             results[k] = e
     replicas = Replicas(runs)
     for k, t in enumerate(trainers):
-        t.replicas, t.writer = replicas, writer
+        t.replicas = replicas
         if results[k] is not None:
             replicas.retire(k)
     active: list[int] = []
@@ -729,8 +684,6 @@ def fit_fused(runs: Sequence[Run], label: str = "", curves: Optional[CurvesPool]
                 trainers[k].fail(e)
                 _end(trainers[k], k, e, results, replicas, close_only=True)
         raise
-    finally:
-        writer.close()
     back: list[Any] = [None] * len(runs)
     for k, i in enumerate(order):
         back[i] = results[k]
@@ -751,13 +704,6 @@ def _end(t: Trainer, k: int, error: Optional[BaseException], results: list[Any],
     """Replica k ended (with `error`, or its summary): its sinks get the summary, and its slice stops updating."""
     if results[k] is not None:
         return
-    if isinstance(t, ReplicaTrainer) and t.writer is not None:
-        try:
-            t.writer.wait(k)  # its checkpoints are on disk before its summary says it ended
-        except Exception as e:
-            error = error or e
-            if hasattr(t, "summary"):
-                t.fail(e)
     if error is not None and not close_only and hasattr(t, "summary"):
         t.fail(error)
     try:
