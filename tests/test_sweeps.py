@@ -254,8 +254,8 @@ def test_curves_drawn_by_worker_processes_equal_the_ones_drawn_here(tmp_path):
     from lrtrain import plots
 
     runs = [write_run(tmp_path / name, epochs=e, steps_per_epoch=5, scale=s, acc=acc)
-            for name, e, s, acc in (("a", 3, 1.0, True), ("b", 12, 1e3, True), ("c", 2, 1.0, False))]
-    curves = plots.CurvesPool(2)
+            for name, e, s, acc in (("a", 12, 1e3, True), ("b", 2, 1.0, False))]
+    curves = plots.CurvesPool(1)
     try:
         for run in runs:
             curves.add(run)
