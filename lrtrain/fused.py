@@ -26,12 +26,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrtrain.data import TensorData
+from lrtrain.loggers import CSVLogger, TensorBoardLogger
 from lrtrain.loop import Diverged, Run, Trainer
+from lrtrain.plots import CurvesPool
+from lrtrain.progress import ProgressDisplay
 from lrtrain.signals import STOP
 from lrtrain.step import StepResult
+from lrtrain.summary import Summary
 
 # The optimizer classes the fused update implements (exact classes: a subclass may change the update).
 FUSED_OPTIMIZERS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
+# Sinks that do not read a run's files when it ends: beside them, its curves.png can be drawn after it ended.
+_CURVES_UNREAD = (CSVLogger, TensorBoardLogger, ProgressDisplay)
 # Elementwise modules the batched-matmul forward applies as they are.
 _ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Identity)
 
@@ -354,8 +360,9 @@ class Replicas:
             idx, mask = torch.stack(rows), torch.stack(masks)
             if bool(mask.all()):
                 mask = None
-        train = self.data.train
-        return train.x[idx], train.y[idx], mask
+        train, flat = self.data.train, idx.reshape(-1)  # index_select: 3x faster than x[idx] (uint8 images)
+        x, y = train.x.index_select(0, flat), train.y.index_select(0, flat)
+        return x.view(*idx.shape, *x.shape[1:]), y.view(*idx.shape, *y.shape[1:]), mask
 
     def step(self, batches: Sequence[int], lrs: Sequence[float]) -> tuple[torch.Tensor, Optional[torch.Tensor],
                                                                           Optional[torch.Tensor]]:
@@ -453,7 +460,7 @@ class Replicas:
             mx = self.state["max_exp_avg_sq"][a:b]
             torch.maximum(mx, v, out=mx)
             v = mx
-        denom = (v.sqrt() / bc2_sqrt).add_(seg.eps)
+        denom = v.sqrt().div_(bc2_sqrt).add_(seg.eps)
         if isinstance(step_size, float):
             p.addcdiv_(m, denom, value=step_size)
         else:
@@ -522,37 +529,11 @@ def _matmul_forward(model: nn.Module) -> Optional[Callable[[list[torch.Tensor], 
     return forward
 
 
-class Writer:
-    """One thread that writes a fused group's checkpoints, in the order they were taken, while the group trains
-    on (writing a checkpoint is mostly pickling and fsync, the same for every replica). A replica waits for its
-    own writes before anything reads them back (a rollback) and before its summary says it ended."""
-
-    def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtrain-checkpoints")
-        self.pending: dict[int, list[Any]] = {}
-
-    def submit(self, k: int, write: Callable[[], None]) -> None:
-        self.pending.setdefault(k, []).append(self.pool.submit(write))
-
-    def wait(self, k: int) -> None:
-        """Replica k's writes are on disk; the first that failed is raised."""
-        futures, self.pending[k] = self.pending.get(k, []), []
-        errors = [f.exception() for f in futures]
-        error = next((e for e in errors if e is not None), None)
-        if error is not None:
-            raise error
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
-
-
 class ReplicaTrainer(Trainer):
     """A job's Trainer whose model and optimizer live in a row of a fused group's flat tensors."""
 
     replicas: Optional[Replicas] = None
-    writer: Optional[Writer] = None
+    curves: Optional[CurvesPool] = None
     index: int = 0
 
     def _pending_tensors(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
@@ -570,39 +551,36 @@ class ReplicaTrainer(Trainer):
         if self.replicas is not None:
             self.replicas.pull(self.index)
 
-    def checkpoint(self) -> dict[str, Any]:
-        ckpt = super().checkpoint()
-        # written in the writer's thread: the weights as they are now, not as the next copy from the row leaves them
-        ckpt["model"] = {name: t.clone() for name, t in ckpt["model"].items()}
-        return ckpt
-
-    def _write(self, write: Callable[[], None]) -> None:
-        if self.writer is None:
-            write()
-        else:
-            self.writer.submit(self.index, write)
-
     def restore(self, ckpt: dict[str, Any], keep_history: bool = False) -> None:
         super().restore(ckpt, keep_history)
         if self.replicas is not None:  # a rollback: the row follows
             self.replicas.push(self.index)
 
-    def on_divergence(self, d: Diverged) -> None:
-        if self.writer is not None:
-            self.writer.wait(self.index)  # a rollback reads last.pt back
-        super().on_divergence(d)
+    def end_sinks(self, summary: Summary) -> None:
+        """As Trainer's, but curves.png is queued for `curves` (worker processes) when no sink reads it."""
+        csv = next((s for s in self.sinks if isinstance(s, CSVLogger) and s.plots), None)
+        if self.curves is None or csv is None or not all(isinstance(s, _CURVES_UNREAD) for s in self.sinks):
+            super().end_sinks(summary)
+            return
+        csv.plots = False
+        try:
+            super().end_sinks(summary)
+        finally:
+            csv.plots = True
+            if csv.epochs:  # what the CSV logger itself draws
+                self.curves.add(self.run.out_dir)
 
 
-def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
+def fit_fused(runs: Sequence[Run], label: str = "", curves: Optional[CurvesPool] = None) -> list[Any]:
     """Train `runs` (compatible: `group_key`, none `unfusable`) as one fused group. Returns, for each run in
-    order, its Summary or the exception that ended it (as `fit` would have raised it)."""
+    order, its Summary or the exception that ended it (as `fit` would have raised it). With `curves`, the
+    runs' curves.png are queued there, for `curves.draw()`."""
     order = order_replicas(runs)
     runs = [runs[i] for i in order]
     trainers = [ReplicaTrainer(run) for run in runs]
     results: list[Any] = [None] * len(runs)
-    writer = Writer()
     for k, t in enumerate(trainers):
-        t.index = k
+        t.index, t.curves = k, curves
         t.live = []  # a live bar reads its loss every step, and a step's loss here is the group's [K] tensor
         try:
             t.begin()
@@ -611,7 +589,7 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
             results[k] = e
     replicas = Replicas(runs)
     for k, t in enumerate(trainers):
-        t.replicas, t.writer = replicas, writer
+        t.replicas = replicas
         if results[k] is not None:
             replicas.retire(k)
     active: list[int] = []
@@ -708,8 +686,6 @@ def fit_fused(runs: Sequence[Run], label: str = "") -> list[Any]:
                 trainers[k].fail(e)
                 _end(trainers[k], k, e, results, replicas, close_only=True)
         raise
-    finally:
-        writer.close()
     back: list[Any] = [None] * len(runs)
     for k, i in enumerate(order):
         back[i] = results[k]
@@ -730,13 +706,6 @@ def _end(t: Trainer, k: int, error: Optional[BaseException], results: list[Any],
     """Replica k ended (with `error`, or its summary): its sinks get the summary, and its slice stops updating."""
     if results[k] is not None:
         return
-    if isinstance(t, ReplicaTrainer) and t.writer is not None:
-        try:
-            t.writer.wait(k)  # its checkpoints are on disk before its summary says it ended
-        except Exception as e:
-            error = error or e
-            if hasattr(t, "summary"):
-                t.fail(e)
     if error is not None and not close_only and hasattr(t, "summary"):
         t.fail(error)
     try:

@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -228,9 +228,9 @@ class Trainer:
         ckpt = self.checkpoint()
         last = self.ckpt_dir / "last.pt"
         if best:
-            self._write(lambda: save_copies(ckpt, [last, self.ckpt_dir / "best.pt"]))
+            save_copies(ckpt, [last, self.ckpt_dir / "best.pt"])
         else:
-            self._write(lambda: save_atomic(ckpt, last))
+            save_atomic(ckpt, last)
 
     def save_step_checkpoint(self) -> None:
         self._sync()
@@ -238,14 +238,9 @@ class Trainer:
         if self.main:
             keep = self.settings.keep_last_k
             step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
-            ckpt = self.checkpoint()
-
-            def write() -> None:
-                save_copies(ckpt, [self.ckpt_dir / "last.pt"] + ([step_file] if keep else []))
-                for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None]:
-                    old.unlink()
-
-            self._write(write)
+            save_copies(self.checkpoint(), [self.ckpt_dir / "last.pt"] + ([step_file] if keep else []))
+            for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None]:
+                old.unlink()
         train_mode(self.run.optimizer)
 
     # ------------------------------------------------------------------------------------------- loop
@@ -351,10 +346,6 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         """The validation metrics of the weights as they are now (a fused group validates its replicas at once)."""
         return evaluate(self.run.model, self.run.data.val, self.run.data, self.step.amp)
-
-    def _write(self, write: Callable[[], None]) -> None:
-        """Write a checkpoint to disk: now, here; a fused group writes its replicas' in a thread (lrtrain.fused)."""
-        write()
 
     def _sync(self) -> None:
         """Before run.model and run.optimizer are read (validation, checkpoints, the end): a no-op here; a fused

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import signal
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 
 def read_csv(path: Path, columns: Optional[Sequence[str]] = None) -> dict[str, list[float]]:
@@ -83,6 +84,79 @@ def _curves_figure(has_steps: bool, has_epochs: bool, has_acc: bool) -> tuple:
     ax.set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")
     _CURVES[key] = fig, lines
     return _CURVES[key]
+
+
+class CurvesPool:
+    """Worker processes that draw runs' curves.png: a fused sweep ends all its replicas at once, and drawing
+    their plots one after another (about 0.2 s each on one core) is most of what keeps it from exiting.
+
+    Plots are queued (`add`) and drawn at `draw`, when the caller trains nothing: a worker drawing while
+    torch trains on the same cores slows training far more than the plot costs (torch's OpenMP threads wait
+    for the core it takes). The workers are forked from a fork server that imported matplotlib and not torch
+    (forking a process that runs torch's threads is not safe); the server and the workers start in the
+    background when the pool is made, to overlap what the caller does meanwhile. Workers ignore Ctrl-C: the
+    runs that end on it still get their curves. A plot a worker could not draw (the pool broke, or the plot
+    raised) is drawn again here, so a failure says what drawing it in-process says."""
+
+    def __init__(self, workers: int):
+        import multiprocessing
+        import threading
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["lrtrain.plots", "matplotlib.figure", "matplotlib.backends.backend_agg"])
+        self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start)
+        self.queued: list[Path] = []
+        # Starting a worker waits for the server to have imported matplotlib (about 0.5 s): a thread waits.
+        self.starting = threading.Thread(target=self._start, args=(workers,), name="lrtrain-curves", daemon=True)
+        self.starting.start()
+
+    def _start(self, workers: int) -> None:
+        try:
+            for _ in range(workers):  # each worker draws a first figure (fonts, layout) before a run needs one
+                self.pool.submit(_warm_up)
+        except RuntimeError:  # closed before its workers started
+            pass
+
+    def add(self, run_dir: Path) -> None:
+        """Queue `run_dir`'s curves.png (drawn from its steps.csv and metrics.csv, complete by now)."""
+        self.queued.append(run_dir)
+
+    def draw(self) -> dict[Path, Exception]:
+        """Draw every queued curves.png; the run dirs whose plot failed, with the error."""
+        queued, self.queued = self.queued, []
+        futures: dict[Path, Any] = {}
+        for run_dir in queued:
+            try:
+                futures[run_dir] = self.pool.submit(plot_curves, run_dir)
+            except Exception:  # the pool broke (a worker was killed): drawn here
+                futures[run_dir] = None
+        failed: dict[Path, Exception] = {}
+        for run_dir, future in futures.items():
+            if future is None or future.exception() is not None:
+                try:
+                    plot_curves(run_dir)
+                except Exception as e:
+                    failed[run_dir] = e
+        return failed
+
+    def close(self) -> None:
+        """Draw what is queued, and stop the workers."""
+        self.draw()
+        self.starting.join()
+        self.pool.shutdown()
+
+
+def _worker_start() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _warm_up() -> None:
+    """A worker's first figure and fonts, so that its first run's plot costs what the others do."""
+    import io
+
+    fig, _ = _curves_figure(True, True, True)
+    fig.savefig(io.BytesIO(), dpi=110, format="png")
 
 
 # ------------------------------------------------------------------------------------------ sweep reports

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from conftest import lrtrain_env, read_rows
+from lrtrain.plots import plot_curves
 
 QUIET = ["trainer.progress=none", "logger=[csv]", "logger.csv.plots=false"]
 FUSED = "hydra/launcher=fused"
@@ -29,8 +30,8 @@ FUSED = "hydra/launcher=fused"
 TOL = 1e-5
 
 
-def sweep(lrtrain, sweep_dir: Path, *overrides: str):
-    return lrtrain("-m", *overrides, *QUIET, f"hydra.sweep.dir={sweep_dir}")
+def sweep(lrtrain, sweep_dir: Path, *overrides: str, quiet: list[str] = QUIET):
+    return lrtrain("-m", *overrides, *quiet, f"hydra.sweep.dir={sweep_dir}")
 
 
 def jobs(sweep_dir: Path) -> list[str]:
@@ -63,17 +64,20 @@ def assert_same_job(fused: Path, solo: Path) -> None:
 
 def test_mixed_optimizers_and_seeds_fuse_into_the_default_launchers_files(lrtrain, compose, tmp_path):
     grid = ["optimizer=adam,momentum", "trainer.seed=0,1", "trainer.max_epochs=2"]
-    # against the default launcher itself: the whole outputs contract, .hydra/ and the report included
-    fused = sweep(lrtrain, tmp_path / "fused", FUSED, *grid)
+    # against the default launcher itself: the whole outputs contract, .hydra/ and the report included; the
+    # fused jobs' curves.png are drawn by worker processes (lrtrain.plots.CurvesPool)
+    fused = sweep(lrtrain, tmp_path / "fused", FUSED, *grid, quiet=QUIET[:2])
     assert fused.returncode == 0, fused.stderr
     assert "fused: jobs 0, 1, 2, 3 as one model of 4 replicas" in fused.stdout
-    solo = sweep(lrtrain, tmp_path / "solo", *grid)
+    solo = sweep(lrtrain, tmp_path / "solo", *grid, quiet=QUIET[:2])
     assert solo.returncode == 0, solo.stderr
     assert jobs(tmp_path / "fused") == jobs(tmp_path / "solo") == ["0", "1", "2", "3"]
     for job in "0123":
         assert_same_job(tmp_path / "fused" / job, tmp_path / "solo" / job)
         summary = json.loads((tmp_path / "fused" / job / "summary.json").read_text())
         assert summary["fused"] == {"replicas": 4, "jobs": "0,1,2,3"}
+        png = (tmp_path / "fused" / job / "curves.png").read_bytes()
+        assert png == plot_curves(tmp_path / "fused" / job).read_bytes()  # as the CSV logger draws it here
     # each seed its own init and data order: the first losses differ between seeds, not between launchers
     first = {job: read_rows(tmp_path / "fused" / job / "steps.csv")[0]["loss"] for job in "0123"}
     assert first["0"] != first["1"] and first["2"] != first["3"]

@@ -246,6 +246,34 @@ def test_curves_drawn_after_another_run_equal_a_fresh_drawing(tmp_path, acc):
     assert fig.axes[0].get_ylim()[1] < 2 and fig.axes[-1].get_ylim()[1] < 0.2
 
 
+def test_curves_drawn_by_worker_processes_equal_the_ones_drawn_here(tmp_path):
+    """A fused sweep's curves.png come from lrtrain.plots.CurvesPool: the same bytes; a plot a worker could not
+    draw (its pool broke) is drawn here, and one that cannot be drawn at all is reported."""
+    import os
+
+    from lrtrain import plots
+
+    runs = [write_run(tmp_path / name, epochs=e, steps_per_epoch=5, scale=s, acc=acc)
+            for name, e, s, acc in (("a", 12, 1e3, True), ("b", 2, 1.0, False))]
+    curves = plots.CurvesPool(1)
+    try:
+        for run in runs:
+            curves.add(run)
+        assert curves.draw() == {}
+        drawn = [(run / "curves.png").read_bytes() for run in runs]
+        assert drawn == [plots.plot_curves(run).read_bytes() for run in runs]
+        for run in runs:
+            (run / "curves.png").unlink()
+        curves.pool.submit(os._exit, 1).exception()  # a worker dies: the pool is broken
+        for run in [*runs, tmp_path / "missing"]:
+            curves.add(run)
+        failed = curves.draw()
+    finally:
+        curves.close()
+    assert [(run / "curves.png").read_bytes() for run in runs] == drawn
+    assert list(failed) == [tmp_path / "missing"] and isinstance(failed[tmp_path / "missing"], FileNotFoundError)
+
+
 def test_an_interrupted_sweep_writes_its_report_listing_the_jobs_it_did_not_finish(tmp_path):
     """SIGTERM while job 0 trains: job 0 checkpoints as interrupted, jobs 1 and 2 never start, the report is
     written all the same, and the sweep exits 143 with one line."""

@@ -15,6 +15,7 @@ finished summary (killed, interrupted) resumes from it in place, and the others 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -45,6 +46,10 @@ class Prepared:
 class FusedLauncher(LrtrainLauncher):
     """Builds every job of a batch, then trains each group of compatible jobs as one vectorized model."""
 
+    def __init__(self, curve_workers: int) -> None:
+        super().__init__()
+        self.curve_workers = curve_workers
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         try:
             return self._launch(job_overrides, initial_job_idx)
@@ -57,6 +62,31 @@ class FusedLauncher(LrtrainLauncher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, fused where they can be")
+        curves = self._curves_pool(len(job_overrides))
+        try:
+            return self._run_jobs(job_overrides, initial_job_idx, curves)
+        finally:
+            if curves is not None:
+                curves.close()
+
+    def _curves_pool(self, jobs: int) -> Any:
+        """Worker processes for the fused jobs' curves.png (lrtrain.plots.CurvesPool), started now, while the jobs
+        are composed and built (one busy core); None when no fused job would draw one."""
+        logger = self.config.logger
+        draws = "csv" in logger and logger.csv.get("plots") and "mlflow" not in logger
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if jobs < 2 or not draws or self.curve_workers < 1 or cores < 2:
+            return None
+        import multiprocessing
+
+        if "forkserver" not in multiprocessing.get_all_start_methods():
+            return None
+        from lrtrain.plots import CurvesPool
+
+        return CurvesPool(self.curve_workers)
+
+    def _run_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+                  curves: Any) -> list[JobReturn]:
         returns: list[JobReturn] = []
         prepared: list[Prepared] = []
         for idx, overrides in enumerate(job_overrides):
@@ -78,7 +108,7 @@ class FusedLauncher(LrtrainLauncher):
                                    job_subdir_key="hydra.sweep.subdir"))
             prepared.append(box)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        train_groups(returns, prepared)
+        train_groups(returns, prepared, curves)
         return returns
 
 
@@ -171,8 +201,9 @@ def _finished(out_dir: Path) -> Any:
     return summary if summary.status in FINISHED else None
 
 
-def train_groups(returns: list[JobReturn], prepared: list[Prepared]) -> None:
-    """Group the kept runs, train each group, and set each job's return value."""
+def train_groups(returns: list[JobReturn], prepared: list[Prepared], curves: Any = None) -> None:
+    """Group the kept runs, train each group, and set each job's return value. With `curves` (a CurvesPool),
+    the fused jobs' curves.png are drawn by its workers once every group has trained."""
     waiting = [(ret, box) for ret, box in zip(returns, prepared) if box.run is not None]
     if not waiting:
         return
@@ -185,6 +216,7 @@ def train_groups(returns: list[JobReturn], prepared: list[Prepared]) -> None:
     from lrtrain.signals import STOP
     from lrtrain.summary import Summary
 
+    drawn: dict[Path, tuple[JobReturn, Prepared]] = {}  # fused jobs that ended, by their run dir
     for members in groups.values():
         jobs = [box.job for _, box in members]
         if STOP:  # the sweep was interrupted before these jobs trained: listed as not started, as cli.train does
@@ -204,11 +236,17 @@ def train_groups(returns: list[JobReturn], prepared: list[Prepared]) -> None:
         for run in runs[1:]:  # one copy of the data for the group (on a GPU each job moved its own)
             run.data = runs[0].data
         started = time.perf_counter()
-        results = fit_fused(runs, label=",".join(map(str, jobs)))
+        results = fit_fused(runs, label=",".join(map(str, jobs)), curves=curves)
         log.info(f"fused: jobs {', '.join(map(str, jobs))} trained in {time.perf_counter() - started:.2f} s")
         for (ret, box), result in zip(members, results):
             if isinstance(result, BaseException):
                 ret.return_value = cli.failed(result, box.job)
             else:
                 ret.return_value = cli.outcome(result, box.out_dir, box.job)
+                drawn[box.out_dir] = ret, box
             box.run = None
+    if curves is not None:  # a plot that failed fails its job, as it does when the CSV logger draws it
+        for out_dir, error in curves.draw().items():
+            if out_dir in drawn:
+                ret, box = drawn[out_dir]
+                ret.return_value = cli.failed(error, box.job)
