@@ -47,6 +47,31 @@ def test_default_loggers_write_tensorboard_hparams(lrtrain):
     assert (r.run_dir / "curves.png").is_file()
 
 
+def test_tensorboard_checksums_events_in_c_and_its_reader_accepts_them(tmp_path):
+    """The event writer gets google-crc32c's checksum; TensorBoard's own reader, which checks each record's
+    checksum with its pure-Python one, reads every per-step value back."""
+    from types import SimpleNamespace
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+    from tensorboard.summary.writer import record_writer
+
+    from lrtrain.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(hparams=False)
+    logger.on_start(SimpleNamespace(out_dir=tmp_path, config={}, step_columns=["step", "epoch", "lr", "loss"]))
+    assert record_writer.masked_crc32c is not pywrap_tensorflow.masked_crc32c
+    rows = [[step, 0, 0.1 / (step + 1), 2.0 - step / 100] for step in range(300)]
+    logger.on_steps(rows)
+    logger.on_epoch({"epoch": 0, "step": 300, "val_loss": 0.5})
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss_step")] == [
+        (r[0], pytest.approx(r[3], rel=1e-6)) for r in rows]
+    assert [e.value for e in events.Scalars("val_loss")] == [0.5]
+
+
 @pytest.mark.parametrize("loggers, tensorboard, curves", [("[csv]", False, True), ("[tensorboard]", True, False)])
 def test_the_csv_outputs_are_always_written(lrtrain, loggers, tensorboard, curves):
     r = lrtrain(*QUIET, f"logger={loggers}")
