@@ -28,6 +28,7 @@ def test_compiled_run_matches_eager_and_its_checkpoint_resumes_eager(tmp_path):
     assert resumed.summary()["status"] == "completed" and resumed.csv("metrics.csv")[-1]["epoch"] == "2"
 
 
+@pytest.mark.slow
 def test_a_compiler_that_fails_is_one_line_naming_the_option(tmp_path):
     r = run_lrtrain(*FAST, "trainer.compile=true", cwd=tmp_path, env={"CXX": str(tmp_path / "no-such-g++")})
     assert r.returncode == 2
