@@ -32,7 +32,6 @@ from lrtrain.plots import CurvesPool
 from lrtrain.progress import ProgressDisplay
 from lrtrain.signals import STOP
 from lrtrain.step import StepResult
-from lrtrain.summary import Summary
 
 # The optimizer classes the fused update implements (exact classes: a subclass may change the update).
 FUSED_OPTIMIZERS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
@@ -533,7 +532,6 @@ class ReplicaTrainer(Trainer):
     """A job's Trainer whose model and optimizer live in a row of a fused group's flat tensors."""
 
     replicas: Optional[Replicas] = None
-    curves: Optional[CurvesPool] = None
     index: int = 0
 
     def _pending_tensors(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
@@ -556,19 +554,12 @@ class ReplicaTrainer(Trainer):
         if self.replicas is not None:  # a rollback: the row follows
             self.replicas.push(self.index)
 
-    def end_sinks(self, summary: Summary) -> None:
-        """As Trainer's, but curves.png is queued for `curves` (worker processes) when no sink reads it."""
-        csv = next((s for s in self.sinks if isinstance(s, CSVLogger) and s.plots), None)
-        if self.curves is None or csv is None or not all(isinstance(s, _CURVES_UNREAD) for s in self.sinks):
-            super().end_sinks(summary)
-            return
-        csv.plots = False
-        try:
-            super().end_sinks(summary)
-        finally:
-            csv.plots = True
-            if csv.epochs:  # what the CSV logger itself draws
-                self.curves.add(self.run.out_dir)
+    def draw_curves_with(self, curves: CurvesPool) -> None:
+        """The run's curves.png is queued for `curves` (worker processes) as it ends, when no sink reads it."""
+        if all(isinstance(s, _CURVES_UNREAD) for s in self.sinks):
+            for sink in self.sinks:
+                if isinstance(sink, CSVLogger):
+                    sink.draw = curves.add
 
 
 def fit_fused(runs: Sequence[Run], label: str = "", curves: Optional[CurvesPool] = None) -> list[Any]:
@@ -580,7 +571,9 @@ def fit_fused(runs: Sequence[Run], label: str = "", curves: Optional[CurvesPool]
     trainers = [ReplicaTrainer(run) for run in runs]
     results: list[Any] = [None] * len(runs)
     for k, t in enumerate(trainers):
-        t.index, t.curves = k, curves
+        t.index = k
+        if curves is not None:
+            t.draw_curves_with(curves)
         t.live = []  # a live bar reads its loss every step, and a step's loss here is the group's [K] tensor
         try:
             t.begin()

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from lrtrain.summary import Summary
 from lrtrain.writers import CSVLog, truncate_csv
@@ -71,6 +71,9 @@ class CSVLogger(Sink):
 
     def __init__(self, plots: bool):
         self.plots = plots
+        # what draws curves.png when the run ends (None: lrtrain.plots.plot_curves, here and now); a fused group
+        # queues it for worker processes instead (lrtrain.fused)
+        self.draw: Optional[Callable[[Path], Any]] = None
         self.steps: Optional[CSVLog] = None
         self.metrics: Optional[CSVLog] = None
 
@@ -97,7 +100,7 @@ class CSVLogger(Sink):
         if self.plots and self.epochs:
             from lrtrain.plots import plot_curves
 
-            plot_curves(self.out_dir)
+            (self.draw or plot_curves)(self.out_dir)
 
     def close(self) -> None:
         for log in (self.steps, self.metrics):
