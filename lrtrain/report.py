@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 from hydra.experimental.callback import Callback
 
@@ -759,8 +759,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     import argparse
     import sys
 
-    from rich.console import Console
-
     parser = argparse.ArgumentParser(
         prog="lrtrain-report", description=main.__doc__.split(":", 1)[1].strip(),
         epilog="Several folders are combined into one report, written to --out.")
@@ -781,6 +779,20 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"lrtrain-report: error: {message}", file=sys.stderr)
         sys.exit(2)
 
+    try:
+        _report(args, fail)
+    except InputFileError as e:  # a job's file that lrtrain did not write as it is
+        fail(str(e))
+
+
+def _report(args: Any, fail: Callable[[str], None]) -> None:
+    """main's work on the parsed arguments; `fail` ends the program with a one-line error."""
+    import sys
+
+    from rich.console import Console
+
+    from lrtrain.errors import InputFileError
+
     for path in args.dirs:
         if not path.is_dir():
             fail(f"{path}: no such folder")
@@ -792,11 +804,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"wrote {plot_curves(path)}")
         from lrtrain.summary import read_checked
 
-        try:
-            summary = (Summary.from_dict(read_checked(path / "summary.json")) if (path / "summary.json").is_file()
-                       else None)
-        except InputFileError as e:
-            fail(str(e))
+        summary = (Summary.from_dict(read_checked(path / "summary.json")) if (path / "summary.json").is_file()
+                   else None)
         if summary is not None and summary.epochs is not None:
             Console().print(summary_table(summary))
         elif summary is not None:  # a run that failed before training, or an LR range test
@@ -806,16 +815,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         if not (d / ".hydra").is_dir() and not job_dirs(d):
             fail(f"{d}: not a run folder (no summary.json or metrics.csv) nor a sweep folder (no job folders "
                  "with .hydra/)")
-    try:
-        rows = sweep_rows(args.dirs)
-    except InputFileError as e:  # a job's file that lrtrain did not write as it is
-        fail(str(e))
+    rows = sweep_rows(args.dirs)
     from dataclasses import replace
 
     try:
         settings = settings_of(rows)
-    except InputFileError as e:
-        fail(str(e))
+    except InputFileError:
+        raise
     except Exception as e:  # a report node this lrtrain cannot read (edited, or from another version)
         from lrtrain.errors import describe
 
@@ -829,10 +835,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         import time
 
         out = Path("outputs", "reports", time.strftime("%Y-%m-%d"), time.strftime("%H-%M-%S"))
-    try:
-        study = report_sweep(args.dirs, settings, out_dir=out, plots=not args.no_plots, rows=rows)
-    except InputFileError as e:
-        fail(str(e))
+    study = report_sweep(args.dirs, settings, out_dir=out, plots=not args.no_plots, rows=rows)
     if args.by and not args.no_plots and study.sensitivity_key is None:
         why = ("it is a replicate key (--replicate-keys)" if args.by in settings.replicate_keys else
                f"it is not varied between configurations (varied: {', '.join(study.keys) or 'nothing'})")
