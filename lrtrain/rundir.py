@@ -84,10 +84,11 @@ def claim(config: Any) -> Path:
     hydra = config.hydra
     target = Path(hydra.run.dir)
     trainer = config.trainer
-    if trainer.strategy == "ddp" and launched_rank():  # a scratch dir (config.run_dir_for): rank 0 writes the run
+    rank = launched_rank()
+    if trainer.strategy == "ddp" and rank:  # a scratch dir (config.run_dir_for): rank 0 writes the run
         return target
-    if trainer.strategy != "ddp" and launched_rank() is not None:
-        print(f"lrtrain: warning: started by torchrun (RANK={launched_rank()}) without trainer.strategy=ddp: this "
+    if trainer.strategy != "ddp" and rank is not None:
+        print(f"lrtrain: warning: started by torchrun (RANK={rank}) without trainer.strategy=ddp: this "
               "process trains a run of its own, in a dir of its own", file=sys.stderr)
     if _resumes_in_place(trainer.resume, target):
         resumed_in_place = Snapshot.take(target, hydra.output_subdir, f"{hydra.job.name}.log")

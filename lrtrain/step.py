@@ -27,7 +27,7 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, data,
                  hooks: StepHooks, precision: str, device: torch.device, compile: bool = False):
-        self.model, self.optimizer, self.loss_fn, self.data, self.hooks = model, optimizer, loss_fn, data, hooks
+        self.optimizer, self.loss_fn, self.data, self.hooks = optimizer, loss_fn, data, hooks
         # trainer.compile: the forward pass goes through torch.compile (it shares the model's parameters, so
         # checkpoints, evaluation and the optimizer see the plain module); the first call compiles
         self.forward = torch.compile(model) if compile else model
