@@ -1,11 +1,13 @@
-"""The `logger` group: CSV (always), TensorBoard with HParams, MLflow on a real SQLite store, read back with
-each tool's own reader and compared with the run's CSV files."""
+"""The `logger` group: CSV (always), TensorBoard with HParams, MLflow on a real SQLite store, W&B offline, read
+back with each tool's own reader and compared with the run's CSV files."""
 
 from __future__ import annotations
 
 import csv
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,7 +88,7 @@ def test_the_csv_outputs_are_always_written(lrtrain, loggers, tensorboard, curve
     ("trainer.tensorboard=false", "logger=[csv]"),
     ("trainer.plots=false", "logger.csv.plots"),
     ("+logger.csv.colour=red", "logger.csv.colour='red': must be a key of the csv logger (plots)"),
-    ("logger=[csv,wandb]", "logger=wandb: no such option; valid: csv, mlflow, tensorboard"),
+    ("logger=[csv,neptune]", "logger=neptune: no such option; valid: csv, mlflow, tensorboard, wandb"),
 ])
 def test_old_and_wrong_logger_keys_are_one_line_errors(lrtrain, override, says):
     r = lrtrain(*QUIET, override)
@@ -157,3 +159,67 @@ def test_mlflow_sweep_is_a_parent_with_a_child_per_job(tmp_path):
     assert "sweep_summary.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     statuses = [json.loads((sweep / job / "summary.json").read_text())["status"] for job in "01"]
     assert statuses == ["completed", "diverged"]
+
+
+def test_wandb_missing_or_misconfigured_is_one_line(compose, monkeypatch):
+    import importlib.util
+
+    from lrtrain.build import build_loggers
+    from lrtrain.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError) as e:
+        build_loggers(compose("logger=[csv,wandb]", "logger.wandb.mode=cloud").logger)
+    assert str(e.value) == ("logger.wandb.mode='cloud': must be one of online, offline, disabled, or null "
+                            "(W&B reads WANDB_MODE)")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigValueError) as e:
+        build_loggers(compose("logger=[csv,wandb]").logger)
+    assert str(e.value) == ("logger.wandb.logger='wandb': must be a logger that is installed: wandb is not; install "
+                            "it with `pip install 'lrtrain[wandb]'` (or `uv sync --extra wandb`)")
+
+
+def _wandb_records(run_file: Path) -> list[dict]:
+    """Every record of a W&B transaction log (`run-<id>.wandb`), read by W&B's own reader (`wandb leet inspect`,
+    which W&B's Go core implements), as JSON."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_file)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.slow  # about 12 s: a run, W&B's service process, and its reader
+def test_wandb_offline_run_matches_the_csv_files(lrtrain, tmp_path):
+    """WANDB_MODE=offline is honoured (logger.wandb.mode is left null): nothing leaves the machine, and the run
+    W&B recorded in the run dir holds the composed config and the very rows of steps.csv and metrics.csv."""
+    home = tmp_path / "wandb-home"
+    env = {"WANDB_MODE": "offline", "WANDB_ERROR_REPORTING": "false", "WANDB_CONFIG_DIR": str(home / "config"),
+           "WANDB_CACHE_DIR": str(home / "cache"), "WANDB_DATA_DIR": str(home / "data")}
+    r = lrtrain(*QUIET, "logger=[csv,wandb]", "optimizer.lr=0.002", "logger.wandb.tags=[lr-study,digits]", env=env)
+    assert r.returncode == 0, r.stderr
+    (run_file,) = (r.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    assert run_file.stem == "run-" + (r.run_dir / ".wandb_run_id").read_text().strip()
+    records = _wandb_records(run_file)
+    (run,) = [rec["run"] for rec in records if rec["type"] == "run"]
+    assert run["project"] == "lrtrain" and run["display_name"] == r.run_dir.name
+    assert run["tags"] == ["lr-study", "digits"]
+    config = run["config"]["update"]
+    assert config["optimizer"]["lr"] == 0.002 and config["model"]["_target_"] == "lrtrain.models.MLP"
+    assert config["logger"]["wandb"]["mode"] is None
+    history = [rec["history"]["item"] for rec in records if rec["type"] == "history"]
+    steps = [row for row in history if "loss" in row]
+    epochs = [row for row in history if "val_loss" in row]
+    assert len(steps) + len(epochs) == len(history)
+    # every value exactly as in the CSV files (both write a float's shortest round-tripping form)
+    assert [{k: row[k] for k in ("step", "epoch", "lr", "loss")} for row in steps] == \
+        [{k: float(v) for k, v in row.items()} for row in r.csv("steps.csv")]
+    metrics = r.csv("metrics.csv")
+    assert [{k: row[k] for k in metrics[0] if k != "lr"} for row in epochs] == \
+        [{k: float(v) for k, v in row.items() if k != "lr"} for row in metrics]
+    summary = {}
+    for rec in records:
+        if rec["type"] == "summary":
+            summary.update(rec["summary"].get("update", {}))
+    assert summary["status"] == "completed" and summary["best_value"] == r.summary()["best_value"]
+    assert summary["final_val_acc"] == float(metrics[-1]["val_acc"])
+    assert [rec["exit"]["exit_code"] for rec in records if rec["type"] == "exit"] == [0]
