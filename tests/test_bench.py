@@ -129,3 +129,21 @@ def test_score_of_a_bad_or_missing_file_exits_2_with_one_line(tmp_path):
 def test_score_does_not_import_torch():
     code = "import sys; from lrtrain.bench.cli import main; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ------------------------------------------------------------------------------------------ what it shows
+
+
+def test_the_profile_plot_and_the_table(tmp_path):
+    from rich.console import Console
+
+    from lrtrain.bench.report import plot_profiles, table
+
+    times = Times(["a", "b"], {"p": [10, INF], "q": [20, 30]})
+    path = plot_profiles(times, tmp_path / "performance_profile.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    console = Console(width=200, record=True)
+    console.print(table(times, scores(times), "steps", "suite mini", noise={("q", "a"): True}))
+    text = console.export_text()
+    assert "10 (1.00)" in text and "20 (2.00~)" in text and "not reached" in text and "30 (1.00)" in text
+    assert text.index("q ") < text.index("p ")  # q: ratios 2 and 1, (2 + 3) / 6; p: 1 and inf, 3 / 6
