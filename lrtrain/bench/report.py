@@ -34,7 +34,7 @@ def plot_profiles(times: Times, path: Path, r_max: float = R_MAX) -> Path:
 def _time(value: float, unit: str) -> str:
     if value == float("inf"):
         return "inf"
-    return f"{value:.0f}" if unit == "steps" else f"{value:.2f}"
+    return f"{value:g}" if unit == "steps" else f"{value:.2f}"  # a median of two studies may end in .5
 
 
 def table(times: Times, by_name: dict[str, float], unit: str, title: str,

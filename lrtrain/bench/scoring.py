@@ -22,7 +22,11 @@ from pathlib import Path
 R_MAX = 4.0  # AlgoPerf's upper integration limit: past 4x the best time a workload earns nothing
 
 
-class TimesFileError(ValueError):
+class BenchInputError(ValueError):
+    """Input lrtrain-bench cannot use (a file, a key, a value): one line naming it and what would be valid."""
+
+
+class TimesFileError(BenchInputError):
     """A times table that cannot be scored: names the file, the line or cell, and what would be valid."""
 
 
