@@ -18,9 +18,11 @@ def plot_profiles(times: Times, path: Path, r_max: float = R_MAX) -> Path:
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for name, ratios in times.ratios().items():
+    styles = ["-", "--", ":", "-."]  # profiles often coincide over a stretch: a dashed line shows beneath another
+    for i, (name, ratios) in enumerate(times.ratios().items()):
         steps = sorted({1.0, r_max, *(r for r in ratios if 1 <= r <= r_max)})
-        ax.step(steps, [profile(ratios, tau) for tau in steps], where="post", lw=2, label=name)
+        ax.step(steps, [profile(ratios, tau) for tau in steps], where="post", lw=2.5 - 0.4 * (i % 4),
+                ls=styles[i % 4], label=name)
     n = len(times.workloads)
     ax.set(xlim=(1, r_max), ylim=(-0.02, 1.02), xlabel="ratio to the best time on the workload (tau)",
            ylabel=f"fraction of workloads (of {n}) within tau", title="performance profiles")
