@@ -72,7 +72,13 @@ def run(plan: Plan, out: Path) -> None:
         with open(sweep_dir / "bench.log", "w") as log:
             log.write(" ".join(cmd) + "\n")
             log.flush()
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                code = proc.wait()
+            except BaseException:  # Ctrl-C, SIGTERM: the sweep stops too (lrtrain checkpoints on SIGTERM)
+                proc.terminate()
+                proc.wait()
+                raise
         note = "" if code == 0 else f", exit {code}: {_last_line(sweep_dir / 'bench.log')}"
         print(f"[{i}/{len(pairs)}] {sub.name} on {workload.name}: {time.monotonic() - began:.1f} s{note}", flush=True)
         if code == 2:  # a config error is the same for every study: say it instead of scoring nothing
@@ -130,10 +136,12 @@ def time_to_target(run_dir: Path, target: Target) -> TrialTime:
 
 @dataclass
 class Result:
-    """One submission on one workload: every trial's time, each study's (its fastest trial), their median."""
+    """One submission on one workload: every trial's time, each study's (its fastest trial), their median, and
+    each study's best value of the target's metric (its best trial's)."""
 
     trials: dict[int, TrialTime]
     per_study: list[float]
+    best_per_study: list[Optional[float]]
 
     @property
     def time(self) -> float:
@@ -148,7 +156,10 @@ def collect(plan: Plan, out: Path) -> dict[tuple[str, str], Result]:
             trials = {job: time_to_target(sweep_dir / str(job), workload.target)
                       for study in studies(plan) for job in study}
             per_study = [min(trials[job].of(plan.time) for job in study) for study in studies(plan)]
-            results[sub.name, workload.name] = Result(trials, per_study)
+            pick = min if workload.target.mode == "min" else max
+            best = [pick((b for job in study if (b := trials[job].best) is not None), default=None)
+                    for study in studies(plan)]
+            results[sub.name, workload.name] = Result(trials, per_study, best)
     return results
 
 
@@ -157,24 +168,36 @@ def collect(plan: Plan, out: Path) -> dict[tuple[str, str], Result]:
 
 def differences(plan: Plan, results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
     """For each workload, each submission against the fastest: the difference of their per-study times with a
-    Welch t-interval (lrtrain/study.py). `noise`: the interval holds 0, or there are too few finite studies to
-    tell; a submission whose median is inf is not compared (it did not reach the target)."""
+    Welch t-interval (lrtrain/study.py), or, where either median time is inf, of their per-study best values of
+    the target's metric (how close each came). `noise`: the interval holds 0, or there are too few studies with
+    a value to tell."""
     from lrtrain.study import difference
 
     rows = []
     for workload in plan.workloads:
-        ranked = sorted(plan.submissions, key=lambda s: results[s.name, workload.name].time)
+        metric = workload.target.metric
+        sign = 1 if workload.target.mode == "min" else -1
+        ranked = sorted(plan.submissions, key=lambda s: (results[s.name, workload.name].time,
+                                                         sign * _mean(results[s.name, workload.name].best_per_study)))
         best = results[ranked[0].name, workload.name]
         for sub in ranked[1:]:
             mine = results[sub.name, workload.name]
-            if not (math.isfinite(best.time) and math.isfinite(mine.time)):
-                continue
-            d = difference(mine.per_study, best.per_study, plan.confidence)
+            timed = math.isfinite(best.time) and math.isfinite(mine.time)
+            if timed:
+                d = difference(mine.per_study, best.per_study, plan.confidence)
+            else:
+                d = difference(mine.best_per_study, best.best_per_study, plan.confidence)
             noise = d is None or d.low is None or d.low <= 0 <= d.high
             rows.append({"workload": workload.name, "submission": sub.name, "best": ranked[0].name,
-                         "difference": None if d is None else d.mean, "low": None if d is None else d.low,
-                         "high": None if d is None else d.high, "noise": noise})
+                         "of": plan.time if timed else metric, "difference": None if d is None else d.mean,
+                         "low": None if d is None else d.low, "high": None if d is None else d.high,
+                         "noise": noise, "timed": timed})
     return rows
+
+
+def _mean(values: list[Optional[float]]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.inf
 
 
 def report(out: Path) -> None:
@@ -199,14 +222,14 @@ def report(out: Path) -> None:
     write_scores(out / "bench_scores.csv", times, by_name)
     plot_profiles(times, out / "performance_profile.png")
     diffs = differences(plan, results)
-    noise = {(d["submission"], d["workload"]): d["noise"] for d in diffs}
+    noise = {(d["submission"], d["workload"]): d["noise"] for d in diffs if d["timed"]}
     console = Console()
     title = (f"suite {plan.suite}, ruleset {plan.ruleset} ({plan.studies} studies"
              f"{f' x {plan.trials} trials' if plan.ruleset == 'external' else ''}), time to target in {plan.time}")
     console.print(table(times, by_name, plan.time, title, noise))
     for d in diffs:
         if d["difference"] is not None and d["low"] is not None:
-            console.print(f"{d['workload']}: {d['submission']} - {d['best']} = {d['difference']:+.4g} {plan.time} "
+            console.print(f"{d['workload']}: {d['submission']} - {d['best']} = {d['difference']:+.4g} {d['of']} "
                           f"[{d['low']:+.4g}, {d['high']:+.4g}] ({plan.confidence:.0%})"
                           f"{', within noise' if d['noise'] else ''}")
     console.print(f"outputs: {out}")
