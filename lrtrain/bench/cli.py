@@ -45,8 +45,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
+            import signal
+
             from lrtrain.bench.run import default_out, run as run_plan
             from lrtrain.bench.suite import load_plan
+
+            # SIGTERM as an exception, so that the running sweep is stopped with it instead of left behind
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
             plan, out = load_plan(args.overrides)
             run_plan(plan, Path(out) if out else default_out())
