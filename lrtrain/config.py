@@ -260,6 +260,108 @@ class MuonConfig(OptimizerConfig):
               "null with lr=auto (the range test sets one LR for both parts)")
 
 
+
+# The optimizer zoo (pytorch-optimizer): each schema holds the keys its YAML sets; weight decay comes from
+# regularization=[l2] through lrtrain's parameter groups, and the decoupling switch from regularization.l2.decoupled.
+
+
+def check_fraction(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        check(name, value, 0 <= value < 1, "in [0, 1)")
+
+
+@dataclass
+class SOAPConfig(AdamLikeConfig):
+    shampoo_beta: Optional[float] = None  # the preconditioner's moving average; null: betas[1]
+    precondition_frequency: int = MISSING  # steps between eigenbasis updates
+    max_precondition_dim: int = MISSING  # larger dimensions are left unpreconditioned
+    merge_dims: bool = MISSING
+    precondition_1d: bool = MISSING
+    normalize_gradient: bool = MISSING
+    correct_bias: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("shampoo_beta", self.shampoo_beta, self.shampoo_beta is None or 0 <= self.shampoo_beta < 1,
+              "in [0, 1), or null")
+        check("precondition_frequency", self.precondition_frequency, self.precondition_frequency >= 1, ">= 1")
+        check("max_precondition_dim", self.max_precondition_dim, self.max_precondition_dim >= 1, ">= 1")
+
+
+@dataclass
+class KronConfig(OptimizerConfig):
+    momentum: float = MISSING
+    pre_conditioner_update_probability: Optional[float] = None  # null: the package's schedule, 1 decaying to 0.03
+    max_size_triangular: int = MISSING  # larger dimensions get a diagonal preconditioner
+    min_ndim_triangular: int = MISSING
+    momentum_into_precondition_update: bool = MISSING
+    balance_prob: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fraction(self, "momentum")
+        p = self.pre_conditioner_update_probability
+        check("pre_conditioner_update_probability", p, p is None or 0 < p <= 1, "in (0, 1], or null")
+        check("balance_prob", self.balance_prob, 0 <= self.balance_prob <= 1, "in [0, 1]")
+        check_positive(self, "max_size_triangular", "min_ndim_triangular")
+
+
+@dataclass
+class ADOPTConfig(AdamLikeConfig):
+    cautious: bool = MISSING  # mask the update's coordinates whose sign disagrees with the gradient (C-ADOPT)
+
+
+@dataclass
+class MARSConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    gamma: float = MISSING  # the variance-reduction scale
+    mars_type: str = MISSING  # adamw | lion | shampoo
+    optimize_1d: bool = MISSING  # MARS for 1-D parameters too (else AdamW at lr * lr_1d / lr)
+    lr_1d: float = MISSING
+    betas_1d: list[float] = MISSING
+    weight_decay_1d: float = MISSING
+    cautious: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_betas(self)
+        check_betas(self, "betas_1d")
+        check_positive(self, "eps", "lr_1d")
+        check("gamma", self.gamma, self.gamma >= 0, ">= 0")
+        check_choice(self, "mars_type", ("adamw", "lion", "shampoo"))
+        check("weight_decay_1d", self.weight_decay_1d, self.weight_decay_1d >= 0, ">= 0")
+
+
+@dataclass
+class AdEMAMixConfig(OptimizerConfig):
+    betas: list[float] = MISSING  # [beta1, beta2, beta3]: beta3 averages the slow momentum
+    eps: float = MISSING
+    alpha: float = MISSING  # the slow momentum's weight
+    t_alpha_beta3: Optional[float] = None  # steps over which alpha and beta3 warm up; null: none
+    cautious: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("betas", self.betas, len(self.betas) == 3 and all(0 <= b < 1 for b in self.betas),
+              "three numbers in [0, 1)")
+        check_positive(self, "eps", "t_alpha_beta3")
+        check("alpha", self.alpha, self.alpha >= 0, ">= 0")
+
+
+@dataclass
+class ShampooConfig(OptimizerConfig):
+    momentum: float = MISSING
+    preconditioning_compute_steps: int = MISSING  # steps between inverse-root computations
+    matrix_eps: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fraction(self, "momentum")
+        check_positive(self, "preconditioning_compute_steps", "matrix_eps")
+
+
 # ---------------------------------------------------------------------------------------------- schedules
 
 
@@ -833,6 +935,12 @@ SCHEMAS = {
     "schema_optimizer_dadapt_adam": DAdaptAdamConfig,
     "schema_optimizer_prodigy": ProdigyConfig,
     "schema_optimizer_muon": MuonConfig,
+    "schema_optimizer_soap": SOAPConfig,
+    "schema_optimizer_kron": KronConfig,
+    "schema_optimizer_adopt": ADOPTConfig,
+    "schema_optimizer_mars": MARSConfig,
+    "schema_optimizer_ademamix": AdEMAMixConfig,
+    "schema_optimizer_shampoo": ShampooConfig,
     "schema_scheduler": ScheduleConfig,
     "schema_scheduler_step": StepScheduleConfig,
     "schema_scheduler_multistep": MultiStepScheduleConfig,

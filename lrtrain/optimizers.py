@@ -4,8 +4,8 @@ lrtrain's parameter groups, and the few helpers the loop calls whatever the opti
 Weight decay (regularization=l2) reaches the optimizer through its parameter groups. Coupled decay is the
 optimizer's own `weight_decay` (g <- g + wd * p). Decoupled decay is p <- p * (1 - lr * wd) before each
 update: the class's own flag where it has one (`decoupled_weight_decay` on torch's Adam, NAdam, RAdam;
-`decouple` on Prodigy and D-Adapt Adam), else a step pre-hook (`decoupled_decay`) that does exactly that, with
-the group's current LR. Some classes only decouple (`DECOUPLED_BY_DESIGN`): for them the flag changes nothing.
+`decouple` on Prodigy and D-Adapt Adam; `weight_decouple` on pytorch-optimizer's), else a step pre-hook
+(`decoupled_decay`) that does exactly that, with the group's current LR. Some classes only decouple (`DECOUPLED_BY_DESIGN`): for them the flag changes nothing.
 
 Schedule-free optimizers (`train_mode`/`eval_mode`) keep two sequences: training steps are taken at an
 interpolation y, while the weights to evaluate and save are the average x. The loop switches them with the
@@ -32,9 +32,10 @@ from lrtrain.errors import OptimizerInputError
 DECOUPLED_BY_DESIGN = frozenset({
     ("torch", "AdamW"), ("torch", "Adafactor"), ("torch", "Muon"), ("lion_pytorch", "Lion"),
     ("schedulefree", "AdamWScheduleFree"), ("schedulefree", "SGDScheduleFree"), ("lrtrain", "MuonWithAdamW"),
+    ("pytorch_optimizer", "SOAP"),
 })
 # The keyword each class family uses to switch decoupled decay on, in the order they are looked for.
-_DECOUPLE_FLAGS = ("decoupled_weight_decay", "decouple")
+_DECOUPLE_FLAGS = ("decoupled_weight_decay", "decouple", "weight_decouple")  # torch; Prodigy, D-Adapt; pytorch-optimizer
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_1d: bool) -> list[dict[str, Any]]:

@@ -119,3 +119,26 @@ def hashable(value: Value) -> Value:
     if isinstance(value, dict):
         return tuple(sorted((k, hashable(v)) for k, v in value.items()))
     return value
+
+
+def difference(a: Iterable[Optional[float]], b: Iterable[Optional[float]], confidence: float) -> Optional[Estimate]:
+    """mean(a) - mean(b) over their finite values, with Welch's t-interval (unequal variances); no interval
+    unless each side has n >= 2 and they are not both constant (metrics counted in epochs or images often are:
+    their spread is then unknown, not zero). n is that of `a`."""
+    import numpy as np
+
+    x = np.array([v for v in a if v is not None and math.isfinite(v)], dtype=float)
+    y = np.array([v for v in b if v is not None and math.isfinite(v)], dtype=float)
+    if len(x) == 0 or len(y) == 0:
+        return None
+    mean = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return Estimate(len(x), mean)
+    from scipy.special import stdtrit
+
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    if vx + vy == 0:
+        return Estimate(len(x), mean)
+    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))  # Welch-Satterthwaite
+    half = float(stdtrit(df, (1 + confidence) / 2)) * math.sqrt(vx + vy)
+    return Estimate(len(x), mean, math.sqrt(vx + vy), mean - half, mean + half)

@@ -1,0 +1,3 @@
+from lrtrain.bench.cli import main
+
+main()
