@@ -215,7 +215,11 @@ def main() -> None:
     try:
         hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)()
     except RunDirRefused as e:
+        from lrtrain import rundir
         from lrtrain.errors import EXIT_CONFIG
+
+        if rundir.sweep_snapshot is not None:
+            rundir.sweep_snapshot.restore()
 
         print(f"lrtrain: error: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)

@@ -87,6 +87,8 @@ class Snapshot:
 
 # The in-place resume of this process, if any: lrtrain.cli restores it when the run is refused before training.
 resumed_in_place: Optional[Snapshot] = None
+# A sweep's own files as they were before this sweep: lrtrain.cli restores them when the sweep is refused.
+sweep_snapshot: Optional[Snapshot] = None
 # The records this process holds locked, by run dir: a single run's for the process's life, a job's until it ends.
 _held: dict[Path, int] = {}
 _job_states: dict[Path, str] = {}  # what claim_job found in each job dir this process holds
@@ -148,7 +150,7 @@ def claim(config: Any) -> Path:
     log_name = f"{hydra.job.name}.log"
     names = _run_names(hydra.output_subdir, log_name)
     if _resumes_in_place(trainer.resume, target):
-        created = _lock(target, names, None)
+        created = _lock(target, names, None, key="trainer.resume")
         try:
             _check_resumable(target, trainer.resume)
             record = _record(target, hydra.output_subdir) or {}
@@ -164,6 +166,8 @@ def claim(config: Any) -> Path:
             hydra.run.dir = str(target)
         _lock(target, names, _job_config(config))
         return target
+    if trainer.overwrite:  # before anything is made or looked at: these dirs are never a run's to replace
+        _refuse_special(target, "trainer.overwrite=true")
     created_dir = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     created = _lock(target, names, None)
@@ -196,9 +200,7 @@ def _replace(target: Path, record: dict, names: tuple[str, ...], overwrite: bool
     """The dir holds another run (not live: its lock is ours): delete its files when it may be replaced, or
     refuse in one line with advice that works."""
     state = describe_run(target)
-    if overwrite:
-        _refuse_special(target, "trainer.overwrite=true")
-    elif has_result(target):
+    if not overwrite and has_result(target):
         ways = [f"resume it with trainer.resume={_q(target)}"] if _checkpoint(target) else []
         ways += ["replace it with trainer.overwrite=true", "or choose another dir"]
         raise RunDirRefused(f"hydra.run.dir={_q(target)}: holds another run ({state}); {', '.join(ways)}")
@@ -298,7 +300,7 @@ def _job_config(config: Any) -> dict:
     return json.loads(json.dumps(data, default=str))  # tuples as lists, as a record read back has them
 
 
-def _lock(target: Path, names: tuple[str, ...], config: Optional[dict]) -> bool:
+def _lock(target: Path, names: tuple[str, ...], config: Optional[dict], key: str = "hydra.run.dir") -> bool:
     """Take the lock on `target`'s record (creating it), held until `release` or the process ends; refuse a dir
     whose run still lives. With `config`, write the record now. True when this call created the record."""
     import fcntl
@@ -311,7 +313,7 @@ def _lock(target: Path, names: tuple[str, ...], config: Optional[dict]) -> bool:
     except BlockingIOError:
         os.close(fd)
         pid = _read_json(path).get("pid")
-        raise RunDirRefused(f"hydra.run.dir={_q(target)}: " + (
+        raise RunDirRefused(f"{key}={_q(target)}: " + (
             f"is still running (pid {pid}): wait for it to end, or stop it first" if pid else
             "another run claimed it at the same time: choose another dir")) from None
     except BaseException:
@@ -323,10 +325,10 @@ def _lock(target: Path, names: tuple[str, ...], config: Optional[dict]) -> bool:
     return created
 
 
-def _write_record(target: Path, names: tuple[str, ...], config: dict) -> None:
+def _write_record(target: Path, names: tuple[str, ...], config: dict, **extra: Any) -> None:
     """Rewrite the record in place (a rename would move it off the inode the lock is on)."""
     fd = _held[target.resolve()]
-    data = json.dumps({"pid": os.getpid(), "names": sorted(names), "config": config}).encode()
+    data = json.dumps({"pid": os.getpid(), "names": sorted(names), "config": config, **extra}).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)
 
@@ -421,7 +423,7 @@ def claim_sweep(config: Any) -> Path:
     hydra = config.hydra
     target = Path(hydra.sweep.dir)
     explicit = any(o.lstrip("+~").split("=", 1)[0] == "hydra.sweep.dir" for o in hydra.overrides.hydra)
-    if not explicit and not target.exists():
+    if not explicit:
         target = _new_dir(target)
         with read_write(hydra), open_dict(hydra):
             hydra.sweep.dir = str(target)
@@ -436,23 +438,29 @@ def claim_sweep(config: Any) -> Path:
             raise RunDirRefused(f"hydra.sweep.dir={_q(target)}: holds {shown}, not a sweep's: choose another dir")
     target.mkdir(parents=True, exist_ok=True)
     (target / SWEEP_RECORD).touch()
+    global sweep_snapshot
+    sweep_snapshot = Snapshot()
+    for name in ("multirun.yaml",):  # Hydra's sweeper rewrites it before the jobs are checked
+        path = target / name
+        sweep_snapshot.files[path] = path.read_bytes() if path.is_file() else None
     return target
 
 
-def job_state(job_dir: Path, config: Any, overwrite: bool = False) -> str:
+def job_state(job_dir: Path, config: Any, overwrite: bool = False, where: str = "") -> str:
     """The one rule for a job dir of a sweep, under every launcher and sweeper: `new` (empty, or a run of no
     result), `reuse` (a finished run of the same configuration), `resume` (the same configuration,
     unfinished, with a checkpoint), `replace` (trainer.overwrite=true); a dir whose run lives or that holds
     another configuration's result is refused (RunDirRefused), naming the first key that differs."""
     if not job_dir.is_dir() or not any(job_dir.iterdir()):
         return "new"
+    where = where or f"{_q(job_dir)}:"
     pid = live(job_dir)
     if pid:
-        raise RunDirRefused(f"{_q(job_dir)}: is still running (pid {pid}): wait for it to end, or stop it first")
+        raise RunDirRefused(f"{where} is still running (pid {pid}): wait for it to end, or stop it first")
     record = _record(job_dir)
     if record is None:
         names = sorted(p.name for p in job_dir.iterdir())
-        raise RunDirRefused(f"{_q(job_dir)}: holds {', '.join(names[:3])}, not an lrtrain run's: move them out, "
+        raise RunDirRefused(f"{where} holds {', '.join(names[:3])}, not an lrtrain run's: move them out, "
                             "or choose another hydra.sweep.dir")
     if overwrite:
         return "replace"
@@ -460,7 +468,7 @@ def job_state(job_dir: Path, config: Any, overwrite: bool = False) -> str:
         return "new"
     theirs, ours = record.get("config"), _job_config(config)
     if theirs != ours:
-        raise RunDirRefused(f"{_q(job_dir)}: holds a run of another configuration ({_difference(theirs, ours)}); "
+        raise RunDirRefused(f"{where} holds a run of another configuration ({_difference(theirs, ours)}); "
                             "choose another hydra.sweep.dir, or replace its runs with trainer.overwrite=true")
     return "reuse" if _status(job_dir) in RESULTS else "resume"
 
@@ -490,9 +498,24 @@ def claim_job(job_dir: Path, config: Any, hydra_subdir: Optional[str], log_name:
         return _job_states[job_dir.resolve()]
     names = _run_names(hydra_subdir, log_name)
     overwrite = bool(config.trainer.get("overwrite"))
-    # the record, not Hydra's .hydra/config.yaml (already this job's), says what ran here before
-    record_before = _read_json(job_dir / RECORD)
-    state = job_state(job_dir, config, overwrite) if record_before.get("names") else "new"
+    # The record, not Hydra's .hydra/ (already rewritten for this job), says what ran here before.
+    before = _read_json(job_dir / RECORD)
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    where = f"hydra.sweep.dir={_q(hydra.sweep.dir)}: job {hydra.job.num} ({_q(job_dir)})"
+    try:
+        if before.get("names"):
+            state = job_state(job_dir, config, overwrite, where)
+        elif has_result(job_dir) and not overwrite:
+            raise RunDirRefused(f"{where} holds a run lrtrain kept no {RECORD} of (an older lrtrain's): "
+                                "run this sweep with the default launcher once (it checks such runs by their "
+                                "config), or choose another hydra.sweep.dir")
+        else:
+            state = "replace" if overwrite else "new"
+    except RunDirRefused:
+        _put_back(job_dir, hydra_subdir, before.get("hydra") or {})
+        raise
     fresh = _lock(job_dir, names, None)
     try:
         if state in ("new", "replace") and not fresh:
@@ -500,7 +523,7 @@ def claim_job(job_dir: Path, config: Any, hydra_subdir: Optional[str], log_name:
             for entry in job_dir.iterdir():
                 if entry.name in names and entry.name not in keep:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        _write_record(job_dir, names, _job_config(config))
+        _write_record(job_dir, names, _job_config(config), hydra=_hydra_files(job_dir, hydra_subdir))
     except BaseException:
         release(job_dir)
         raise
@@ -508,15 +531,43 @@ def claim_job(job_dir: Path, config: Any, hydra_subdir: Optional[str], log_name:
     return state
 
 
+def _hydra_files(job_dir: Path, hydra_subdir: Optional[str]) -> dict[str, str]:
+    """What Hydra wrote into the job's `.hydra/`: kept in the record, so that a later sweep refused in its job
+    (after Hydra rewrote them, under launchers that do not check a batch first) can put them back."""
+    folder = job_dir / (hydra_subdir or "")
+    if not hydra_subdir or not folder.is_dir():
+        return {}
+    return {p.name: p.read_text() for p in sorted(folder.glob("*.yaml"))}
+
+
+def _put_back(job_dir: Path, hydra_subdir: Optional[str], files: dict[str, str]) -> None:
+    for name, text in files.items():
+        if hydra_subdir and "/" not in name:
+            (job_dir / hydra_subdir / name).write_text(text)
+
+
 def check_jobs(jobs: Iterable[tuple[Path, Any]]) -> None:
     """Apply `job_state` to every job of a batch before any trains: a refusal stops the sweep first."""
     for job_dir, config in jobs:
         if not job_dir.is_dir():
             continue
-        try:
-            job_state(job_dir, config, bool(config.trainer.get("overwrite")))
-        except RunDirRefused as e:
-            raise RunDirRefused(f"hydra.sweep.dir={_q(job_dir.parent)}: job {job_dir.name}: {e}") from None
+        where = f"hydra.sweep.dir={_q(config.hydra.sweep.dir)}: job {config.hydra.job.num} ({_q(job_dir)})"
+        overwrite = bool(config.trainer.get("overwrite"))
+        if job_state(job_dir, config, overwrite, where) != "new" and not overwrite:
+            _adopt(job_dir, config)
+
+
+def _adopt(job_dir: Path, config: Any) -> None:
+    """A run of this job's configuration that an older lrtrain made, without a record: write one (from its own
+    `.hydra/config.yaml`, which Hydra is about to rewrite), so that its job can tell it is the same."""
+    path = job_dir / RECORD
+    if _read_json(path).get("names"):
+        return
+    hydra = config.hydra
+    names = _run_names(hydra.output_subdir, f"{hydra.job.name}.log")
+    record = _record(job_dir, hydra.output_subdir) or {}
+    path.write_text(json.dumps({"names": sorted(names), "config": record.get("config"),
+                                "hydra": _hydra_files(job_dir, hydra.output_subdir)}))
 
 
 def launched_rank() -> Optional[int]:
