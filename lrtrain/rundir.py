@@ -241,15 +241,19 @@ def _delete_run(target: Path, record: dict, names: tuple[str, ...], strict: bool
 
 def _check_resumable(target: Path, resume: str) -> None:
     """A resume in place needs a checkpoint; say what works instead (`auto` without one starts afresh)."""
-    if resume == "auto" or _checkpoint(target) or not (target / "summary.json").is_file():
+    if _checkpoint(target):
         return
+    where = f"trainer.resume={_q(resume)}: no checkpoint in {_q(target / 'checkpoints')}"
+    if not (target / "summary.json").is_file() and _record(target) is None:
+        raise RunDirRefused(f"{where}: give a run dir that has one, a .pt file, or auto")
     again = f"hydra.run.dir={_q(target)}" + (" trainer.overwrite=true" if has_result(target) else "")
     if (target / "lr_find.csv").exists() and not (target / "steps.csv").exists():
         how = f"an LR range test is not resumed: run it again with {again}"
     else:
-        how = f"it never took a step: run the command again with hydra.run.dir={_q(target)}"
-    raise RunDirRefused(f"trainer.resume={_q(resume)}: no checkpoint in {_q(target / 'checkpoints')} "
-                        f"({describe_run(target)}); {how}")
+        how = f"it never took a step: run the command again with {again}"
+    raise RunDirRefused(f"{where} ({describe_run(target)}); {how}")
+
+
 def _resumes_in_place(resume: Optional[str], target: Path) -> bool:
     """`trainer.resume` continues the run in `target`: auto (when it has a checkpoint), the dir itself or one of
     its .pt files."""
@@ -511,6 +515,10 @@ def claim_job(job_dir: Path, config: Any, hydra_subdir: Optional[str], log_name:
             raise RunDirRefused(f"{where} holds a run lrtrain kept no {RECORD} of (an older lrtrain's): "
                                 "run this sweep with the default launcher once (it checks such runs by their "
                                 "config), or choose another hydra.sweep.dir")
+        elif users := sorted(p.name for p in job_dir.iterdir() if p.name in names and p.name not in
+                             (RECORD, hydra_subdir, log_name)):
+            raise RunDirRefused(f"{where} holds {', '.join(users)}, not an lrtrain run's: move them out, or choose "
+                                "another hydra.sweep.dir")
         else:
             state = "replace" if overwrite else "new"
     except RunDirRefused:
