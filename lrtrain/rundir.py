@@ -244,10 +244,12 @@ def _check_resumable(target: Path, resume: str) -> None:
     if _checkpoint(target):
         return
     where = f"trainer.resume={_q(resume)}: no checkpoint in {_q(target / 'checkpoints')}"
-    if not (target / "summary.json").is_file() and _record(target) is None:
+    record = _record(target)
+    if not (target / "summary.json").is_file() and record is None:
         raise RunDirRefused(f"{where}: give a run dir that has one, a .pt file, or auto")
     again = f"hydra.run.dir={_q(target)}" + (" trainer.overwrite=true" if has_result(target) else "")
-    if (target / "lr_find.csv").exists() and not (target / "steps.csv").exists():
+    config = (record or {}).get("config")
+    if isinstance(config, dict) and config.get("mode") == "lr_find" or (target / "lr_find.csv").exists():
         how = f"an LR range test is not resumed: run it again with {again}"
     else:
         how = f"it never took a step: run the command again with {again}"

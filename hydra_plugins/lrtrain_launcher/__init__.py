@@ -43,7 +43,8 @@ class ComposedOnce:
     def peek(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         """The config `load_sweep_config` will hand out for these overrides, composed now and kept for it."""
         cfg = self.load_sweep_config(master_config, sweep_overrides)
-        self.composed.setdefault(tuple(sweep_overrides), []).append(cfg)
+        # at the front: the next peek at the same overrides (a job repeated in the batch) gets another copy
+        self.composed.setdefault(tuple(sweep_overrides), []).insert(0, cfg)
         return cfg
 
     def forget(self) -> None:
@@ -74,10 +75,8 @@ class LrtrainLauncher(BasicLauncher):
         dir holding another configuration's run stops the sweep here, not after the jobs before it."""
         from lrtrain.rundir import check_jobs
 
-        jobs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             cfg = self.hydra_context.config_loader.peek(self.config, list(overrides))
             with open_dict(cfg):
                 cfg.hydra.job.id = cfg.hydra.job.num = idx
-            jobs.append((Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir), cfg))
-        check_jobs(jobs)
+            check_jobs([(Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir), cfg)])
