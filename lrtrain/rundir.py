@@ -150,6 +150,7 @@ def claim(config: Any) -> Path:
     log_name = f"{hydra.job.name}.log"
     names = _run_names(hydra.output_subdir, log_name)
     if _resumes_in_place(trainer.resume, target):
+        snapshot = Snapshot.take(target, hydra.output_subdir, log_name)  # the record too, before the lock makes one
         created = _lock(target, names, None, key="trainer.resume")
         try:
             _check_resumable(target, trainer.resume)
@@ -157,7 +158,7 @@ def claim(config: Any) -> Path:
         except BaseException:
             _unclaim(target, created, False)
             raise
-        resumed_in_place = Snapshot.take(target, hydra.output_subdir, log_name)
+        resumed_in_place = snapshot
         _write_record(target, names, record.get("config") or _job_config(config))
         return target
     if not explicit:
@@ -217,7 +218,8 @@ def _refuse_special(target: Path, how: str) -> None:
                             "choose a dir of its own")
     outputs = (Path.cwd() / "outputs").resolve()
     if outputs == real or real in outputs.parents:
-        raise RunDirRefused(f"hydra.run.dir={_q(target)}: holds the outputs dir {outputs}; {how} deletes run "
+        what = "is" if outputs == real else "holds"
+        raise RunDirRefused(f"hydra.run.dir={_q(target)}: {what} the outputs dir {outputs}; {how} deletes run "
                             "dirs only: choose a dir of its own")
 
 

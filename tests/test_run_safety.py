@@ -319,6 +319,10 @@ def test_a_sweep_run_again_reuses_the_same_jobs_and_refuses_other_ones(tmp_path,
     r = run_lrtrain(*args, "optimizer.lr=0.01,0.03", cwd=tmp_path)
     _one_line_error(r, "holds a run of another configuration (optimizer.lr=0.001 there, 0.01 in this job)")
     assert [_tree(sweep / j) for j in "01"] == jobs and (sweep / "multirun.yaml").read_bytes() == multirun
+    r = run_lrtrain(*args, "optimizer.lr=0.01,0.03", "trainer.overwrite=true", cwd=tmp_path)  # what it advised
+    assert r.returncode == 0, r.stderr
+    assert OmegaConf.load(sweep / "0" / ".hydra" / "config.yaml").optimizer.lr == 0.01
+    assert len((sweep / "0" / "metrics.csv").read_text().splitlines()) == 2  # one run's rows, not appended
 
 
 @pytest.mark.slow
