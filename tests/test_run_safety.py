@@ -120,6 +120,15 @@ def test_overwrite_through_a_symlink_replaces_the_linked_run_and_keeps_the_link(
     assert link.is_symlink() and sorted(p.name for p in run.iterdir()) == [RECORD]  # the old run's files gone
 
 
+def test_resume_through_a_symlink_continues_in_the_linked_dir(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    cfg = _config(link, explicit=False, resume=str(link))
+    assert claim(cfg) == run and cfg.hydra.run.dir == str(run)
+    rundir.release(run)
+
+
 def test_a_symlinked_file_in_a_run_is_unlinked_not_followed(tmp_path):
     outside = tmp_path / "precious.csv"
     outside.write_text("mine\n")
