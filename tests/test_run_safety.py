@@ -307,6 +307,11 @@ def test_a_sweep_dir_of_the_users_files_is_refused(tmp_path):
 SWEEP = ["-m", *QUICK]
 
 
+def _results(job_dir: Path) -> dict[str, bytes]:
+    """A job's files but Hydra's (`.hydra/`, its log, rewritten by every launch) and the record."""
+    return {k: v for k, v in _tree(job_dir).items() if k not in (RECORD, "lrtrain.log") and not k.startswith(".hydra")}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["lrtrain", "fused", "joblib"])
 def test_a_sweep_run_again_reuses_the_same_jobs_and_refuses_other_ones(tmp_path, launcher):
@@ -314,15 +319,11 @@ def test_a_sweep_run_again_reuses_the_same_jobs_and_refuses_other_ones(tmp_path,
     args = [*SWEEP, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"]
     r = run_lrtrain(*args, "optimizer.lr=0.001,0.003", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    jobs = [_tree(sweep / j) for j in "01"]
-    multirun = (sweep / "multirun.yaml").read_bytes()
+    results = [_results(sweep / j) for j in "01"]
     r = run_lrtrain(*args, "optimizer.lr=0.001,0.003", "trainer.progress=plain", cwd=tmp_path)  # progress: no matter
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("(the same configuration); not trained again") == 2
-    for j in "01":  # not trained again, not appended to
-        again = _tree(sweep / j)
-        assert {k: v for k, v in again.items() if k not in (RECORD, "lrtrain.log") and not k.startswith(".hydra")} \
-            == {k: v for k, v in jobs[int(j)].items() if k not in (RECORD, "lrtrain.log") and not k.startswith(".hydra")}
+    assert [_results(sweep / j) for j in "01"] == results  # not trained again, not appended to
     jobs = [_tree(sweep / j) for j in "01"]
     multirun = (sweep / "multirun.yaml").read_bytes()
     r = run_lrtrain(*args, "optimizer.lr=0.01,0.03", cwd=tmp_path)
