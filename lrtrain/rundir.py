@@ -36,6 +36,8 @@ from typing import Any, Iterable, Optional
 
 from hydra.experimental.callback import Callback
 
+from lrtrain.summary import SUCCEEDED
+
 RECORD = ".lrtrain-run"  # a run's record of itself, and the file its lock is on
 SWEEP_RECORD = ".lrtrain-sweep"
 # What a run writes into its dir (besides Hydra's `.hydra/` and `<job name>.log`, named by the config).
@@ -45,7 +47,7 @@ RUN_NAMES = (RECORD, "summary.json", "steps.csv", "metrics.csv", "checkpoints", 
 SWEEP_NAMES = (SWEEP_RECORD, "multirun.yaml", "sweep_summary.csv", "study_summary.csv", "sweep.png",
                "lr_sensitivity.png", "optuna.db", "optimization_results.yaml", "search.png", ".submitit")
 # Statuses of a run that is a result: never replaced without trainer.overwrite=true.
-RESULTS = ("completed", "early_stopped", "diverged", "pruned")
+RESULTS = (*SUCCEEDED, "diverged", "pruned")
 # Keys that do not change a job's result: a sweep run again with other values of them is the same sweep.
 IGNORED_KEYS = ("trainer.progress", "trainer.resume", "trainer.overwrite", "report")
 
