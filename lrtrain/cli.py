@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -22,19 +23,41 @@ def train(cfg: DictConfig) -> Optional[float]:
     """One run. Returns the best monitored value, for Hydra sweepers to optimise (None: the run failed)."""
     from lrtrain.signals import PREEMPTION, STOP
 
-    single = HydraConfig.get().mode.name == "RUN"
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    if STOP:  # a sweep that was interrupted: the jobs after it are listed, not run
-        Summary(status="not_started", stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
-                run_dir=str(out_dir)).write(out_dir / "summary.json")
-        return None
-    PREEMPTION.install()
-    job = None if single else HydraConfig.get().job.num
+    from lrtrain import rundir
+
+    hydra_cfg = HydraConfig.get()
+    single = hydra_cfg.mode.name == "RUN"
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    job = None if single else hydra_cfg.job.num
+    if not single:
+        state = rundir.claim_job(out_dir, cfg, hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log")
+        if state == "reuse":
+            return reused(out_dir, job)
+        if state == "resume" and not cfg.trainer.resume:
+            cfg.trainer.resume = "auto"  # the same job, killed or interrupted: continue it in place
     try:
-        summary = _train(cfg, out_dir)
-    except Exception as e:
-        return failed(e, job)
-    return outcome(summary, out_dir, job)
+        if STOP:  # a sweep that was interrupted: the jobs after it are listed, not run
+            Summary(status="not_started", stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
+                    run_dir=str(out_dir)).write(out_dir / "summary.json")
+            return None
+        PREEMPTION.install()
+        try:
+            summary = _train(cfg, out_dir)
+        except Exception as e:
+            return failed(e, job)
+        return outcome(summary, out_dir, job)
+    finally:
+        if not single:
+            rundir.release(out_dir)
+
+
+def reused(out_dir: Path, job: Optional[int]) -> Optional[float]:
+    """A job whose dir holds a finished run of its configuration (the sweep run again): not trained again, its
+    value is read back."""
+    summary = Summary.read(out_dir / "summary.json")
+    print(f"lrtrain: job {job}: already {summary.status} in {out_dir} (the same configuration); not trained again",
+          file=sys.stderr)
+    return summary.best_value if summary.succeeded else None
 
 
 def failed(e: Exception, job: Optional[int]) -> None:
@@ -64,8 +87,12 @@ def outcome(summary: Summary, out_dir: Path, job: Optional[int]) -> Optional[flo
             print(f"lrtrain: pre-empted ({STOP.name}) {where}; submitit requeues the job, which resumes from "
                   f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
             PREEMPTION.requeue()  # submitit's handler: it requeues the job and exits
-        print(f"lrtrain: interrupted by {STOP.name} {where}; resume with: lrtrain trainer.resume={out_dir}",
-              file=sys.stderr)
+        if not (out_dir / "checkpoints" / "last.pt").is_file():
+            # stopped before its first checkpoint: nothing to resume; the dir holds no result, a re-run claims it
+            how = f"run it again with: lrtrain <the same overrides> hydra.run.dir={shlex.quote(str(out_dir))}"
+        else:
+            how = f"resume with: lrtrain trainer.resume={shlex.quote(str(out_dir))}"
+        print(f"lrtrain: interrupted by {STOP.name} {where}; {how}", file=sys.stderr)
         if single:
             sys.exit(STOP.exit_code)
         return None
@@ -188,7 +215,11 @@ def main() -> None:
     try:
         hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)()
     except RunDirRefused as e:
+        from lrtrain import rundir
         from lrtrain.errors import EXIT_CONFIG
+
+        if rundir.sweep_snapshot is not None:
+            rundir.sweep_snapshot.restore()
 
         print(f"lrtrain: error: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)

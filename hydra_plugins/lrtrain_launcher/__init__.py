@@ -10,12 +10,13 @@ each job with the config composed for its check. Hydra finds it here (plugins li
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Sequence
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 # At most this many composed configs are kept (about 0.2 MB each); jobs past it are composed again.
 REMEMBER = 256
@@ -39,6 +40,13 @@ class ComposedOnce:
             self.composed.setdefault(key, []).append(copy.deepcopy(cfg))
         return cfg
 
+    def peek(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """The config `load_sweep_config` will hand out for these overrides, composed now and kept for it."""
+        cfg = self.load_sweep_config(master_config, sweep_overrides)
+        # at the front: the next peek at the same overrides (a job repeated in the batch) gets another copy
+        self.composed.setdefault(tuple(sweep_overrides), []).insert(0, cfg)
+        return cfg
+
     def forget(self) -> None:
         self.composed.clear()
 
@@ -57,6 +65,18 @@ class LrtrainLauncher(BasicLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         try:
+            self.check_job_dirs(job_overrides, initial_job_idx)
             return super().launch(job_overrides, initial_job_idx)
         finally:
             self.hydra_context.config_loader.forget()  # configs checked for this batch, run or not
+
+    def check_job_dirs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> None:
+        """Apply the job-dir rule (lrtrain.rundir.job_state) to every job of the batch before any trains: a
+        dir holding another configuration's run stops the sweep here, not after the jobs before it."""
+        from lrtrain.rundir import check_jobs
+
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            cfg = self.hydra_context.config_loader.peek(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = cfg.hydra.job.num = idx
+            check_jobs([(Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir), cfg)])

@@ -7,9 +7,10 @@ launcher would. The kept runs are then grouped (`lrtrain.fused.group_key`: model
 size, device, precision); each group of two or more trains fused, a group of one alone. Each job's return
 value is then what `lrtrain.cli.train` returns for it, for sweepers.
 
-Running the same sweep again into the same `hydra.sweep.dir` resumes it: a job whose `summary.json` says it
-finished is not trained again (its value is read back), one that holds `checkpoints/last.pt` without a
-finished summary (killed, interrupted) resumes from it in place, and the others start.
+Running the same sweep again into the same `hydra.sweep.dir` resumes it, by the rule every launcher follows
+(lrtrain.rundir.job_state): a job whose dir holds a finished run of its configuration is not trained again (its
+value is read back), one of its configuration unfinished (killed, interrupted) resumes from its `last.pt` in
+place, and a dir holding another configuration's run stops the sweep before any job trains.
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ from omegaconf import DictConfig, open_dict
 from hydra_plugins.lrtrain_launcher import LrtrainLauncher
 
 log = logging.getLogger(__name__)
-
-# What a finished job's summary.json says: a re-run of the sweep does not train it again.
-FINISHED = ("completed", "early_stopped", "diverged", "pruned")
 
 
 class Prepared:
@@ -51,10 +49,14 @@ class FusedLauncher(LrtrainLauncher):
         self.curve_workers = curve_workers
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from lrtrain import rundir
+
         try:
+            self.check_job_dirs(job_overrides, initial_job_idx)
             return self._launch(job_overrides, initial_job_idx)
         finally:
             self.hydra_context.config_loader.forget()
+            rundir.release_all()  # the jobs' dirs, claimed as each was built (prepare)
 
     def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         setup_globals()
@@ -121,14 +123,15 @@ def prepare(cfg: DictConfig, box: Prepared) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     box.out_dir, box.job = out_dir, hydra_cfg.job.num
+    from lrtrain import rundir
+
+    state = rundir.claim_job(out_dir, cfg, hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log")
+    if state == "reuse":
+        box.skipped = True
+        return cli.reused(out_dir, box.job)
     if STOP:
         return cli.train(cfg)  # a sweep interrupted before this job: listed as not started
-    finished = _finished(out_dir)
-    if finished is not None:
-        box.skipped = True
-        log.info(f"job {box.job}: already {finished.status} in {out_dir}; not trained again")
-        return finished.best_value if finished.succeeded else None
-    if (out_dir / "checkpoints" / "last.pt").is_file() and not cfg.trainer.resume:
+    if state == "resume" and not cfg.trainer.resume:
         cfg.trainer.resume = "auto"  # a job of this sweep that was killed or interrupted: continue it in place
     reason = _unfusable_config(cfg)
     if reason is not None:
@@ -185,20 +188,6 @@ def _unfusable_config(cfg: DictConfig) -> Optional[str]:
     if cfg.optimizer.get("lr") == "auto":
         return "optimizer.lr=auto runs the LR range test first"
     return None
-
-
-def _finished(out_dir: Path) -> Any:
-    """The summary of a job of this sweep that already finished (a re-run of the sweep), or None."""
-    path = out_dir / "summary.json"
-    if not path.is_file():
-        return None
-    from lrtrain.summary import Summary
-
-    try:
-        summary = Summary.read(path)
-    except (OSError, ValueError):
-        return None
-    return summary if summary.status in FINISHED else None
 
 
 def train_groups(returns: list[JobReturn], prepared: list[Prepared], curves: Any = None) -> None:
