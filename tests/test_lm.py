@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from conftest import QUIET, config_error, read_rows
+from conftest import CUSTOM, QUIET, config_error, group_options, read_rows
 from lrtrain.build import build
 from lrtrain.data import TextData
 from lrtrain.errors import ConfigValueError, DataError, DataFileError
@@ -426,3 +426,58 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
         mine = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
         theirs = torch.load(reference.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_ddp_shards_of_an_epoch_are_the_global_batches_windows(compose, corpus):
+    data = load(compose, "dataset=text", f"dataset.path={corpus}", "dataset.block_size=16", "dataset.batch_size=4")
+    whole = [x for x, _ in data.train_batches(torch.Generator().manual_seed(0))]
+    wide = load(compose, "dataset=text", f"dataset.path={corpus}", "dataset.block_size=16", "dataset.batch_size=8")
+    both = wide.batch_size  # a global batch of 2 x 4 windows, drawn as one batch of 8 would be
+    shards = [[x for x, _ in data.train_batches(torch.Generator().manual_seed(0), shard=(r, 2))] for r in (0, 1)]
+    full = [x for x, _ in wide.train_batches(torch.Generator().manual_seed(0))]
+    assert len(shards[0]) == len(shards[1]) == -(-len(data.train) // both) and len(whole) == len(data.train) // 4
+    for a, b, f in zip(shards[0], shards[1], full):
+        assert torch.equal(a, f[0::2]) and torch.equal(b, f[1::2])
+
+
+# ------------------------------------------------------------------------------- composes with everything
+
+TRAIN = ["dataset=text", *TINY, "dataset.val_fraction=0.5"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", group_options("optimizer"))
+def test_every_optimizer_trains_a_gpt(train_briefly, corpus, optimizer):
+    run, rows = train_briefly(*TRAIN, f"dataset.path={corpus}", f"optimizer={optimizer}", steps=4)
+    assert len(rows) == 4 and all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", group_options("scheduler"))
+def test_every_schedule_with_warmup_trains_a_gpt(train_briefly, corpus, scheduler):
+    extra = CUSTOM if scheduler == "custom" else []
+    warmup = [] if scheduler in ("onecycle", "cyclic") else ["warmup=linear", "warmup.length=2steps"]  # own ramps
+    run, rows = train_briefly(*TRAIN, f"dataset.path={corpus}", f"scheduler={scheduler}", *extra, *warmup,
+                              "scheduler.interval=step", steps=6)
+    assert len(rows) == 6 and all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+@pytest.mark.slow
+def test_bf16_label_smoothing_clipping_and_early_stopping_on_val_ppl(train_briefly, corpus, tmp_path):
+    run, rows = train_briefly(*TRAIN, f"dataset.path={corpus}", "trainer.precision=bf16",
+                              "regularization=[label_smoothing,grad_clip,dropout,l2]", "early_stopping=patience",
+                              "early_stopping.monitor=val_ppl", "early_stopping.patience=0",
+                              "optimizer.lr=1e-6", "trainer.max_steps=400", steps=400)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] in ("early_stopped", "completed") and "grad_norm" in rows[0]
+    assert summary["status"] == "completed" or "val_ppl" in summary["stop_reason"]
+    assert math.isfinite(summary["final"]["val_ppl"])
+
+
+@pytest.mark.slow
+def test_the_lr_range_test_runs_on_a_gpt(compose, corpus, tmp_path):
+    from lrtrain.build import build_lr_finder
+
+    cfg = compose(*TRAIN, f"dataset.path={corpus}", "mode=lr_find", "lr_find.num_steps=20", *QUIET)
+    result = build_lr_finder(cfg).run(build(cfg, tmp_path), plots=False)
+    assert result["steps"] > 2 and cfg.lr_find.min_lr <= result["suggested_lr"] <= cfg.lr_find.max_lr
