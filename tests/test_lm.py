@@ -57,11 +57,11 @@ def test_char_level_is_the_sorted_characters_split_90_10(compose, corpus):
     data = load(compose, "dataset=text", f"dataset.path={corpus}", "dataset.block_size=16", "dataset.batch_size=4")
     assert isinstance(data, TextData) and data.vocabulary == "".join(sorted(set(text)))
     assert data.num_classes == len(set(text)) and data.input_shape == (16,)
-    n_val = int(len(text) * 0.1)
-    assert data.decode(data.train.tokens) == text[:len(text) - n_val]  # the first 90%, in order
-    assert data.decode(data.val.tokens) == text[len(text) - n_val:]
+    n_train = int(len(text) * 0.9)
+    assert data.decode(data.train.tokens) == text[:n_train]  # the first 90%, in order
+    assert data.decode(data.val.tokens) == text[n_train:]
     # an epoch: floor(train tokens / (batch x block)) steps of full batches
-    steps = (len(text) - n_val) // (4 * 16)
+    steps = n_train // (4 * 16)
     batches = list(data.train_batches(torch.Generator().manual_seed(0)))
     assert len(batches) == steps and len(data.train) == 4 * steps
     for x, y in batches:
@@ -69,10 +69,10 @@ def test_char_level_is_the_sorted_characters_split_90_10(compose, corpus):
         assert torch.equal(x[:, 1:], y[:, :-1])  # targets: the window shifted one token on
         for row_x, row_y in zip(x, y):
             window = data.decode(row_x) + data.decode(row_y[-1:])
-            assert window in text[:len(text) - n_val]
+            assert window in text[:n_train]
     # validation: consecutive windows, each token predicted once
     ys = torch.cat([y.flatten() for _, y in data.eval_batches(data.val)])
-    assert data.decode(ys) == text[len(text) - n_val:][1:1 + len(data.val) * 16]
+    assert data.decode(ys) == text[n_train:][1:1 + len(data.val) * 16]
 
 
 def test_byte_level_has_256_symbols_and_reads_utf8_as_bytes(compose, corpus):
