@@ -481,3 +481,27 @@ def test_the_lr_range_test_runs_on_a_gpt(compose, corpus, tmp_path):
     cfg = compose(*TRAIN, f"dataset.path={corpus}", "mode=lr_find", "lr_find.num_steps=20", *QUIET)
     result = build_lr_finder(cfg).run(build(cfg, tmp_path), plots=False)
     assert result["steps"] > 2 and cfg.lr_find.min_lr <= result["suggested_lr"] <= cfg.lr_find.max_lr
+
+
+@pytest.mark.slow
+def test_an_optuna_search_over_a_gpt_minimises_val_bpc(lrtrain, corpus, tmp_path):
+    r = lrtrain("hparams_search=optuna", "hydra.sweeper.n_trials=2", "dataset=text", f"dataset.path={corpus}", *TINY,
+                "trainer.max_steps=40", "trainer.monitor=val_bpc", *QUIET, f"hydra.sweep.dir={tmp_path / 's'}")
+    assert r.returncode == 0, r.stderr
+    for job in (0, 1):
+        summary = json.loads((tmp_path / "s" / str(job) / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["monitor"] == "val_bpc"
+        assert summary["best_value"] <= summary["final"]["val_bpc"]  # the best val_bpc of its epochs
+
+
+@pytest.mark.slow
+def test_a_compiled_gpt_matches_eager(compose, corpus, tmp_path):
+    from lrtrain.loop import fit
+
+    losses = {}
+    for compiled in (False, True):
+        cfg = compose("dataset=text", f"dataset.path={corpus}", *TINY, "trainer.max_steps=5",
+                      f"trainer.compile={str(compiled).lower()}", *QUIET)
+        fit(build(cfg, tmp_path / str(compiled)))
+        losses[compiled] = [float(r["loss"]) for r in read_rows(tmp_path / str(compiled) / "steps.csv")]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
