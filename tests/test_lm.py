@@ -505,3 +505,17 @@ def test_a_compiled_gpt_matches_eager(compose, corpus, tmp_path):
         fit(build(cfg, tmp_path / str(compiled)))
         losses[compiled] = [float(r["loss"]) for r in read_rows(tmp_path / str(compiled) / "steps.csv")]
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_train_one_gpt_in_step(corpus, tmp_path):
+    from conftest import Result
+    from test_ddp import torchrun
+
+    proc = torchrun("dataset=text", f"dataset.path={corpus}", *TINY, "trainer.max_steps=30", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    (run_dir,) = [p.parent for p in (tmp_path / "outputs").rglob(".hydra")]
+    summary = Result(0, out, "", run_dir).summary()
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["ranks_in_sync"]
+    assert summary["global_batch_size"] == 8 and math.isfinite(summary["final"]["val_bpc"])
