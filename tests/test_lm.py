@@ -327,6 +327,9 @@ def test_byte_level_trains_and_reports_the_lm_metrics(train_briefly, corpus, tmp
     assert losses[0] == pytest.approx(math.log(256), rel=0.05)  # a uniform guess over 256 bytes at init
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
     metrics = read_rows(tmp_path / "metrics.csv")[-1]
+    assert list(metrics) == ["epoch", "step", "lr", "train_loss", "val_loss", "train_acc", "val_acc", "val_bpc",
+                             "val_ppl", "seconds"]
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["vocabulary"] is None  # bytes
     val = float(metrics["val_loss"])
     assert float(metrics["val_bpc"]) == pytest.approx(val / math.log(2), rel=1e-12)
     assert float(metrics["val_ppl"]) == pytest.approx(math.exp(val), rel=1e-12)
@@ -352,6 +355,7 @@ def test_validation_is_the_mean_nats_per_token(compose, corpus, tmp_path):
 # ------------------------------------------------------------------------------------ real lrtrain runs
 
 
+@pytest.mark.slow  # one lrtrain process: its start-up alone is several seconds
 def test_a_gpt_run_meets_the_outputs_contract(lrtrain, corpus):
     r = lrtrain("dataset=text", f"dataset.path={corpus}", *TINY, "trainer.max_steps=70", "trainer.monitor=val_bpc",
                 "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false")
@@ -393,6 +397,7 @@ def test_gpt_jobs_of_a_fused_sweep_train_alone_saying_why(lrtrain, corpus, tmp_p
         summary = json.loads((tmp_path / "s" / str(job) / "summary.json").read_text())
         assert summary["status"] == "completed" and "fused" not in summary and "val_bpc" in summary["final"]
     assert "final_val_bpc" in (tmp_path / "s" / "sweep_summary.csv").read_text()  # the report shows the LM metrics
+    assert "final val_bpc" in r.stdout and "final val_acc" not in r.stdout  # its ranking table too
 
 
 RESUME = [*TINY, "model.dropout=0.1", "trainer.max_steps=150", "trainer.checkpoint_every_n_steps=7",
