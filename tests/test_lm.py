@@ -524,3 +524,16 @@ def test_two_ddp_ranks_train_one_gpt_in_step(corpus, tmp_path):
     summary = Result(0, out, "", run_dir).summary()
     assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["ranks_in_sync"]
     assert summary["global_batch_size"] == 8 and math.isfinite(summary["final"]["val_bpc"])
+
+
+def test_a_resume_on_a_text_with_another_vocabulary_is_refused(train_briefly, compose, corpus, tmp_path, monkeypatch):
+    from lrtrain.errors import CheckpointError
+
+    train_briefly("dataset=text", f"dataset.path={corpus}", *TINY, steps=3)
+    corpus.write_text(corpus.read_text("utf-8") + "{new characters}", encoding="utf-8")
+    monkeypatch.setattr("lrtrain.build._loaded", {})  # as a new process would, read the file again
+    cfg = compose("dataset=text", f"dataset.path={corpus}", *TINY, "trainer.max_steps=6",
+                  f"trainer.resume={tmp_path / 'checkpoints' / 'last.pt'}", *QUIET)
+    with pytest.raises(CheckpointError, match=r"last.pt: made with another vocabulary than this text's \(\d+ characters "
+                                              r"there, \d+ characters here\): its token ids would mean other"):
+        build(cfg, tmp_path / "again")
