@@ -17,7 +17,7 @@ from torch import nn
 from lrtrain.build_schedule import build_schedule
 from lrtrain.checkpoints import check_layout, load
 from lrtrain.config import TrainerConfig
-from lrtrain.data import FolderData, TensorData
+from lrtrain.data import FolderData, TensorData, TextData
 from lrtrain.durations import Timeline
 from lrtrain.errors import (CheckpointError, ConfigValueError, DataError, FlipError, ModelInputError,
                             OptimizerInputError)
@@ -47,7 +47,7 @@ def resolve_device(name: str) -> torch.device:
 _loaded: dict[str, TensorData] = {}
 
 
-def load_data(node: DictConfig) -> TensorData | FolderData:
+def load_data(node: DictConfig) -> TensorData | FolderData | TextData:
     """The data set a config names. The jobs of a sequential sweep share one in-memory copy (the loop only
     reads it), loaded again only when the dataset config changes other than in its batch sizes."""
     batches = ("batch_size", "eval_batch_size")
@@ -62,7 +62,7 @@ def load_data(node: DictConfig) -> TensorData | FolderData:
             raise e.__cause__ from None
         raise
     _loaded.clear()  # keep one data set in memory, not one per configuration seen
-    if isinstance(data, TensorData):  # a folder's DataLoaders belong to their batch size: not shared
+    if isinstance(data, (TensorData, TextData)):  # a folder's DataLoaders belong to their batch size: not shared
         _loaded[key] = data
     return data
 
@@ -88,7 +88,7 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
         out_dir = Path(dist.from_main(str(out_dir)))  # rank 0's run dir: resume reads it, only rank 0 writes
     data = load_data(cfg.dataset).to(device)
     world = dist.world_size if dist else 1
-    if dist and not isinstance(data, TensorData):
+    if dist and not isinstance(data, (TensorData, TextData)):
         raise ConfigValueError("trainer.strategy", "ddp", f"single with {data.name} (ddp shards in-memory data sets)")
     if dist and (cfg.mode == "lr_find" or cfg.optimizer.lr == "auto"):
         raise ConfigValueError("trainer.strategy", "ddp", "single for the LR range test (run it once, then "
@@ -100,7 +100,8 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
     timeline = Timeline(steps_per_epoch, total_steps)
 
     classify = data.num_classes is not None
-    metrics = ["train_loss", "val_loss"] + (["train_acc", "val_acc"] if classify else [])
+    metrics = (["train_loss", "val_loss"] + (["train_acc", "val_acc"] if classify else [])
+               + (["val_bpc", "val_ppl"] if data.kind == "text" else []))
     _check_logged("trainer.monitor", trainer.monitor, metrics)
 
     reg = cfg.regularization
@@ -108,6 +109,7 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
     if model_kwargs and "dropout" not in inspect.signature(get_object(cfg.model._target_)).parameters:
         raise ConfigValueError("regularization", "dropout", f"a list without dropout: {cfg.model._target_} "
                                                            "has no dropout")
+    _check_inputs(cfg.model._target_, data)
     try:
         model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_classes or 1,
                             **model_kwargs, _convert_="all").to(device)
@@ -151,6 +153,11 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
         if path is not None:
             resume = load(path)
             check_layout(path, resume, {f.name for f in fields(Position)})
+            # before the model's shapes, which a vocabulary of another size changes: this says why
+            if isinstance(data, TextData) and "vocabulary" in resume and resume["vocabulary"] != data.vocabulary:
+                raise CheckpointError(f"{path}: made with another vocabulary than this text's "
+                                      f"({_symbols(resume['vocabulary'])} there, {_symbols(data.vocabulary)} "
+                                      "here): its token ids would mean other characters")
             check_compatible(path, resume, config, model)
             in_place = path.resolve().parent.parent == out_dir.resolve()
     sinks: list[Sink] = []
@@ -205,6 +212,20 @@ def _check_momentum_cycling(schedule, optimizer, cfg: DictConfig) -> None:
                                "train/eval switch undoes the interpolation with the momentum it was made with)")
 
 
+def _symbols(vocabulary: Optional[str]) -> str:
+    return "256 bytes" if vocabulary is None else f"{len(vocabulary)} characters"
+
+
+def _check_inputs(target: str, data) -> None:
+    """Token ids (the text data sets) go to a model that embeds them, and only there."""
+    tokens = getattr(get_object(target), "takes_tokens", False)
+    if tokens != (data.kind == "text"):
+        name = target.rsplit(".", 1)[-1].lower()
+        why = (f"{name} reads token ids (dataset=text or shakespeare)" if tokens
+               else f"{data.name} is token ids, which only model=gpt reads")
+        raise ConfigValueError("model", name, f"a model for {data.name}'s inputs: {why}")
+
+
 def _check_logged(key: str, metric: str | None, metrics: list[str]) -> None:
     """A monitored metric (when one is set) must be one the run logs."""
     if metric is not None and metric not in metrics:
@@ -257,7 +278,7 @@ def _step_hooks(reg: DictConfig, model: nn.Module, data) -> StepHooks:
     params = [p for p in model.parameters() if p.requires_grad]
     augment = None
     if reg.augment is not None:
-        if data.kind == "tabular":
+        if data.kind in ("tabular", "text"):
             raise ConfigValueError("regularization", "augment",
                                    f"a list without augment: {data.name} is not an image data set")
         try:

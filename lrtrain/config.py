@@ -569,6 +569,15 @@ class WarmupConfig:
 
 
 @dataclass
+class LinearWarmupConfig(WarmupConfig):
+    offset: int = MISSING  # 0: step 0 at start_factor (torch's LinearLR); 1: the ramp counts the step taken (nanoGPT)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("offset", self.offset, self.offset >= 0, "an integer >= 0")
+
+
+@dataclass
 class NoWarmupConfig:
     """warmup=none: no keys, so `warmup.length=...` is refused (as `scheduler.gamma` is with scheduler=constant)
     rather than silently ignored."""
@@ -704,17 +713,28 @@ class TargetConfig(MonitoredStoppingConfig):
 
 
 @dataclass
-class DatasetConfig:
+class BatchesConfig:
+    """What every data set has: batch sizes and the fraction held out for validation."""
+
     _target_: str = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     val_fraction: float = MISSING
-    split_seed: int = MISSING
 
     def __post_init__(self) -> None:
         check_positive(self, "batch_size", "eval_batch_size")
-        check_seed(self, "split_seed")
         check("val_fraction", self.val_fraction, 0 < self.val_fraction < 1, "in (0, 1)")
+
+
+@dataclass
+class DatasetConfig(BatchesConfig):
+    """A data set of examples, whose validation split is drawn at random with its own seed."""
+
+    split_seed: int = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_seed(self, "split_seed")
 
 
 def validation_size(n: int, val_fraction: float) -> int:
@@ -768,6 +788,38 @@ class FolderDatasetConfig(DatasetConfig):
 
 
 @dataclass
+class TextConfig(BatchesConfig):
+    """A text as a sequence of tokens: the first 1 - val_fraction for training, the rest for validation (no
+    random split: neighbouring windows overlap, so a random one would leak validation text into training)."""
+
+    level: str = MISSING  # char | byte
+    block_size: int = MISSING  # tokens per window
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self, "level", ("char", "byte"))
+        check_positive(self, "block_size")
+
+
+@dataclass
+class TextFileConfig(TextConfig):
+    path: Optional[str] = None  # null: the embedded corpus
+
+
+@dataclass
+class ShakespeareConfig(TextConfig):
+    root: str = MISSING
+    download: bool = MISSING
+    url: str = MISSING
+    sha256: str = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("sha256", self.sha256, len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256),
+              "64 lowercase hexadecimal digits")
+
+
+@dataclass
 class ModelConfig:
     _target_: str = MISSING
 
@@ -818,6 +870,23 @@ class ViTConfig(ModelConfig):
     def __post_init__(self) -> None:
         check_positive(self, "patch_size", "depth", "heads", "width", "mlp_width")
         check("width", self.width, self.width % self.heads == 0, f"a multiple of heads ({self.heads})")
+
+
+@dataclass
+class GPTConfig(ModelConfig):
+    n_layer: int = MISSING
+    n_head: int = MISSING
+    n_embd: int = MISSING
+    dropout: float = MISSING
+    bias: bool = MISSING  # biases in the Linear layers and LayerNorms
+    norm_position: str = MISSING  # pre | post
+    block_size: Optional[int] = None  # the longest context (position embeddings); null: dataset.block_size
+
+    def __post_init__(self) -> None:
+        check_positive(self, "n_layer", "n_head", "n_embd", "block_size")
+        check("n_embd", self.n_embd, self.n_embd % self.n_head == 0, f"a multiple of n_head ({self.n_head})")
+        check("dropout", self.dropout, 0 <= self.dropout < 1, "in [0, 1)")
+        check_choice(self, "norm_position", ("pre", "post"))
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -955,6 +1024,7 @@ SCHEMAS = {
     "schema_scheduler_plateau": PlateauScheduleConfig,
     "schema_scheduler_wsd": WSDScheduleConfig,
     "schema_warmup": WarmupConfig,
+    "schema_warmup_linear": LinearWarmupConfig,
     "schema_warmup_exponential": ExponentialWarmupConfig,
     "schema_warmup_none": NoWarmupConfig,
     "schema_early_stopping_none": EarlyStoppingConfig,
@@ -964,10 +1034,13 @@ SCHEMAS = {
     "schema_dataset_torchvision": TorchvisionDatasetConfig,
     "schema_dataset_regression": RegressionDatasetConfig,
     "schema_dataset_folder": FolderDatasetConfig,
+    "schema_dataset_text": TextFileConfig,
+    "schema_dataset_shakespeare": ShakespeareConfig,
     "schema_model": ModelConfig,
     "schema_model_mlp": MLPConfig,
     "schema_model_cnn": CNNConfig,
     "schema_model_vit": ViTConfig,
+    "schema_model_gpt": GPTConfig,
     "schema_trainer": TrainerConfig,
     "schema_lr_find": LRFindConfig,
     "schema_report": ReportConfig,

@@ -8,7 +8,8 @@ loaders that need it, to keep `lrtrain`'s start-up close to `import torch` alone
 A data set is a batch source for the loop: `train_batches(generator)` yields one epoch of (inputs, targets)
 in an order drawn from `generator` (a generator on the training device, saved in checkpoints), and
 `eval_batches(split)` walks a split in order. `TensorData` does this with an index permutation; `FolderData`
-(a user's own image folders, too big to hold whole) with a DataLoader and worker processes.
+(a user's own image folders, too big to hold whole) with a DataLoader and worker processes; `TextData` (a text
+for a language model) with windows at random offsets, drawn an epoch at a time on the same generator.
 """
 
 from __future__ import annotations
@@ -468,3 +469,189 @@ def folder(root: str, test_root: Optional[str], image_size: int, mean: list[floa
     as_stored = lambda v: torch.tensor(v, dtype=torch.float32).reshape(-1, 1, 1) * 255  # noqa: E731
     return FolderData("folder", train, val, test, len(full.classes), as_stored(mean),
                       as_stored(std), batch_size, eval_batch_size, image_size, num_workers)
+
+
+# -------------------------------------------------------------------------------------------------- text
+
+
+@dataclass
+class TextSplit:
+    """A split of a text: its token ids, one int64 tensor. `len` counts the windows of an epoch (training) or
+    of one pass over the split (validation): what the loop counts as samples."""
+
+    tokens: torch.Tensor
+    windows: int
+
+    def __len__(self) -> int:
+        return self.windows
+
+
+@dataclass
+class TextData:
+    """A text as token ids, for a language model: a sample is a window of `block_size` tokens, its targets the
+    same window shifted one token on.
+
+    Training windows start at random offsets drawn from the run's generator, one draw of a whole epoch's
+    offsets at its start (as TensorData draws its permutation), so a resume mid-epoch replays them exactly. An
+    epoch is floor(training tokens / (batch_size x block_size)) steps (at least one): about one pass over the
+    training text. Validation reads the split once, in consecutive windows that do not overlap.
+    """
+
+    name: str
+    train: TextSplit
+    val: TextSplit
+    vocabulary: Optional[str]  # level=char: the text's sorted characters (token i is vocabulary[i]); byte: None
+    block_size: int
+    batch_size: int
+    eval_batch_size: int
+    test: Optional[TextSplit] = None  # a text has no test split
+    kind: str = "text"
+
+    def __post_init__(self) -> None:
+        # the epoch's windows depend on the batch size, which a sweep may change on shared data (build.load_data)
+        steps = max(1, len(self.train.tokens) // (self.batch_size * self.block_size))
+        self.train = TextSplit(self.train.tokens, steps * self.batch_size)
+        self.val = TextSplit(self.val.tokens, (len(self.val.tokens) - 1) // self.block_size)
+
+    @property
+    def num_classes(self) -> int:
+        return 256 if self.vocabulary is None else len(self.vocabulary)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.block_size,)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # token ids go to the model's embedding as they are
+
+    def train_batches(self, generator: torch.Generator, start: int = 0,
+                      shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch `start` on: (inputs, targets), each [batch_size, block_size].
+
+        `shard=(rank, world_size)`: every rank draws the same offsets and takes every world_size-th window of
+        each global batch of batch_size x world_size windows."""
+        tokens, block, bs = self.train.tokens, self.block_size, self.batch_size
+        rank, world = shard
+        step = bs * world
+        n = -(-len(self.train) // step) * step  # whole global batches
+        # nanoGPT's get_batch: offsets in [0, len - block), so every window has its block + 1 tokens
+        offsets = torch.randint(len(tokens) - block, (n,), generator=generator, device=generator.device)
+        windows = tokens.unfold(0, block + 1, 1)  # a view: row i is tokens[i : i + block + 1]
+        for i in range(start * step, n, step):
+            w = windows.index_select(0, offsets[i + rank:i + step:world])
+            yield w[:, :-1], w[:, 1:]
+
+    def eval_batches(self, split: TextSplit) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Consecutive non-overlapping windows of a split, eval_batch_size at a time."""
+        block, n = self.block_size, len(split)
+        x = split.tokens[:n * block].view(n, block)
+        y = split.tokens[1:n * block + 1].view(n, block)
+        for i in range(0, n, self.eval_batch_size):
+            yield x[i:i + self.eval_batch_size], y[i:i + self.eval_batch_size]
+
+    def decode(self, tokens: torch.Tensor) -> str:
+        """Token ids back to text (bytes that do not form UTF-8 are shown as U+FFFD)."""
+        ids = tokens.flatten().tolist()
+        if self.vocabulary is None:
+            return bytes(ids).decode("utf-8", errors="replace")
+        return "".join(self.vocabulary[i] for i in ids)
+
+    def to(self, device: torch.device) -> "TextData":
+        return replace(self, train=TextSplit(self.train.tokens.to(device), len(self.train)),
+                       val=TextSplit(self.val.tokens.to(device), len(self.val)))
+
+
+def _embedded_text() -> tuple[str, str]:
+    """Python's own documentation topics (pydoc_data, part of the standard library): about 465,000 characters
+    of English prose and code, on every machine that runs lrtrain, with no download."""
+    from pydoc_data.topics import topics
+
+    return "pydoc_data.topics (Python's documentation topics)", "".join(topics[k] for k in sorted(topics))
+
+
+def _tokens(raw: bytes, where: str, level: str) -> tuple[torch.Tensor, Optional[str]]:
+    """Token ids of a text and its vocabulary (None: bytes). `raw` must be UTF-8 at either level: a byte-level
+    model of a file that is not text at all is a mistake worth a line, not a run."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{where}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
+                            "dataset=text reads UTF-8 files") from None
+    if level == "byte":
+        import numpy as np
+
+        return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).astype(np.int64)), None
+    vocabulary = "".join(sorted(set(text)))
+    lookup = {c: i for i, c in enumerate(vocabulary)}
+    return torch.tensor([lookup[c] for c in text], dtype=torch.int64), vocabulary
+
+
+def _text_data(name: str, where: str, raw: bytes, level: str, block_size: int, batch_size: int,
+               eval_batch_size: int, val_fraction: float) -> TextData:
+    tokens, vocabulary = _tokens(raw, where, level)
+    n_train = int(len(tokens) * (1 - val_fraction))  # nanoGPT's prepare.py: int(n * 0.9)
+    train, val = tokens[:n_train], tokens[n_train:]
+    unit = "characters" if level == "char" else "bytes"
+    for split, part in ((train, "training split (the first"), (val, "validation split (the last")):
+        if len(split) < block_size + 1:
+            share = 1 - val_fraction if part.startswith("training") else val_fraction
+            raise DataFileError(f"{where}: its {part} {share:.0%}) has {len(split)} {unit}, shorter than one "
+                                f"window of dataset.block_size + 1 = {block_size + 1}: use a longer text, a "
+                                "smaller block_size or another val_fraction")
+    return TextData(name, TextSplit(train, 0), TextSplit(val, 0), vocabulary, block_size, batch_size,
+                    eval_batch_size)
+
+
+def text(path: Optional[str], level: str, block_size: int, batch_size: int, eval_batch_size: int,
+         val_fraction: float) -> TextData:
+    """A UTF-8 text file (`path`; null: the embedded corpus) as characters or bytes."""
+    if path is None:
+        where, content = _embedded_text()
+        raw = content.encode("utf-8")
+    else:
+        file = Path(path).expanduser()
+        where = str(file)
+        try:
+            raw = file.read_bytes()
+        except OSError as e:
+            raise DataError(f"dataset.path={path}: cannot read {file}: {e.strerror or _first_line(e)}") from None
+    return _text_data("text", where, raw, level, block_size, batch_size, eval_batch_size, val_fraction)
+
+
+def shakespeare(root: str, download: bool, url: str, sha256: str, level: str, block_size: int, batch_size: int,
+                eval_batch_size: int, val_fraction: float) -> TextData:
+    """Tiny Shakespeare (Karpathy's char-rnn corpus, 1,115,394 characters), in <root>/tinyshakespeare/input.txt.
+
+    torchvision's `download_url` fetches it into a temporary name; it becomes input.txt only once its sha256 is
+    the published one, so a failed or cut download leaves nothing that looks finished. (torchvision's own
+    integrity check is MD5, and the checksum published for this file is a sha256: hashlib checks it.)
+    """
+    import hashlib
+
+    folder = Path(root).expanduser() / "tinyshakespeare"
+    file = folder / "input.txt"
+    if not file.is_file():
+        if not download:
+            raise DataError(f"tiny Shakespeare not found: expected {file}; set dataset.download=true (needs "
+                            "network access), or point dataset.root at a folder holding tinyshakespeare/input.txt")
+        from torchvision.datasets.utils import download_url
+
+        part = folder / ".input.txt.part"
+        try:
+            download_url(url, str(folder), filename=part.name)
+        except (OSError, ValueError) as e:  # urllib's URLError is an OSError
+            part.unlink(missing_ok=True)
+            raise DataError(f"dataset.url={url}: download failed ({_first_line(e)}); check network access, or "
+                            f"put the file at {file}") from None
+        got = hashlib.sha256(part.read_bytes()).hexdigest()
+        if got != sha256:
+            part.unlink()
+            raise DataFileError(f"{url}: downloaded a file whose sha256 is {got}, expected {sha256} "
+                                "(dataset.sha256); nothing was kept")
+        part.replace(file)
+    raw = file.read_bytes()
+    got = hashlib.sha256(raw).hexdigest()
+    if got != sha256:
+        raise DataFileError(f"{file}: sha256 {got}, expected {sha256} (dataset.sha256): not tiny Shakespeare, or "
+                            "corrupt; delete it to download it again")
+    return _text_data("shakespeare", str(file), raw, level, block_size, batch_size, eval_batch_size, val_fraction)

@@ -48,6 +48,8 @@ def unfusable(run: Run) -> Optional[str]:
         return "ddp"
     if run.settings.compile:
         return "trainer.compile: the fused step has its own forward pass, which torch.compile does not compile"
+    if run.data.kind == "text":  # the fused step and validation are written for one target per sample
+        return "a language model (dataset=text): the fused step and its validation take one target per sample"
     if not isinstance(run.data, TensorData):
         return f"{run.data.name} is read from folders, not held in memory"
     kind = FUSED_OPTIMIZERS.get(type(opt))

@@ -26,7 +26,7 @@ from torch import nn
 
 import lrtrain
 from lrtrain.checkpoints import load, remove_temporaries, save_atomic, save_copies
-from lrtrain.data import FolderData, TensorData
+from lrtrain.data import FolderData, TensorData, TextData
 from lrtrain.distributed import Dist, weights_hash
 from lrtrain.durations import Timeline
 from lrtrain.config import TrainerConfig
@@ -49,7 +49,7 @@ class Run:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Schedule | Warmup  # lr(step, base_lr), observe(epoch, metrics), state_dict()
-    data: TensorData | FolderData  # a batch source: train_batches(generator, start), eval_batches(split)
+    data: TensorData | FolderData | TextData  # a batch source: train_batches(generator, start), eval_batches(split)
     loss_fn: nn.Module
     hooks: StepHooks  # what regularization adds to the step
     stopper: EarlyStopping  # early stopping and the divergence guard
@@ -103,24 +103,32 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Any, data: TensorData | FolderData, amp: Any) -> dict[str, float]:
-    """Mean loss (and accuracy when classifying) over a whole split, in eval mode."""
+def evaluate(model: nn.Module, split: Any, data: TensorData | FolderData | TextData, amp: Any) -> dict[str, float]:
+    """Mean loss (and accuracy when classifying) per target over a whole split, in eval mode. A language
+    model predicts every token of a window: its logits [batch, time, vocabulary] are flattened to one row per
+    target, so the loss is in nats per token."""
     model.eval()
-    loss_sum = torch.zeros((), device=data.mean.device)
-    correct = torch.zeros((), device=data.mean.device, dtype=torch.long)
+    loss_sum: Any = 0.0
+    correct: Any = 0
+    n = 0
     for stored, y in data.eval_batches(split):
         with amp:
             out = model(data.inputs(stored))
         if data.num_classes is None:
-            loss_sum += F.mse_loss(out.float().squeeze(-1), y, reduction="sum")
+            loss_sum = loss_sum + F.mse_loss(out.float().squeeze(-1), y, reduction="sum")
         else:
-            loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-    n = len(split)
-    result = {"loss": loss_sum.item() / n}
+            loss_sum = loss_sum + F.cross_entropy(out.float().flatten(0, -2), y.flatten(), reduction="sum")
+            correct = correct + (out.argmax(-1) == y).sum()
+        n += y.numel()
+    result = {"loss": float(loss_sum) / n}
     if data.num_classes is not None:
-        result["acc"] = correct.item() / n
+        result["acc"] = int(correct) / n
     return result
+
+
+def language_metrics(val_loss: float) -> dict[str, float]:
+    """A language model's validation loss (nats per token) as bits per character (or byte) and perplexity."""
+    return {"val_bpc": val_loss / math.log(2), "val_ppl": math.exp(val_loss) if val_loss < 700 else math.inf}
 
 
 def versions() -> dict[str, str]:
@@ -163,6 +171,7 @@ class Trainer:
     def __init__(self, run: Run):
         self.run, self.settings = run, run.settings
         self.classify = run.data.num_classes is not None
+        self.language = run.data.kind == "text"  # val_bpc, val_ppl; accuracy per token
         self.base_lrs = [group["lr"] for group in run.optimizer.param_groups]  # the configured LRs
         self.order = torch.Generator(device=run.device).manual_seed(run.settings.seed)
         self.pos = Position(order_state=self.order.get_state())
@@ -202,6 +211,8 @@ class Trainer:
             "rng": rng_state(),
             "config": run.config,
             "versions": versions(),
+            # a language model's token ids decode with its vocabulary (None: bytes)
+            **({"vocabulary": run.data.vocabulary} if self.language else {}),
         }
 
     def restore(self, ckpt: dict[str, Any], keep_history: bool = False) -> None:
@@ -273,7 +284,8 @@ class Trainer:
             if not run.resumed_in_place:  # continuing into a new run dir: its CSVs start at the checkpoint
                 self.pos.steps_rows = self.pos.metrics_rows = 0
         self.metric_cols = ["epoch", "step", "lr", "train_loss", "val_loss",
-                            *(["train_acc", "val_acc"] if self.classify else []), "seconds"]
+                            *(["train_acc", "val_acc"] if self.classify else []),
+                            *(["val_bpc", "val_ppl"] if self.language else []), "seconds"]
         self.step_cols = (["step", "epoch", "lr", "loss"] + (["grad_norm"] if run.hooks.clip else [])
                           + (["rollbacks"] if settings.on_divergence == "rollback" else [])
                           + (["effective_lr"] if self.logs_effective_lr else [])
@@ -500,8 +512,11 @@ class Trainer:
         row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr,
                                "train_loss": pos.loss_sum / pos.seen, "val_loss": val["loss"]}
         if self.classify:
-            row["train_acc"] = pos.correct / pos.seen
+            # a language model's correct predictions are tokens, block_size of them per window
+            row["train_acc"] = pos.correct / (pos.seen * (run.data.block_size if self.language else 1))
             row["val_acc"] = val["acc"]
+        if self.language:
+            row.update(language_metrics(val["loss"]))
         row["seconds"] = time.perf_counter() - started
         for sink in self.sinks:
             sink.on_epoch(row)

@@ -1,12 +1,16 @@
 """Models. Each takes its input shape and output size from the data set; dropout from regularization.
 
 torchvision is imported only when `resnet18` or `vit` is built, to keep start-up close to `import torch` alone.
+`GPT` is the one model that reads token ids (`takes_tokens`): the text data sets are for it alone.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lrtrain.errors import ModelInputError
@@ -143,3 +147,96 @@ def vit(input_shape: tuple[int, ...], num_outputs: int, patch_size: int, depth: 
         nn.init.trunc_normal_(model.conv_proj.weight, std=math.sqrt(1 / (c * patch_size * patch_size)))
         nn.init.zeros_(model.conv_proj.bias)
     return model
+
+
+# -------------------------------------------------------------------------------------------------- GPT
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention in which each position sees itself and the positions before it (torch's
+    scaled_dot_product_attention with is_causal=True, which picks a fused kernel where one fits)."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
+        super().__init__()
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # query, key and value in one matmul
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.n_head, self.dropout = n_head, dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+                   for z in self.c_attn(x).split(c, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=True)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)))
+
+
+class GPTBlock(nn.Module):
+    """Attention then a 4x GELU MLP, each in a residual branch: normalised before the branch (`pre`, GPT-2 and
+    nanoGPT) or after the sum (`post`, the original Transformer, which needs warmup to train)."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, norm_position: str):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd, bias=bias), nn.GELU(),
+                                 nn.Linear(4 * n_embd, n_embd, bias=bias), nn.Dropout(dropout))
+        self.pre = norm_position == "pre"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x))
+        return self.ln_2(x + self.mlp(x))
+
+
+class GPT(nn.Module):
+    """A decoder-only Transformer as in nanoGPT: token and learned position embeddings, `n_layer` blocks, a
+    final LayerNorm (pre-norm only: post-norm blocks already end on one), and an output head that shares the
+    token embedding's weights. Logits [batch, time, vocabulary] for token ids [batch, time].
+
+    Initialisation is nanoGPT's (GPT-2's): every Linear and Embedding weight N(0, 0.02), biases 0, and the
+    projections that end a residual branch N(0, 0.02 / sqrt(2 n_layer)), so the residual stream's variance does
+    not grow with depth.
+    """
+
+    takes_tokens = True
+
+    def __init__(self, input_shape: tuple[int, ...], num_outputs: int, n_layer: int, n_head: int, n_embd: int,
+                 dropout: float, bias: bool, norm_position: str, block_size: Optional[int] = None):
+        super().__init__()
+        if len(input_shape) != 1:
+            raise ModelInputError(f"gpt reads windows of token ids (dataset=text or shakespeare), not inputs of "
+                                  f"shape {tuple(input_shape)}")
+        window = input_shape[0]
+        block_size = window if block_size is None else block_size
+        if block_size < window:
+            raise ModelInputError(f"model.block_size={block_size} is shorter than the data's windows "
+                                  f"(dataset.block_size={window}): set model.block_size >= {window}, or null")
+        self.block_size = block_size
+        self.wte = nn.Embedding(num_outputs, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.h = nn.ModuleList(GPTBlock(n_embd, n_head, dropout, bias, norm_position) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=bias) if norm_position == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(n_embd, num_outputs, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: one matrix embeds tokens and scores them
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for block in self.h:  # the projections back into the residual stream
+            for proj in (block.attn.c_proj, block.mlp[2]):
+                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        t = idx.shape[1]
+        pos = torch.arange(t, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))

@@ -53,12 +53,14 @@ class TrainStep:
             stored = hooks.augment(stored)
         with self.amp:
             output = self._forward(self.data.inputs(stored))
-            loss = self.loss_fn(output if self.classify else output.squeeze(-1), y)
+            # a language model's [batch, time, vocabulary] logits: one row per token (a no-op for [batch, classes])
+            loss = (self.loss_fn(output.flatten(0, -2), y.flatten()) if self.classify
+                    else self.loss_fn(output.squeeze(-1), y))
         opt.zero_grad(set_to_none=True)
         (loss + hooks.penalty() if hooks.penalty is not None else loss).backward()  # logged: the data loss
         norm = hooks.clip() if hooks.clip is not None else None
         opt.step()
-        correct = (output.argmax(1) == y).sum() if self.classify else None
+        correct = (output.argmax(-1) == y).sum() if self.classify else None
         return StepResult(loss.detach(), correct, norm, step_size)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

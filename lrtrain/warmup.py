@@ -54,10 +54,19 @@ class Warmup:
 
 
 class LinearWarmup(Warmup):
-    """factor = start_factor + (1 - start_factor) * t / length   (torch LinearLR(start_factor, total_iters=length))."""
+    """factor = start_factor + (1 - start_factor) * (t + offset) / (length + offset).
+
+    offset 0 is torch's LinearLR(start_factor, total_iters=length): step 0 runs at start_factor * lr. offset 1
+    counts the step being taken, as nanoGPT's `lr * (it + 1) / (warmup + 1)` does (with start_factor 0): step 0
+    already moves the weights, and the ramp still ends on the schedule's first value at step `length`.
+    """
+
+    def __init__(self, schedule: Schedule, length: int, start_factor: float, offset: int):
+        super().__init__(schedule, length, start_factor)
+        self.offset = offset
 
     def factor(self, t: int) -> float:
-        return self.start_factor + (1.0 - self.start_factor) * t / self.ticks
+        return self.start_factor + (1.0 - self.start_factor) * (t + self.offset) / (self.ticks + self.offset)
 
 
 class ExponentialWarmup(Warmup):

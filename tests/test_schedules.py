@@ -340,6 +340,17 @@ def test_exponential_warmup_is_geometric(schedule):
     assert s(w, 0.1) == 0.1  # the schedule's first value, exactly
 
 
+@pytest.mark.parametrize("start_factor", [0.0, 0.25])
+def test_linear_warmup_offset_counts_the_step_being_taken(schedule, start_factor):
+    """offset 1: factor = s + (1 - s)(t + 1)/(w + 1); with s = 0, nanoGPT's lr (it + 1)/(warmup + 1): no step at 0."""
+    w = 10
+    s = schedule("scheduler=constant", "warmup=linear", f"warmup.length={w}steps",
+                 f"warmup.start_factor={start_factor}", "warmup.offset=1", spe=45, total=90)
+    expected = [0.1 * (start_factor + (1 - start_factor) * (k + 1) / (w + 1)) for k in range(w)]
+    assert_close(ours_curve(s, w, 0.1), expected)
+    assert s(0, 0.1) > 0 and s(w, 0.1) == 0.1
+
+
 # ------------------------------------------------------------------------ warmup: ends exactly, never at 0
 
 
@@ -352,7 +363,9 @@ def test_warmup_reaches_the_schedule_exactly(schedule, compose, name, kind):
     spe, total, w = 45, 900, 60
     s = schedule(f"scheduler={name}", *(CUSTOM if name == "custom" else []), f"warmup={kind}",
                  f"warmup.length={w}steps", spe=spe, total=total)
-    start_factor = compose(f"warmup={kind}").warmup.start_factor
+    warmup = compose(f"warmup={kind}").warmup
+    offset = warmup.get("offset", 0)  # linear's: the ramp counts the step being taken
+    start_factor = warmup.start_factor + (1 - warmup.start_factor) * offset / (w + offset)
     curve = ours_curve(s, total, 0.1)
     assert all(v > 0 for v in curve)
     if name == "inverse_sqrt":  # Noam: linear from 1/w of the peak to the peak at the last warmup step
