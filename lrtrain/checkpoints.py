@@ -118,8 +118,8 @@ _LAYOUT = {"model": dict, "optimizer": dict, "schedule": dict, "early_stopping":
 
 
 def check_layout(path: Path, ckpt: dict[str, Any], position_keys: set[str]) -> None:
-    """A checkpoint a resume can use: every part it reads, of the type it reads, and a position this version
-    knows (older checkpoints may lack newer position fields; those take their defaults)."""
+    """A checkpoint a resume can use: every part it reads, of the type it reads, and a position with exactly
+    this version's fields (a missing one would silently restart its count from a default)."""
     def refuse(why: str) -> CheckpointError:
         return CheckpointError(f"{path}: not an lrtrain checkpoint of this version ({why})")
 
@@ -131,6 +131,9 @@ def check_layout(path: Path, ckpt: dict[str, Any], position_keys: set[str]) -> N
     unknown = sorted(set(ckpt["position"]) - position_keys)
     if unknown:
         raise refuse(f"its position has {', '.join(map(repr, unknown))}, unknown here")
+    lacking = sorted(position_keys - set(ckpt["position"]))
+    if lacking:
+        raise refuse(f"its position lacks {', '.join(map(repr, lacking))}")
     missing = [k for k in ("python", "numpy", "torch") if k not in ckpt["rng"]]
     if missing:
         raise refuse(f"its rng lacks {', '.join(map(repr, missing))}")

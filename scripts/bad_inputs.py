@@ -168,6 +168,10 @@ CASES = [
     # checkpoints
     Case("checkpoints", "another layout", ["trainer.resume=ckpt.pt"],
          setup=_checkpoint(_torch_save({"model": {}, "step": 3, "optimizer": {}})), code=2),
+    Case("checkpoints", "position lacks a key", ["trainer.resume=ckpt.pt"],
+         setup=_checkpoint(_torch_save({"model": {}, "optimizer": {}, "schedule": {}, "early_stopping": {}, "step": 1,
+                                        "epoch": 0, "position": {"step": 1, "epoch": 0},
+                                        "rng": {"python": 0, "numpy": 0, "torch": 0}, "config": {}})), code=2),
     Case("checkpoints", "code payload", ["trainer.resume=ckpt.pt"],
          setup=_checkpoint(_torch_save({"model": _Code(), "step": 1})), code=2),
     Case("checkpoints", "garbage", ["trainer.resume=ckpt.pt"],

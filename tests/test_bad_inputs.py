@@ -62,7 +62,7 @@ def test_a_worker_error_names_the_file(tmp_path):
 
 
 GOOD = {"model": {}, "optimizer": {}, "schedule": {}, "early_stopping": {}, "step": 1, "epoch": 0,
-        "position": {"step": 1}, "rng": {"python": 0, "numpy": 0, "torch": 0}, "config": {}}
+        "position": {"step": 1, "epoch": 0, "batch": 0}, "rng": {"python": 0, "numpy": 0, "torch": 0}, "config": {}}
 
 
 @pytest.mark.parametrize("change,why", [
@@ -70,10 +70,12 @@ GOOD = {"model": {}, "optimizer": {}, "schedule": {}, "early_stopping": {}, "ste
     ({"rng": None}, "missing 'rng'"),
     ({"schedule": None}, "missing 'schedule'"),
     ({"position": [1, 2]}, "its 'position' is a list, expected a dict"),
-    ({"position": {"step": 1, "cursor": 3}}, "its position has 'cursor', unknown here"),
+    ({"position": {"step": 1, "epoch": 0, "batch": 0, "cursor": 3}}, "its position has 'cursor', unknown here"),
+    ({"position": {"step": 1, "epoch": 0}}, "its position lacks 'batch'"),
     ({"rng": {"torch": 0}}, "its rng lacks 'python', 'numpy'"),
 ])
 def test_checkpoints_of_another_layout_are_refused(tmp_path, change, why):
+    check_layout(tmp_path / "good.pt", GOOD, {"step", "epoch", "batch"})  # the control
     ckpt = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
     path = tmp_path / "old.pt"
     with pytest.raises(CheckpointError) as e:
