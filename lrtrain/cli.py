@@ -24,14 +24,22 @@ def train(cfg: DictConfig) -> Optional[float]:
 
     single = HydraConfig.get().mode.name == "RUN"
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    if STOP:  # a sweep that was interrupted: the jobs after it are listed, not run
+    if STOP and not single:  # a sweep that was interrupted: the jobs after it are listed, not run (a single
+        # run signalled as it starts goes on to where a stop is honoured, and ends `interrupted` there)
         Summary(status="not_started", stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
                 run_dir=str(out_dir)).write(out_dir / "summary.json")
         return None
     PREEMPTION.install()
     job = None if single else HydraConfig.get().job.num
+    from lrtrain.errors import Interrupted
+
     try:
         summary = _train(cfg, out_dir)
+    except Interrupted as e:  # before training: nothing to resume; a sweep goes on to list its other jobs
+        print(f"lrtrain: {'' if job is None else f'job {job} '}interrupted by {e}", file=sys.stderr)
+        if job is None:
+            sys.exit(STOP.exit_code)
+        return None
     except Exception as e:
         return failed(e, job)
     return outcome(summary, out_dir, job)
@@ -170,8 +178,15 @@ def record_failure(out_dir: Path, e: BaseException) -> None:
         snapshot.restore()
         return
     if out_dir.is_dir():
-        status, cause = (("interrupted", "KeyboardInterrupt") if isinstance(e, KeyboardInterrupt) else
-                         ("failed", describe(e)[0]))
+        from lrtrain.errors import Interrupted
+        from lrtrain.signals import STOP
+
+        if isinstance(e, Interrupted):
+            status, cause = "interrupted", str(e)
+        elif isinstance(e, KeyboardInterrupt):  # a second signal, or SIGINT before lrtrain's handler took it
+            status, cause = "interrupted", STOP.name or "SIGINT"
+        else:
+            status, cause = "failed", describe(e)[0]
         Summary(status=status, stop_reason=cause, run_dir=str(out_dir)).write(out_dir / "summary.json")
 
 

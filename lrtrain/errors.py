@@ -44,6 +44,11 @@ class InputFileError(Exception):
     writes (edited, corrupt, from elsewhere): names the file and what was expected."""
 
 
+class Interrupted(Exception):
+    """A signal stopped a run before it trained (in the LR range test, which has no checkpoint to resume from):
+    it ends `interrupted`, with exit 128 + the signal. The message says which signal, and where."""
+
+
 class WriteError(Exception):
     """An output that could not be written (a full disk, a folder without write permission): names the file."""
 
