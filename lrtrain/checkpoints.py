@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import errno
+import io
 import os
 import re
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lrtrain.errors import CheckpointError, WriteError
+from lrtrain.errors import CheckpointError, write_error
 from lrtrain.signals import STOP
 
 
@@ -21,22 +20,28 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
     A rename within one file system is atomic, so a kill at any instant leaves the old file or the new one.
+    The checkpoint is serialised in memory and written in one call: torch's own file writer reports a full disk
+    as an `enforce fail` RuntimeError without the errno ("unexpected pos ...", "file write failed"), while a
+    plain write raises the OSError that says ENOSPC.
     """
+    buffer = io.BytesIO()
+    with STOP.shielded():  # torch turns an exception raised inside its writer into an `enforce fail` error
+        torch.save(obj, buffer)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise _write_error(path, e) from None
+        raise write_error(path, e, _KEPT) from None
     try:
         with STOP.shielded(), os.fdopen(fd, "wb") as f:  # a second Ctrl-C stops right after the write
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
             os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)  # the previous checkpoint at `path` is untouched
-        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "write failed" in str(e)):
-            raise _write_error(path, e) from None
+        if isinstance(e, OSError):
+            raise write_error(path, e, _KEPT) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -45,19 +50,7 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         os.close(dir_fd)
 
 
-def _write_error(path: Path, e: BaseException) -> WriteError:
-    """A failed write in the user's words. torch reports a full disk as its own RuntimeError ("[enforce fail at
-    inline_container.cc] ... file write failed"), without the errno: the free space says what happened."""
-    code = getattr(e, "errno", None)
-    if code is None:
-        try:
-            code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 1 << 20 else None
-        except OSError:
-            pass
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return WriteError(f"no space left on device writing {path} (the previous checkpoint, if any, is intact)")
-    reason = os.strerror(code) if code else str(e).strip().splitlines()[-1][:160]
-    return WriteError(f"could not write {path}: {reason}")
+_KEPT = "the previous checkpoint, if any, is intact"
 
 
 def save_copies(obj: dict[str, Any], paths: list[Path]) -> None:

@@ -4,6 +4,8 @@ but the config-dir lookup, so every other module can import it."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -51,6 +53,15 @@ class Interrupted(Exception):
 
 class WriteError(Exception):
     """An output that could not be written (a full disk, a folder without write permission): names the file."""
+
+
+def write_error(path: Path, e: OSError, kept: str = "") -> WriteError:
+    """A failed write in the user's words, naming the file; `kept`: what is left intact, when it matters."""
+    note = f" ({kept})" if kept else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(f"no space left on device writing {path}{note}")
+    reason = os.strerror(e.errno) if e.errno else _first_line(str(e))[:160] or type(e).__name__
+    return WriteError(f"could not write {path}: {reason}{note}")
 
 
 class ModelInputError(ValueError):
