@@ -24,9 +24,6 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     as an `enforce fail` RuntimeError without the errno ("unexpected pos ...", "file write failed"), while a
     plain write raises the OSError that says ENOSPC.
     """
-    buffer = io.BytesIO()
-    with STOP.shielded():  # torch turns an exception raised inside its writer into an `enforce fail` error
-        torch.save(obj, buffer)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -34,6 +31,8 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         raise write_error(path, e, _KEPT) from None
     try:
         with STOP.shielded(), os.fdopen(fd, "wb") as f:  # a second Ctrl-C stops right after the write
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
