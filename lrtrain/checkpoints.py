@@ -69,6 +69,9 @@ def save_copies(obj: dict[str, Any], paths: list[Path]) -> None:
 def remove_temporaries(folder: Path) -> None:
     """Remove the temporary files of writes that were killed before their rename (`.<name>.*.tmp`)."""
     for tmp in folder.glob(".*.tmp"):
+        if tmp.is_dir() and not tmp.is_symlink():  # not one of lrtrain's: it writes files only
+            raise CheckpointError(f"{tmp}: a folder named like a checkpoint's temporary file, which lrtrain removes "
+                                  f"from {folder} before it writes there; move it elsewhere")
         tmp.unlink(missing_ok=True)
 
 

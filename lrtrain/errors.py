@@ -61,6 +61,8 @@ def write_error(path: Path, e: OSError, kept: str = "") -> WriteError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return WriteError(f"no space left on device writing {path}{note}")
     reason = os.strerror(e.errno) if e.errno else _first_line(str(e))[:160] or type(e).__name__
+    if e.filename is not None and str(e.filename) != str(path):  # its temporary file (a folder in the way?)
+        reason = f"{e.filename}: {reason}"
     return WriteError(f"could not write {path}: {reason}{note}")
 
 

@@ -172,6 +172,8 @@ CASES = [
          setup=_checkpoint(_torch_save({"model": {}, "optimizer": {}, "schedule": {}, "early_stopping": {}, "step": 1,
                                         "epoch": 0, "position": {"step": 1, "epoch": 0},
                                         "rng": {"python": 0, "numpy": 0, "torch": 0}, "config": {}})), code=2),
+    Case("checkpoints", "a folder named like a temporary", ["trainer.resume=auto"],
+         setup=lambda tmp: (tmp / "run" / "checkpoints" / ".last.pt.1.tmp").mkdir(parents=True), code=2),
     Case("checkpoints", "code payload", ["trainer.resume=ckpt.pt"],
          setup=_checkpoint(_torch_save({"model": _Code(), "step": 1})), code=2),
     Case("checkpoints", "garbage", ["trainer.resume=ckpt.pt"],

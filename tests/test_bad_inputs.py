@@ -146,6 +146,16 @@ def test_a_full_disk_keeps_the_previous_json(tmp_path):
     assert json.loads(path.read_text()) == {"status": "running"} and os.listdir(tmp_path) == ["summary.json"]
 
 
+def test_a_folder_in_the_way_of_a_temporary_json_is_named(tmp_path):
+    from lrtrain.writers import write_json_atomic
+
+    (tmp_path / ".summary.json.tmp").mkdir()
+    with pytest.raises(WriteError) as e:
+        write_json_atomic({"status": "completed"}, tmp_path / "summary.json")
+    assert str(e.value) == (f"could not write {tmp_path / 'summary.json'}: {tmp_path / '.summary.json.tmp'}: "
+                            "Is a directory")
+
+
 @pytest.mark.slow
 def test_a_full_file_system_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
     """A real 6 MB tmpfs (a private mount: `unshare -m`, root only): the second epoch's checkpoint does not fit."""
