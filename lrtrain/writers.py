@@ -62,7 +62,8 @@ def write_json_atomic(obj: dict[str, Any], path: Path) -> None:
             f.write(text)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        if not tmp.is_dir():  # a folder in the way is not lrtrain's to remove
+            tmp.unlink(missing_ok=True)
         raise write_error(path, e) from None
 
 
