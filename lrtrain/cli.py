@@ -200,6 +200,9 @@ def main() -> None:
 
     STOP.install()
     register()
+    from lrtrain.config import yaml_floats
+
+    sys.argv[1:] = yaml_floats(sys.argv[1:])
     try:
         hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)()
     except RunDirRefused as e:

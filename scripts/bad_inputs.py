@@ -138,6 +138,9 @@ CASES = [
     Case("non-finite", "gamma=inf", ["scheduler=step", "scheduler.gamma=inf"], code=2),
     Case("non-finite", "betas with nan", ["optimizer.betas=[0.9,nan]"], code=2),
     Case("non-finite", "weight_decay=-inf", ["regularization=[l2]", "regularization.l2.weight_decay=-inf"], code=2),
+    Case("non-finite", "eps=.inf (YAML's spelling)", ["optimizer.eps=.inf"], code=2),
+    Case("non-finite", "betas with .nan", ["optimizer.betas=[0.9,.nan]"], code=2),
+    Case("non-finite", "schedule lr=.nan", ["optimizer.lr=.nan", "out=none"], tool="lrtrain-schedule", code=2),
     Case("non-finite", "schedule lr=nan", ["optimizer.lr=nan", "out=none"], tool="lrtrain-schedule", code=2),
     # options
     Case("options", "warmup.length without warmup", ["warmup.length=5ep"], code=2),
