@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -70,18 +71,27 @@ def outcome(summary: Summary, out_dir: Path, job: Optional[int]) -> Optional[flo
         where = f"at step {summary.steps}" + (f" of job {job}" if not single else "")
         if PREEMPTION.pending:
             print(f"lrtrain: pre-empted ({STOP.name}) {where}; submitit requeues the job, which resumes from "
-                  f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
+                  f"{shlex.quote(str(out_dir / 'checkpoints' / 'last.pt'))}", file=sys.stderr)
             PREEMPTION.requeue()  # submitit's handler: it requeues the job and exits
-        print(f"lrtrain: interrupted by {STOP.name} {where}; resume with: lrtrain trainer.resume={out_dir}",
+        print(f"lrtrain: interrupted by {STOP.name} {where}; resume with: {resume_command(out_dir)}",
               file=sys.stderr)
         if single:
             sys.exit(STOP.exit_code)
         return None
     if single and summary.status == "diverged":
         print(f"lrtrain: diverged: {summary.stop_reason}; the last good state is in "
-              f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
+              f"{shlex.quote(str(out_dir / 'checkpoints' / 'last.pt'))}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
     return summary.best_value if summary.succeeded else None
+
+
+def resume_command(run_dir: Path) -> str:
+    """`lrtrain trainer.resume=<run_dir>` as a line to paste into a shell: quoted for the shell, and for Hydra
+    too where its grammar would split the path (a comma, a bracket, a quote)."""
+    text = str(run_dir)
+    if any(c in text for c in ",=[]{}()'\"") or text != text.strip():
+        text = "'" + text.replace("'", "\\'") + "'"
+    return f"lrtrain {shlex.quote(f'trainer.resume={text}')}"
 
 
 def sweep_position() -> tuple[Optional[Path], Optional[int]]:
