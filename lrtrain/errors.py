@@ -178,6 +178,18 @@ def _out_of_memory(e: BaseException) -> str | None:
     return None
 
 
+def _yaml_error(e: BaseException) -> str | None:
+    """A config file that is not valid YAML (a --config-dir of the user's): its file, line and PyYAML's reason."""
+    import yaml
+
+    if not isinstance(e, yaml.MarkedYAMLError):
+        return None
+    mark = e.problem_mark or e.context_mark
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "a config file"
+    reason = "; ".join(part for part in (e.context, e.problem) if part)
+    return f"{where}: not valid YAML ({reason})"
+
+
 _FULL_KEY = re.compile(r"^full_key: (\S+)$", re.M)
 
 
@@ -199,6 +211,9 @@ def describe(e: BaseException) -> tuple[str, int]:
             return f"{where}too large to build: {memory}; make it smaller", EXIT_CONFIG
         message, code = describe(cause)
         return where + message, code
+    yaml_error = _yaml_error(e)
+    if yaml_error:
+        return yaml_error, EXIT_CONFIG
     if isinstance(e, MissingConfigException):
         missing = getattr(e, "missing_cfg_file", None) or ""
         options = getattr(e, "options", None)

@@ -119,6 +119,9 @@ CASES = [
     Case("config", "blocklisted _target_", ["model._target_=os.system"], code=2),
     Case("config", "unknown option in a list", ["regularization=[l2,foo]"], code=2),
     Case("config", "custom scheduler without class", ["scheduler=custom"], code=2),
+    Case("config", "malformed YAML on the search path", ["hydra.searchpath=[file://conf]", "optimizer=mine"],
+         setup=lambda tmp: ((tmp / "conf" / "optimizer").mkdir(parents=True),
+                            (tmp / "conf" / "optimizer" / "mine.yaml").write_text("lr: [0.1\nbetas: :\n")), code=2),
     Case("config", "zero epochs", ["trainer.max_epochs=0"], code=2),
     # durations
     Case("durations", "T_0=0 (used to hang)", ["scheduler=cosine_restarts", "scheduler.T_0=0"], code=2),

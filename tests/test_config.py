@@ -192,3 +192,13 @@ def test_option_not_enabled_is_one_line_from_the_cli(lrtrain):
     r = lrtrain("regularization.l2.weight_decay=0.1")
     assert (r.returncode, r.stderr.strip()) == (2, "lrtrain: error: regularization.l2.weight_decay: l2 is not "
                                                    "enabled; add it: regularization=[l2]")
+
+
+def test_malformed_yaml_in_a_config_dir_names_the_file_and_line(lrtrain, tmp_path):
+    mine = tmp_path / "conf" / "optimizer" / "mine.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("_target_: torch.optim.Adam\nlr: [0.1\nbetas: :\n")
+    r = lrtrain("--config-dir", str(tmp_path / "conf"), "optimizer=mine")
+    assert (r.returncode, r.stderr.strip()) == (
+        2, f"lrtrain: error: {mine}, line 3, column 6: not valid YAML (while parsing a flow sequence; expected ',' "
+           "or ']', but got ':')")
