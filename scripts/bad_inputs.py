@@ -188,6 +188,8 @@ CASES = [
     # report inputs
     Case("report", "summary.json a list", ["sweep", "--no-plots"], tool="lrtrain-report",
          setup=_sweep(lambda s: (s / "0" / "summary.json").write_text("[1, 2]")), code=2),
+    Case("report", "summary.json nested 100,000 deep", ["sweep", "--no-plots"], tool="lrtrain-report",
+         setup=_sweep(lambda s: (s / "0" / "summary.json").write_text("[" * 100_000 + "]" * 100_000)), code=2),
     Case("report", "overrides.yaml a number", ["sweep", "--no-plots"], tool="lrtrain-report",
          setup=_sweep(lambda s: (s / "1" / ".hydra" / "overrides.yaml").write_text("5")), code=2),
 ]

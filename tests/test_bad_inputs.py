@@ -216,6 +216,7 @@ def _sweep(root):
     ("0/.hydra/overrides.yaml", "5", "expected a list of overrides, found int (not written by Hydra?)"),
     ("0/.hydra/hydra.yaml", "- a", "expected Hydra's settings (a mapping), found list (not written by Hydra?)"),
     ("1/.hydra/config.yaml", "just text", "expected a config (a mapping), found str (not written by Hydra?)"),
+    ("0/summary.json", "[" * 100_000 + "]" * 100_000, "not an lrtrain summary (JSON nested too deeply to read)"),
 ])
 def test_report_on_malformed_job_files_names_the_file(tmp_path, capsys, file, content, why):
     from lrtrain.report import main
@@ -228,6 +229,55 @@ def test_report_on_malformed_job_files_names_the_file(tmp_path, capsys, file, co
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "\n" not in err
     assert err.startswith(f"lrtrain-report: error: {sweep / file}: {why}")
+
+
+def _sweep_csv(sweep, name="sweep_summary.csv"):
+    import csv
+
+    with open(sweep / name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_caps_a_huge_cause(tmp_path, capsys):
+    """A crash or a hostile file can leave megabytes of stop_reason: the table and the CSV get its start."""
+    from lrtrain.report import main
+
+    sweep = _sweep(tmp_path / "sweep")
+    path = sweep / "1" / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "status": "failed", "stop_reason": "x" * 5_000_000}))
+    main([str(sweep), "--no-plots"])
+    out = capsys.readouterr().out
+    cause = {row["job"]: row["cause"] for row in _sweep_csv(sweep)}["1"]
+    assert cause.startswith("xxx") and cause.endswith("... (5,000,000 characters in all)") and len(cause) < 600
+    assert 0 < len(out) < 20_000 and "5,000,000 characters in all" in out.replace("\n", "")
+
+
+def test_report_reads_a_nan_best_value_as_missing(tmp_path, capsys):
+    """NaN is not JSON (lrtrain writes null): as a number it broke the best-first order and counted in n."""
+    from lrtrain.report import main
+
+    sweep = _sweep(tmp_path / "sweep")
+    path = sweep / "0" / "summary.json"
+    path.write_text(path.read_text().replace('"best_value": 0.51', '"best_value": NaN'))
+    main([str(sweep), "--no-plots"])
+    assert [row["job"] for row in _sweep_csv(sweep)] == ["1", "0"]  # the valid job first
+    study = {row["configuration"]: row for row in _sweep_csv(sweep, "study_summary.csv")}
+    assert (study["optimizer.lr=0.01"]["n"], study["optimizer.lr=0.02"]["n"]) == ("0", "1")
+    assert study["optimizer.lr=0.01"]["rank"] == "2"
+
+
+def test_report_says_which_folders_it_left_out(tmp_path, capsys):
+    from lrtrain.report import main
+
+    sweep = _sweep(tmp_path / "sweep")
+    import shutil
+
+    shutil.rmtree(sweep / "1" / ".hydra")
+    main([str(sweep), "--no-plots"])
+    err = capsys.readouterr().err.strip()
+    assert err == (f"lrtrain-report: left out 1 folder with a summary.json but no .hydra/ (what they ran is "
+                   f"unknown): {sweep / '1'}")
+    assert [row["job"] for row in _sweep_csv(sweep)] == ["0"]
 
 
 def test_report_on_a_malformed_run_summary_names_it(tmp_path, capsys):
