@@ -634,7 +634,8 @@ def plot_sensitivity(study: Study, path: Path) -> dict[int, dict[str, Any]]:
         ax.set(xlabel=x, ylabel=name)
         _title(ax, f"{name} vs {x}")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize="small")
+        if drawn:  # a panel with no point (every job failed) has nothing to label: matplotlib would warn
+            ax.legend(fontsize="small")
     ns = sorted({c.n for c in study.configs if c.n})
     if ns and ns[-1] > 1:
         n = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}"

@@ -280,6 +280,22 @@ def test_report_says_which_folders_it_left_out(tmp_path, capsys):
     assert [row["job"] for row in _sweep_csv(sweep)] == ["0"]
 
 
+def test_report_plots_a_sweep_whose_jobs_all_failed_without_warnings(tmp_path, capsys):
+    """lr_sensitivity.png with no point: matplotlib's legend warning (with its source path) reached stderr."""
+    import warnings
+
+    from lrtrain.report import main
+
+    sweep = _sweep(tmp_path / "sweep")
+    for job in "01":
+        path = sweep / job / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "status": "failed", "best_value": None}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        main([str(sweep)])
+    assert (sweep / "lr_sensitivity.png").is_file() and capsys.readouterr().err == ""
+
+
 def test_report_on_a_malformed_run_summary_names_it(tmp_path, capsys):
     from lrtrain.report import main
 
