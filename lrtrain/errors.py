@@ -46,6 +46,11 @@ class InputFileError(Exception):
     writes (edited, corrupt, from elsewhere): names the file and what was expected."""
 
 
+class LoggerStoreError(Exception):
+    """A logger's store that cannot be used (an MLflow tracking URI that is not a database, is read-only, or
+    a server that refuses): names the key and the file or URL."""
+
+
 class Interrupted(Exception):
     """A signal stopped a run before it trained (in the LR range test, which has no checkpoint to resume from):
     it ends `interrupted`, with exit 128 + the signal. The message says which signal, and where."""
@@ -238,7 +243,7 @@ def describe(e: BaseException) -> tuple[str, int]:
     text = _worker_cause(str(e)) or str(e)
     if isinstance(e, (CheckpointError, DataFileError, InputFileError)):
         return _first_line(text), EXIT_CONFIG  # bad input, like a bad config value
-    if isinstance(e, (DataError, WriteError)):
+    if isinstance(e, (DataError, WriteError, LoggerStoreError)):
         return _first_line(text), EXIT_FAILED
     memory = _out_of_memory(e)
     if memory:
