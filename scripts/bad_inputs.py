@@ -114,6 +114,7 @@ CASES = [
     Case("config", "val_fraction leaves nothing", ["dataset.val_fraction=0.9999"], code=2),
     Case("config", "seed beyond torch", ["trainer.seed=100000000000000000000000"], code=2),
     Case("config", "huge model", ["model.hidden=[100000000000]"], code=2),
+    Case("config", "vit 10^8 blocks deep", ["model=vit", "model.depth=100000000"], code=2),
     Case("config", "huge data set", ["dataset=regression", "dataset.num_samples=100000000000000", "model=linear"],
          code=2),
     Case("config", "blocklisted _target_", ["model._target_=os.system"], code=2),

@@ -12,12 +12,10 @@ import torch
 from conftest import QUIET, run_lrtrain
 from datafiles import write_image_folder
 from lrtrain.checkpoints import check_layout, load, save_atomic
-from lrtrain.errors import EXIT_CONFIG, EXIT_FAILED, CheckpointError, WriteError, describe
+from lrtrain.errors import EXIT_CONFIG, EXIT_FAILED, CheckpointError, ConfigValueError, WriteError, describe
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["model.hidden=[100000000000]"], "model: too large to build: out of memory: one allocation of 23.3 TiB failed; "
-                                      "make it smaller"),
     (["dataset=regression", "dataset.num_samples=100000000000000", "model=linear"],
      "dataset: too large to build: out of memory: one allocation of 3.55 PiB failed; make it smaller"),
     (["dataset.val_fraction=0.9999"],
@@ -35,6 +33,26 @@ def test_bad_sizes_are_one_line_before_training(compose, tmp_path, overrides, me
         build(compose(*overrides, *QUIET), tmp_path)
     assert describe(e.value) == (message, EXIT_CONFIG)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("overrides,keys", [
+    (["model.hidden=[100000000000]"], "model.hidden=[100000000000]"),
+    (["model=vit", "model.depth=100000000"],  # built, it grew by 120 MB/s until the out-of-memory killer
+     "model.depth=100000000, model.width=64, model.mlp_width=128, model.patch_size=4"),
+    (["model=cnn", "model.channels=[1000000,1000000]"], "model.channels=[1000000, 1000000], model.hidden=128"),
+])
+def test_models_too_large_for_memory_are_refused_before_building(compose, tmp_path, overrides, keys):
+    import re
+
+    from lrtrain.build import build
+
+    with pytest.raises(ConfigValueError) as e:
+        build(compose(*overrides, *QUIET), tmp_path)
+    message, code = describe(e.value)
+    assert code == EXIT_CONFIG and re.fullmatch(
+        rf"model='\w+': must be a model that fits in memory: {re.escape(keys)} gives about [\d.e+]+ parameters, "
+        r"whose weights and gradients alone take [\d.]+ [TPE]iB, and cpu has [\d.]+ \w+ available; make it smaller",
+        message), message
 
 
 @pytest.mark.parametrize("key", ["trainer.seed", "dataset.split_seed", "dataset.seed"])

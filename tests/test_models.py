@@ -51,6 +51,21 @@ def test_every_model_trains_a_step_on_images(compose, option, shape):
     assert after < before
 
 
+@pytest.mark.parametrize("shape", IMAGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("option", group_options("model"))
+def test_the_size_estimate_is_the_models_parameter_count(compose, option, shape):
+    """What build checks against the memory available, from the config alone, for every model (and norm)."""
+    from omegaconf import OmegaConf
+
+    from lrtrain.models import parameter_count
+
+    for norm in (["model.norm=none", "model.norm=batch", "model.norm=layer"] if option in ("mlp", "cnn") else [None]):
+        node = compose(f"model={option}", *[norm] if norm else []).model
+        model = instantiate(node, input_shape=shape, num_outputs=7, _convert_="all")
+        own = {k: v for k, v in OmegaConf.to_container(node).items() if k != "_target_"}
+        assert parameter_count(node._target_, shape, 7, **own) == sum(p.numel() for p in model.parameters()), norm
+
+
 @pytest.mark.parametrize("option", group_options("model"))
 def test_tabular_inputs_train_or_are_refused(compose, option):
     if option not in TAKES_TABULAR:
