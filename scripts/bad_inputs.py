@@ -1,4 +1,4 @@
-"""Fifty bad inputs, each run as a real `lrtrain`, `lrtrain-schedule` or `lrtrain-report` process: every one must
+"""The bad inputs found so far (about sixty), each run as a real `lrtrain`, `lrtrain-schedule` or `lrtrain-report` process: every one must
 end in exactly one line on stderr, `<tool>: error: ...`, and no traceback.
 
     uv run python scripts/bad_inputs.py [--jobs 2] [--only SUBSTRING]

@@ -327,7 +327,7 @@ def test_report_on_a_malformed_run_summary_names_it(tmp_path, capsys):
 
 
 def test_the_bad_inputs_script_on_a_sample(tmp_path):
-    """scripts/bad_inputs.py's rule on three of its fifty cases, one per tool (the lead runs all fifty)."""
+    """scripts/bad_inputs.py's rule on three of its cases, one per tool (the lead runs them all)."""
     import importlib.util
     import sys
 
@@ -339,7 +339,8 @@ def test_the_bad_inputs_script_on_a_sample(tmp_path):
     spec.loader.exec_module(script)
     sample = [c for c in script.CASES if c.name in ("CIFAR batch with code", "schedule T_0=0",
                                                     "summary.json a list")]
-    assert len(script.CASES) == 50 and len(sample) == 3
+    assert len(script.CASES) >= 50 and len({c.name for c in script.CASES}) == len(script.CASES)
+    assert len(sample) == 3
     for case in sample:
         outcome = script.run(case, tmp_path)
         assert outcome.passed, (case.name, outcome.why, outcome.stderr)
