@@ -245,6 +245,11 @@ def test_a_killed_fused_sweep_resumes_when_run_again(tmp_path):
         summary = json.loads((tmp_path / "killed" / job / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["resumed_from_step"] > 0
         assert_same_job(tmp_path / "killed" / job, tmp_path / "whole" / job)
+        # and bit for bit, as a solo resume is: every step's loss and the final weights
+        killed, whole = tmp_path / "killed" / job, tmp_path / "whole" / job
+        assert (killed / "steps.csv").read_bytes() == (whole / "steps.csv").read_bytes()
+        a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in (killed, whole))
+        assert all(torch.equal(a[key], b[key]) for key in b)
 
 
 # ------------------------------------------------------------------- models the matmul path does not cover
