@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Optional
@@ -110,6 +111,7 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
         raise ConfigValueError("regularization", "dropout", f"a list without dropout: {cfg.model._target_} "
                                                            "has no dropout")
     _check_inputs(cfg.model._target_, data)
+    _check_model_fits(cfg.model, data, device)
     try:
         model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_classes or 1,
                             **model_kwargs, _convert_="all").to(device)
@@ -271,6 +273,56 @@ def check_compatible(path: Path, ckpt: dict, config: dict, model: nn.Module) -> 
             where = "missing" if a is None else f"shape {list(a.shape)}"
             here = "missing" if b is None else f"shape {list(b.shape)}"
             raise CheckpointError(f"{path}: model parameter {key} is {where} in the checkpoint, {here} here")
+
+
+def _check_model_fits(node: DictConfig, data, device: torch.device) -> None:
+    """Refuse a model whose parameters and their gradients alone (4 bytes each) exceed the memory available,
+    estimated from the config before anything is built: building it would take minutes of allocation (a ViT
+    of 10^8 blocks grew by 120 MB/s) until the out-of-memory killer ended it."""
+    from lrtrain.models import SIZES, parameter_count
+
+    settings = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+    try:
+        count = parameter_count(node._target_, data.input_shape, data.num_classes or 1, **settings)
+    except (TypeError, ModelInputError):  # settings or inputs the model itself will refuse in its own words
+        return
+    available = _available_memory(device)
+    if count is None or available is None or 2 * 4 * count <= available:
+        return
+    keys = ", ".join(f"model.{k}={settings[k]}" for k in SIZES[node._target_][1] if k in settings)
+    raise ConfigValueError("model", node._target_.rsplit(".", 1)[-1].lower(),
+                           f"a model that fits in memory: {keys + ' gives ' if keys else ''}about {count:.3g} "
+                           f"parameters, whose weights and gradients alone take {_bytes(8 * count)}, and "
+                           f"{device.type} has {_bytes(available)} available; make it smaller")
+
+
+def _available_memory(device: torch.device) -> Optional[int]:
+    """Bytes free on `device`: the GPU's free memory, or for the CPU the host's available memory (and this
+    container's limit, when lower); None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        free = int(re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
+    try:  # cgroup v2: the container's limit less what it uses
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def _bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if n < 1024 or unit == "EiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} EiB"
 
 
 def _step_hooks(reg: DictConfig, model: nn.Module, data) -> StepHooks:

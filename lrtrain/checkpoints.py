@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import errno
+import io
 import os
 import re
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lrtrain.errors import CheckpointError, WriteError
+from lrtrain.errors import CheckpointError, write_error
 from lrtrain.signals import STOP
 
 
@@ -21,22 +20,27 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
     A rename within one file system is atomic, so a kill at any instant leaves the old file or the new one.
+    The checkpoint is serialised in memory and written in one call: torch's own file writer reports a full disk
+    as an `enforce fail` RuntimeError without the errno ("unexpected pos ...", "file write failed"), while a
+    plain write raises the OSError that says ENOSPC.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise _write_error(path, e) from None
+        raise write_error(path, e, _KEPT) from None
     try:
         with STOP.shielded(), os.fdopen(fd, "wb") as f:  # a second Ctrl-C stops right after the write
-            torch.save(obj, f)
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
             os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)  # the previous checkpoint at `path` is untouched
-        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "write failed" in str(e)):
-            raise _write_error(path, e) from None
+        if isinstance(e, OSError):
+            raise write_error(path, e, _KEPT) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -45,19 +49,7 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         os.close(dir_fd)
 
 
-def _write_error(path: Path, e: BaseException) -> WriteError:
-    """A failed write in the user's words. torch reports a full disk as its own RuntimeError ("[enforce fail at
-    inline_container.cc] ... file write failed"), without the errno: the free space says what happened."""
-    code = getattr(e, "errno", None)
-    if code is None:
-        try:
-            code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 1 << 20 else None
-        except OSError:
-            pass
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return WriteError(f"no space left on device writing {path} (the previous checkpoint, if any, is intact)")
-    reason = os.strerror(code) if code else str(e).strip().splitlines()[-1][:160]
-    return WriteError(f"could not write {path}: {reason}")
+_KEPT = "the previous checkpoint, if any, is intact"
 
 
 def save_copies(obj: dict[str, Any], paths: list[Path]) -> None:
@@ -77,6 +69,9 @@ def save_copies(obj: dict[str, Any], paths: list[Path]) -> None:
 def remove_temporaries(folder: Path) -> None:
     """Remove the temporary files of writes that were killed before their rename (`.<name>.*.tmp`)."""
     for tmp in folder.glob(".*.tmp"):
+        if tmp.is_dir() and not tmp.is_symlink():  # not one of lrtrain's: it writes files only
+            raise CheckpointError(f"{tmp}: a folder named like a checkpoint's temporary file, which lrtrain removes "
+                                  f"from {folder} before it writes there; move it elsewhere")
         tmp.unlink(missing_ok=True)
 
 
@@ -118,8 +113,8 @@ _LAYOUT = {"model": dict, "optimizer": dict, "schedule": dict, "early_stopping":
 
 
 def check_layout(path: Path, ckpt: dict[str, Any], position_keys: set[str]) -> None:
-    """A checkpoint a resume can use: every part it reads, of the type it reads, and a position this version
-    knows (older checkpoints may lack newer position fields; those take their defaults)."""
+    """A checkpoint a resume can use: every part it reads, of the type it reads, and a position with exactly
+    this version's fields (a missing one would silently restart its count from a default)."""
     def refuse(why: str) -> CheckpointError:
         return CheckpointError(f"{path}: not an lrtrain checkpoint of this version ({why})")
 
@@ -131,6 +126,9 @@ def check_layout(path: Path, ckpt: dict[str, Any], position_keys: set[str]) -> N
     unknown = sorted(set(ckpt["position"]) - position_keys)
     if unknown:
         raise refuse(f"its position has {', '.join(map(repr, unknown))}, unknown here")
+    lacking = sorted(position_keys - set(ckpt["position"]))
+    if lacking:
+        raise refuse(f"its position lacks {', '.join(map(repr, lacking))}")
     missing = [k for k in ("python", "numpy", "torch") if k not in ckpt["rng"]]
     if missing:
         raise refuse(f"its rng lacks {', '.join(map(repr, missing))}")

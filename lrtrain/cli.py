@@ -21,9 +21,9 @@ _SHOW_TRACEBACK = False  # set by main() from HYDRA_FULL_ERROR
 
 def train(cfg: DictConfig) -> Optional[float]:
     """One run. Returns the best monitored value, for Hydra sweepers to optimise (None: the run failed)."""
-    from lrtrain.signals import PREEMPTION, STOP
-
     from lrtrain import rundir
+    from lrtrain.errors import Interrupted
+    from lrtrain.signals import PREEMPTION, STOP
 
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode.name == "RUN"
@@ -36,13 +36,19 @@ def train(cfg: DictConfig) -> Optional[float]:
         if state == "resume" and not cfg.trainer.resume:
             cfg.trainer.resume = "auto"  # the same job, killed or interrupted: continue it in place
     try:
-        if STOP:  # a sweep that was interrupted: the jobs after it are listed, not run
+        if STOP and not single:  # a sweep that was interrupted: the jobs after it are listed, not run (a single
+            # run signalled as it starts goes on to where a stop is honoured, and ends `interrupted` there)
             Summary(status="not_started", stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
                     run_dir=str(out_dir)).write(out_dir / "summary.json")
             return None
         PREEMPTION.install()
         try:
             summary = _train(cfg, out_dir)
+        except Interrupted as e:  # before training: nothing to resume; a sweep goes on to list its other jobs
+            print(f"lrtrain: {'' if job is None else f'job {job} '}interrupted by {e}", file=sys.stderr)
+            if job is None:
+                sys.exit(STOP.exit_code)
+            return None
         except Exception as e:
             return failed(e, job)
         return outcome(summary, out_dir, job)
@@ -85,22 +91,31 @@ def outcome(summary: Summary, out_dir: Path, job: Optional[int]) -> Optional[flo
         where = f"at step {summary.steps}" + (f" of job {job}" if not single else "")
         if PREEMPTION.pending:
             print(f"lrtrain: pre-empted ({STOP.name}) {where}; submitit requeues the job, which resumes from "
-                  f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
+                  f"{shlex.quote(str(out_dir / 'checkpoints' / 'last.pt'))}", file=sys.stderr)
             PREEMPTION.requeue()  # submitit's handler: it requeues the job and exits
         if not (out_dir / "checkpoints" / "last.pt").is_file():
             # stopped before its first checkpoint: nothing to resume; the dir holds no result, a re-run claims it
             how = f"run it again with: lrtrain <the same overrides> hydra.run.dir={shlex.quote(str(out_dir))}"
         else:
-            how = f"resume with: lrtrain trainer.resume={shlex.quote(str(out_dir))}"
+            how = f"resume with: {resume_command(out_dir)}"
         print(f"lrtrain: interrupted by {STOP.name} {where}; {how}", file=sys.stderr)
         if single:
             sys.exit(STOP.exit_code)
         return None
     if single and summary.status == "diverged":
         print(f"lrtrain: diverged: {summary.stop_reason}; the last good state is in "
-              f"{out_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr)
+              f"{shlex.quote(str(out_dir / 'checkpoints' / 'last.pt'))}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
     return summary.best_value if summary.succeeded else None
+
+
+def resume_command(run_dir: Path) -> str:
+    """`lrtrain trainer.resume=<run_dir>` as a line to paste into a shell: quoted for the shell, and for Hydra
+    too where its grammar would split the path (a comma, a bracket, a quote)."""
+    text = str(run_dir)
+    if any(c in text for c in ",=[]{}()'\"") or text != text.strip():
+        text = "'" + text.replace("'", "\\'") + "'"
+    return f"lrtrain {shlex.quote(f'trainer.resume={text}')}"
 
 
 def sweep_position() -> tuple[Optional[Path], Optional[int]]:
@@ -197,8 +212,15 @@ def record_failure(out_dir: Path, e: BaseException) -> None:
         snapshot.restore()
         return
     if out_dir.is_dir():
-        status, cause = (("interrupted", "KeyboardInterrupt") if isinstance(e, KeyboardInterrupt) else
-                         ("failed", describe(e)[0]))
+        from lrtrain.errors import Interrupted
+        from lrtrain.signals import STOP
+
+        if isinstance(e, Interrupted):
+            status, cause = "interrupted", str(e)
+        elif isinstance(e, KeyboardInterrupt):  # a second signal, or SIGINT before lrtrain's handler took it
+            status, cause = "interrupted", STOP.name or "SIGINT"
+        else:
+            status, cause = "failed", describe(e)[0]
         Summary(status=status, stop_reason=cause, run_dir=str(out_dir)).write(out_dir / "summary.json")
 
 
@@ -212,6 +234,9 @@ def main() -> None:
 
     STOP.install()
     register()
+    from lrtrain.config import yaml_floats
+
+    sys.argv[1:] = yaml_floats(sys.argv[1:])
     try:
         hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(train)()
     except RunDirRefused as e:

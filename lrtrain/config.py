@@ -9,6 +9,7 @@ the fields here are `MISSING` unless the field is a switch that is off unless a 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, Optional
@@ -1099,6 +1100,24 @@ def float_fields(schema: type) -> dict[str, str]:
         elif typing.get_origin(hint) is list and args and float in (args[0], *typing.get_args(args[0])):
             kinds[f.name] = "list"
     return kinds
+
+
+# YAML's spellings of the non-finite floats (.inf, -.inf, .nan), as a config file writes them and the messages
+# below name them: Hydra's override grammar knows only inf and nan, and passes ".inf" on as a string that no
+# float key takes ("could not be converted to Float"). A whole value or list element, unquoted.
+_YAML_NON_FINITE = re.compile(r"(?<=[=,\[])\s*([-+]?)\.(inf|Inf|INF|nan|NaN|NAN)\s*(?=$|[,\]])")
+
+
+def yaml_floats(args: list[str]) -> list[str]:
+    """Command-line overrides with YAML's .inf, -.inf and .nan written as Hydra's inf, -inf and nan (Hydra's own
+    keys, which hold paths, are left as they are)."""
+    def one(arg: str) -> str:
+        key, eq, value = arg.partition("=")
+        if not eq or arg.startswith("-") or key.lstrip("+~").startswith("hydra."):
+            return arg
+        return key + _YAML_NON_FINITE.sub(lambda m: m.group(1) + m.group(2).lower(), eq + value)
+
+    return [one(arg) for arg in args]
 
 
 def check_finite(node: DictConfig, schema: type) -> None:

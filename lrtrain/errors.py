@@ -4,6 +4,8 @@ but the config-dir lookup, so every other module can import it."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -44,8 +46,29 @@ class InputFileError(Exception):
     writes (edited, corrupt, from elsewhere): names the file and what was expected."""
 
 
+class LoggerStoreError(Exception):
+    """A logger's store that cannot be used (an MLflow tracking URI that is not a database, is read-only, or
+    a server that refuses): names the key and the file or URL."""
+
+
+class Interrupted(Exception):
+    """A signal stopped a run before it trained (in the LR range test, which has no checkpoint to resume from):
+    it ends `interrupted`, with exit 128 + the signal. The message says which signal, and where."""
+
+
 class WriteError(Exception):
     """An output that could not be written (a full disk, a folder without write permission): names the file."""
+
+
+def write_error(path: Path, e: OSError, kept: str = "") -> WriteError:
+    """A failed write in the user's words, naming the file; `kept`: what is left intact, when it matters."""
+    note = f" ({kept})" if kept else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(f"no space left on device writing {path}{note}")
+    reason = os.strerror(e.errno) if e.errno else _first_line(str(e))[:160] or type(e).__name__
+    if e.filename is not None and str(e.filename) != str(path):  # its temporary file (a folder in the way?)
+        reason = f"{e.filename}: {reason}"
+    return WriteError(f"could not write {path}: {reason}{note}")
 
 
 class ModelInputError(ValueError):
@@ -160,6 +183,18 @@ def _out_of_memory(e: BaseException) -> str | None:
     return None
 
 
+def _yaml_error(e: BaseException) -> str | None:
+    """A config file that is not valid YAML (a --config-dir of the user's): its file, line and PyYAML's reason."""
+    import yaml
+
+    if not isinstance(e, yaml.MarkedYAMLError):
+        return None
+    mark = e.problem_mark or e.context_mark
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "a config file"
+    reason = "; ".join(part for part in (e.context, e.problem) if part)
+    return f"{where}: not valid YAML ({reason})"
+
+
 _FULL_KEY = re.compile(r"^full_key: (\S+)$", re.M)
 
 
@@ -181,6 +216,9 @@ def describe(e: BaseException) -> tuple[str, int]:
             return f"{where}too large to build: {memory}; make it smaller", EXIT_CONFIG
         message, code = describe(cause)
         return where + message, code
+    yaml_error = _yaml_error(e)
+    if yaml_error:
+        return yaml_error, EXIT_CONFIG
     if isinstance(e, MissingConfigException):
         missing = getattr(e, "missing_cfg_file", None) or ""
         options = getattr(e, "options", None)
@@ -205,7 +243,7 @@ def describe(e: BaseException) -> tuple[str, int]:
     text = _worker_cause(str(e)) or str(e)
     if isinstance(e, (CheckpointError, DataFileError, InputFileError)):
         return _first_line(text), EXIT_CONFIG  # bad input, like a bad config value
-    if isinstance(e, (DataError, WriteError)):
+    if isinstance(e, (DataError, WriteError, LoggerStoreError)):
         return _first_line(text), EXIT_FAILED
     memory = _out_of_memory(e)
     if memory:

@@ -345,25 +345,33 @@ class Replicas:
         n = self.perms.shape[1]
         self.perms[k] = torch.randperm(n, generator=generator, device=generator.device)
 
-    def batch(self, batches: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """Each replica's next batch (`batches[k]`: its index in the epoch): stored inputs [K, B, ...], targets
-        [K, B] and, when the replicas' batches differ in size, a mask of the real samples [K, B]."""
+    def batch(self, batches: Sequence[int]) -> list[tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]]:
+        """Each replica's next batch (`batches[k]`: its index in the epoch), as (replicas, stored inputs [K, B, ...],
+        targets [K, B]) with `replicas` None: every replica's. Replicas at different places in their epochs (a
+        resume, a rollback) may meet where one takes its epoch's short last batch and another a full one: then
+        there is one entry per batch size, with the indices of the replicas it is for (the rows of the others
+        are stand-ins, left out of the loss), so that each batch is reduced over its own samples in the same
+        forward an uninterrupted group runs (padding the short batch to the full size would take its mean,
+        gradient and batch norm statistics over the padding, in another order: not the same bits)."""
         bs = self.data.batch_size
         first = batches[0]
         if all(b == first for b in batches):
-            idx, mask = self.perms[:, first * bs:(first + 1) * bs], None
-        else:  # replicas at different places in their epochs (a rollback, a resume): pad the short batches
-            rows, masks = [], []
-            for k, b in enumerate(batches):
-                part = self.perms[k, b * bs:(b + 1) * bs]
-                masks.append(torch.arange(bs, device=self.device) < len(part))
-                rows.append(F.pad(part, (0, bs - len(part))))
-            idx, mask = torch.stack(rows), torch.stack(masks)
-            if bool(mask.all()):
-                mask = None
+            return [(None, *self._gather(self.perms[:, first * bs:(first + 1) * bs]))]
+        parts = [self.perms[k, b * bs:(b + 1) * bs] for k, b in enumerate(batches)]
+        by_size: dict[int, list[int]] = {}
+        for k, part in enumerate(parts):
+            by_size.setdefault(len(part), []).append(k)
+        if len(by_size) == 1:
+            return [(None, *self._gather(torch.stack(parts)))]
+        return [(torch.tensor(rows, device=self.device),
+                 *self._gather(torch.stack([part[:size] if len(part) >= size else self.perms[k, :size]
+                                            for k, part in enumerate(parts)])))
+                for size, rows in by_size.items()]
+
+    def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         train, flat = self.data.train, idx.reshape(-1)  # index_select: 3x faster than x[idx] (uint8 images)
         x, y = train.x.index_select(0, flat), train.y.index_select(0, flat)
-        return x.view(*idx.shape, *x.shape[1:]), y.view(*idx.shape, *y.shape[1:]), mask
+        return x.view(*idx.shape, *x.shape[1:]), y.view(*idx.shape, *y.shape[1:])
 
     def step(self, batches: Sequence[int], lrs: Sequence[float]) -> tuple[torch.Tensor, Optional[torch.Tensor],
                                                                           Optional[torch.Tensor]]:
@@ -371,15 +379,30 @@ class Replicas:
         Returns the replicas' data losses [K], correct predictions [K] and gradient norms before clipping [K]."""
         self._history.clear()  # a new step: the tensors the last stacks were keyed by may be gone
         self._validation.clear()
-        stored, y, mask = self.batch(batches)
-        with self.amp:
-            out = self.forward(self.params, self.data.inputs(stored))
-            losses = self._losses(out, y, mask)
         self.grad.zero_()
-        total = losses.sum()
-        if self.l1 is not None:  # lrtrain's L1Penalty: the weights of 2 or more dimensions
-            total = total + sum((p.abs().flatten(1).sum(1) * self.l1).sum() for p in self.params if p.dim() > 2)
-        total.backward()
+        parts = self.batch(batches)
+        if len(parts) == 1:
+            losses, correct = self._forward(*parts[0][1:])
+            self._backward(losses.sum(), penalty=True)
+        else:  # one forward and backward per batch size, each replica's loss and statistics from its own batch
+            losses = torch.empty(self.k, device=self.device)
+            correct = torch.empty(self.k, device=self.device, dtype=torch.long) if self.classify else None
+            before = [b.clone() for b in self.buffers]
+            after = [b.clone() for b in self.buffers]
+            for i, (rows, stored, y) in enumerate(parts):
+                for b, b0 in zip(self.buffers, before):
+                    b.copy_(b0)
+                part_losses, part_correct = self._forward(stored, y)
+                mine = part_losses.index_select(0, rows)  # the stand-ins' rows get a gradient of zero
+                # each gradient is its replica's own plus zeros: the same sum as one backward
+                self._backward(mine.sum(), penalty=i == len(parts) - 1)
+                losses.index_copy_(0, rows, mine.detach().float())
+                if correct is not None:
+                    correct.index_copy_(0, rows, part_correct.index_select(0, rows))
+                for b, a in zip(self.buffers, after):
+                    a.index_copy_(0, rows, b.index_select(0, rows))
+            for b, a in zip(self.buffers, after):
+                b.copy_(a)
         for p, g in zip(self.params, self.grads):
             if p.grad is not g:  # autograd accumulates into the views; should it ever replace one, copy it back
                 g.copy_(p.grad)
@@ -388,13 +411,21 @@ class Replicas:
         self._update(lrs)
         for k in range(self.k):
             self.dirty[k] = not self.done[k]
-        correct = None
-        if self.classify:
-            hits = out.argmax(-1) == y
-            correct = (hits & mask).sum(1) if mask is not None else hits.sum(1)
         return losses.detach(), correct, norms
 
-    def _losses(self, out: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _backward(self, total: torch.Tensor, penalty: bool) -> None:
+        if penalty and self.l1 is not None:  # lrtrain's L1Penalty: the weights of 2 or more dimensions
+            total = total + sum((p.abs().flatten(1).sum(1) * self.l1).sum() for p in self.params if p.dim() > 2)
+        total.backward()
+
+    def _forward(self, stored: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Every replica's loss [K] and correct predictions [K] on its rows of `stored` and `y`."""
+        with self.amp:
+            out = self.forward(self.params, self.data.inputs(stored))
+            losses = self._losses(out, y)
+        return losses, (out.argmax(-1) == y).sum(1) if self.classify else None
+
+    def _losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         k, b = y.shape
         if not self.classify:
             per_sample = F.mse_loss(out.squeeze(-1), y, reduction="none")
@@ -404,9 +435,7 @@ class Replicas:
             logp = out.float().log_softmax(-1)
             nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
             per_sample = nll * (1 - self.smoothing) + (-logp.mean(-1)) * self.smoothing
-        if mask is None:
-            return per_sample.mean(1)
-        return (per_sample * mask).sum(1) / mask.sum(1)
+        return per_sample.mean(1)
 
     @torch.no_grad()
     def _clip(self) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lrtrain.errors import Interrupted
 from lrtrain.loop import Run
 from lrtrain.optimizers import train_mode
 from lrtrain.signals import STOP
@@ -53,7 +54,7 @@ class LRFinder:
         try:
             for i in range(self.num_steps):
                 if STOP:  # SIGINT/SIGTERM: the range test is not resumable; end the run now
-                    raise KeyboardInterrupt
+                    raise Interrupted(f"{STOP.name} during the LR range test (at its step {i})")
                 stored, y = next(batches, (None, None))
                 if stored is None:  # a new epoch of the same batch source the training uses
                     batches = data.train_batches(generator)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lrtrain
-from lrtrain.errors import ConfigValueError
+from lrtrain.errors import ConfigValueError, LoggerStoreError
 from lrtrain.loggers import RunContext, Sink, flat_config, summary_metrics
 from lrtrain.summary import Summary
 
@@ -41,11 +41,22 @@ class MLflowLogger(Sink):
         self.run_id: Optional[str] = None
 
     def on_start(self, ctx: RunContext) -> None:
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
+        import mlflow.tracking  # noqa: F401  (its import sets the "mlflow" logger's level: first, then ours)
 
         for name in ("mlflow", "alembic"):  # a new database's migrations are logged at INFO: not the user's news
             logging.getLogger(name).setLevel(logging.WARNING)
+        # Everything that touches the store first happens here, before the first step: a store that cannot be
+        # used (not a database, read-only, a server that refuses) is one line naming the key, tried once.
+        try:
+            with _one_try():
+                self._start(ctx)
+        except Exception as e:
+            raise _store_error(self.tracking_uri, self._sqlite_file(), e) from None
+
+    def _start(self, ctx: RunContext) -> None:
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
         database = self._sqlite_file()
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +142,56 @@ class MLflowLogger(Sink):
             if (Path(sweep_dir) / name).is_file():
                 client.log_artifact(run_id, str(Path(sweep_dir) / name))
         client.set_terminated(run_id, status="FINISHED" if succeeded else "FAILED")
+
+
+def _store_error(uri: str, database: Optional[Path], e: BaseException) -> LoggerStoreError:
+    where = f"{database}: " if database is not None else ""
+    return LoggerStoreError(f"logger.mlflow.tracking_uri={uri}: cannot use this MLflow tracking store "
+                            f"({where}{_store_reason(e)})")
+
+
+def _store_reason(e: BaseException) -> str:
+    """The cause of a store's failure in a few words: SQLite's own message, or what the connection met,
+    without the libraries' wrapping (SQLAlchemy's SQL and links, urllib3's retry history)."""
+    import re
+
+    chain, seen = e, []
+    while chain is not None and len(seen) < 10:  # SQLAlchemy's error (whose .orig is SQLite's) may be wrapped
+        seen.append(chain)
+        chain = chain.__cause__ or chain.__context__
+    database = next((c.orig for c in seen if getattr(c, "orig", None) is not None), None)
+    text = str(database or e)
+    for needle, reason in (("Connection refused", "the server refused the connection"),
+                           ("timed out", "the server did not answer in time"),
+                           ("Name or service not known", "no such host"),
+                           ("nodename nor servname", "no such host")):
+        if needle in text:
+            return reason
+    http = re.search(r"Response: (.*)", text) or re.search(r"status code (\d+)", text)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+    if http:
+        first = f"{first[:120]} {http.group(0)[:120]}"
+    return first[:240]
+
+
+# While the store is first tried: no retries, a short timeout (MLflow's defaults, 7 retries with backoff and
+# 120 s, keep a refusing server busy for minutes). A value the user set wins.
+_FIRST_TRY = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+class _one_try:
+    def __enter__(self) -> None:
+        self.set = [k for k in _FIRST_TRY if k not in os.environ]
+        os.environ.update({k: _FIRST_TRY[k] for k in self.set})
+        # MLflow logs a failing database's error with its traceback at ERROR: the failure is said once, by us
+        self.logger = logging.getLogger("mlflow")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc: Any) -> None:
+        for k in self.set:
+            os.environ.pop(k, None)
+        self.logger.setLevel(self.level)
 
 
 def experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:

@@ -240,3 +240,67 @@ class GPT(nn.Module):
         for block in self.h:
             x = block(x)
         return self.lm_head(self.ln_f(x))
+
+
+# ---------------------------------------------------------------------------------------- sizes before building
+
+
+def _norm_params(kind: str, width: int, bias: bool) -> int:
+    return (2 * width if kind != "none" else 0) + (width if bias else 0)
+
+
+def _mlp_size(input_shape: tuple[int, ...], num_outputs: int, hidden: list[int], norm: str, **_: object) -> int:
+    n, width = 0, math.prod(input_shape)
+    for h in hidden:
+        n += width * h + _norm_params(norm, h, bias=norm != "batch")
+        width = h
+    return n + width * num_outputs + num_outputs
+
+
+def _cnn_size(input_shape: tuple[int, ...], num_outputs: int, channels: list[int], hidden: int, norm: str,
+              **_: object) -> int:
+    c, h, w = _image_shape("cnn", input_shape)
+    n = 0
+    for width in channels:
+        n += c * width * 9 + _norm_params(norm, width, bias=norm == "none")
+        if min(h, w) >= 2:
+            h, w = h // 2, w // 2
+        c = width
+    return n + c * min(h, 4) * min(w, 4) * hidden + hidden + hidden * num_outputs + num_outputs
+
+
+def _vit_size(input_shape: tuple[int, ...], num_outputs: int, patch_size: int, depth: int, width: int,
+              mlp_width: int, **_: object) -> int:
+    c, h, _w = _image_shape("vit", input_shape)
+    tokens = (h // max(patch_size, 1)) ** 2 + 1
+    block = 4 * width + 4 * width * width + 4 * width + 2 * width * mlp_width + mlp_width + width
+    return c * patch_size ** 2 * width + width + (tokens + 1) * width + depth * block + 2 * width + \
+        width * num_outputs + num_outputs
+
+
+def _gpt_size(input_shape: tuple[int, ...], num_outputs: int, n_layer: int, n_embd: int, bias: bool,
+              norm_position: str, block_size: Optional[int] = None, **_: object) -> int:
+    e, b = n_embd, int(bias)
+    block = 12 * e * e + 2 * e + 11 * b * e  # two LayerNorms, qkv and its projection, the 4x MLP
+    final = e + b * e if norm_position == "pre" else 0
+    return (num_outputs + (block_size or input_shape[0])) * e + n_layer * block + final  # the head is tied
+
+
+# lrtrain's models by their _target_: the size of each (its parameter count, from its config, without building
+# it) and the keys that set it
+SIZES = {
+    "lrtrain.models.MLP": (_mlp_size, ("hidden",)),
+    "lrtrain.models.CNN": (_cnn_size, ("channels", "hidden")),
+    "lrtrain.models.vit": (_vit_size, ("depth", "width", "mlp_width", "patch_size")),
+    "lrtrain.models.Linear": (lambda input_shape, num_outputs, **_: (math.prod(input_shape) + 1) * num_outputs, ()),
+    "lrtrain.models.GPT": (_gpt_size, ("n_layer", "n_embd", "block_size")),
+    "lrtrain.models.resnet18": (lambda input_shape, num_outputs, **_: 11_167_104 + 576 * input_shape[0]
+                                + 513 * num_outputs, ()),
+}
+
+
+def parameter_count(target: str, input_shape: tuple[int, ...], num_outputs: int, **settings: object) -> int | None:
+    """How many parameters model `target` with these settings will have; None for a model lrtrain does not
+    know (a _target_ of the user's)."""
+    size = SIZES.get(target)
+    return size[0](input_shape=tuple(input_shape), num_outputs=num_outputs, **settings) if size else None

@@ -71,7 +71,8 @@ def _curves_figure(has_steps: bool, has_epochs: bool, has_acc: bool) -> tuple:
         plot(ax, "epochs", "val_loss", marker="o", ms=3, label="validation")
     ax.set(xlabel="optimizer step", ylabel="loss", title="loss")
     ax.set_yscale("log")
-    ax.legend()
+    if has_steps or has_epochs:  # else no line is labelled, and matplotlib would warn
+        ax.legend()
     if has_acc:
         ax = axes[1]
         plot(ax, "epochs", "train_acc", marker="o", ms=3, label="train")

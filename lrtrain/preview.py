@@ -235,7 +235,9 @@ def main() -> None:
     """Console entry point: one-line errors and exit code 2 for a bad config, like `lrtrain`."""
     import os
 
-    argv = sys.argv[1:]
+    from lrtrain.config import yaml_floats
+
+    argv = yaml_floats(sys.argv[1:])
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return

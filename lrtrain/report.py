@@ -76,7 +76,18 @@ def _read_overrides(job_dir: Path) -> list[str]:
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """A sweep's job folders (those Hydra wrote a `.hydra/` into), in job order."""
     jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
-    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    return sorted(jobs, key=_job_order)
+
+
+def _job_order(path: Path) -> tuple:
+    return not path.name.isdigit(), int(path.name) if path.name.isdigit() else 0, path.name
+
+
+def unreported(sweep_dir: Path) -> list[Path]:
+    """Folders of a sweep that hold a summary.json but no `.hydra/`: what they ran is unknown, so no report
+    can place them (a job whose .hydra/ was deleted, or a run copied in)."""
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and not (p / ".hydra").is_dir()
+                   and (p / "summary.json").is_file()), key=_job_order)
 
 
 def find_jobs(dirs: Sequence[Path]) -> list[tuple[str, Path]]:
@@ -156,7 +167,8 @@ def sweep_rows(dirs: Path | Sequence[Path]) -> list[dict]:
     for (label, job), job_overrides, job_settings in zip(jobs, overrides, settings):
         s = _read_summary(job)
         row = {"job": label, "overrides": " ".join(o for o in job_overrides if o not in common),
-               "status": s.get("status"), "cause": s.get("stop_reason") or "", "monitor": s.get("monitor"),
+               "status": _capped(s.get("status")), "cause": _capped(s.get("stop_reason") or ""),
+               "monitor": s.get("monitor"),
                "mode": s.get("mode"), "best_value": s.get("best_value"),
                "best_epoch": s.get("best_epoch"), "seconds": s.get("train_seconds"), "dir": job,
                "settings": job_settings, "metrics": summary_metrics(Summary.from_dict(s))}
@@ -167,6 +179,17 @@ def sweep_rows(dirs: Path | Sequence[Path]) -> list[dict]:
             row["suggested_lr"] = s["lr_find"]["suggested_lr"]
         rows.append(row)
     return rows
+
+
+CAP = 500  # characters of a job's own text (its status, the cause it stopped) that the report shows and writes
+
+
+def _capped(text: Optional[str]) -> Optional[str]:
+    """A summary's free text cut to CAP characters: a crash or a hostile file can leave megabytes, which would
+    hang the table and fill sweep_summary.csv."""
+    if text is None or len(text) <= CAP:
+        return text
+    return f"{text[:CAP]}... ({len(text):,} characters in all)"
 
 
 def _show(value: Any) -> str:
@@ -613,7 +636,8 @@ def plot_sensitivity(study: Study, path: Path) -> dict[int, dict[str, Any]]:
         ax.set(xlabel=x, ylabel=name)
         _title(ax, f"{name} vs {x}")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize="small")
+        if drawn:  # a panel with no point (every job failed) has nothing to label: matplotlib would warn
+            ax.legend(fontsize="small")
     ns = sorted({c.n for c in study.configs if c.n})
     if ns and ns[-1] > 1:
         n = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}"
@@ -811,12 +835,18 @@ def _report(args: Any, fail: Callable[[str], None]) -> None:
         if summary is not None and summary.epochs is not None:
             Console().print(summary_table(summary))
         elif summary is not None:  # a run that failed before training, or an LR range test
-            print(f"{path}: {summary.status}" + (f": {summary.stop_reason}" if summary.stop_reason else ""))
+            print(f"{path}: {_capped(summary.status)}" +
+                  (f": {_capped(summary.stop_reason)}" if summary.stop_reason else ""))
         return
     for d in args.dirs:
         if not (d / ".hydra").is_dir() and not job_dirs(d):
             fail(f"{d}: not a run folder (no summary.json or metrics.csv) nor a sweep folder (no job folders "
                  "with .hydra/)")
+    orphans = [p for d in args.dirs if not (d / ".hydra").is_dir() for p in unreported(d)]
+    if orphans:
+        print(f"lrtrain-report: left out {len(orphans)} folder{'s' * (len(orphans) > 1)} with a summary.json but "
+              f"no .hydra/ (what they ran is unknown): {', '.join(map(str, orphans[:5]))}"
+              f"{', ...' if len(orphans) > 5 else ''}", file=sys.stderr)
     rows = sweep_rows(args.dirs)
     from dataclasses import replace
 

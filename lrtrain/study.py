@@ -59,14 +59,15 @@ class Configuration:
 
     @property
     def n(self) -> int:
-        return sum(job["status"] in OK_STATUSES for job in self.jobs)
+        """Jobs that completed with a monitored value: what the best_value statistics are taken over."""
+        return sum(job["status"] in OK_STATUSES and job.get("best_value") is not None for job in self.jobs)
 
     def count(self, status: str) -> int:
         return sum(job["status"] == status for job in self.jobs)
 
     @property
     def incomplete(self) -> int:
-        """Jobs neither completed, failed nor diverged: interrupted, pruned, ..."""
+        """Jobs neither completed (with a value), failed nor diverged: interrupted, pruned, ..."""
         return len(self.jobs) - self.n - self.count("failed") - self.count("diverged")
 
 

@@ -79,9 +79,13 @@ def read_checked(path: Path) -> dict[str, Any]:
     from lrtrain.errors import InputFileError
 
     try:
-        data = json.loads(Path(path).read_text())
+        # NaN and Infinity are not JSON, and lrtrain writes null for them: a NaN here is read as missing, as a
+        # number it would break every ordering and count it joined
+        data = json.loads(Path(path).read_text(), parse_constant=lambda name: None)
     except ValueError as e:
         raise InputFileError(f"{path}: not JSON ({e})") from None
+    except RecursionError:  # Python's JSON parser recurses once per level
+        raise InputFileError(f"{path}: not an lrtrain summary (JSON nested too deeply to read)") from None
     if not isinstance(data, dict):
         raise InputFileError(f"{path}: expected a JSON object (an lrtrain summary), found {type(data).__name__}")
     hints = typing.get_type_hints(Summary)

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from lrtrain.errors import write_error
+
 
 class CSVLog:
     """An append-only CSV with a fixed header; rows are flushed to disk at every `write`."""
@@ -52,11 +54,17 @@ def _fmt(value: Any) -> Any:
 
 
 def write_json_atomic(obj: dict[str, Any], path: Path) -> None:
+    """Write `path` whole or not at all: a failed write (a full disk) leaves the previous file and no temporary."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    text = json.dumps(_jsonable(obj), indent=2) + "\n"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        if not tmp.is_dir():  # a folder in the way is not lrtrain's to remove
+            tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
 
 
 def _jsonable(obj: Any) -> Any:

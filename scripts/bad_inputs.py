@@ -1,4 +1,4 @@
-"""Fifty bad inputs, each run as a real `lrtrain`, `lrtrain-schedule` or `lrtrain-report` process: every one must
+"""The bad inputs found so far (about sixty), each run as a real `lrtrain`, `lrtrain-schedule` or `lrtrain-report` process: every one must
 end in exactly one line on stderr, `<tool>: error: ...`, and no traceback.
 
     uv run python scripts/bad_inputs.py [--jobs 2] [--only SUBSTRING]
@@ -114,11 +114,15 @@ CASES = [
     Case("config", "val_fraction leaves nothing", ["dataset.val_fraction=0.9999"], code=2),
     Case("config", "seed beyond torch", ["trainer.seed=100000000000000000000000"], code=2),
     Case("config", "huge model", ["model.hidden=[100000000000]"], code=2),
+    Case("config", "vit 10^8 blocks deep", ["model=vit", "model.depth=100000000"], code=2),
     Case("config", "huge data set", ["dataset=regression", "dataset.num_samples=100000000000000", "model=linear"],
          code=2),
     Case("config", "blocklisted _target_", ["model._target_=os.system"], code=2),
     Case("config", "unknown option in a list", ["regularization=[l2,foo]"], code=2),
     Case("config", "custom scheduler without class", ["scheduler=custom"], code=2),
+    Case("config", "malformed YAML on the search path", ["hydra.searchpath=[file://conf]", "optimizer=mine"],
+         setup=lambda tmp: ((tmp / "conf" / "optimizer").mkdir(parents=True),
+                            (tmp / "conf" / "optimizer" / "mine.yaml").write_text("lr: [0.1\nbetas: :\n")), code=2),
     Case("config", "zero epochs", ["trainer.max_epochs=0"], code=2),
     # durations
     Case("durations", "T_0=0 (used to hang)", ["scheduler=cosine_restarts", "scheduler.T_0=0"], code=2),
@@ -138,6 +142,9 @@ CASES = [
     Case("non-finite", "gamma=inf", ["scheduler=step", "scheduler.gamma=inf"], code=2),
     Case("non-finite", "betas with nan", ["optimizer.betas=[0.9,nan]"], code=2),
     Case("non-finite", "weight_decay=-inf", ["regularization=[l2]", "regularization.l2.weight_decay=-inf"], code=2),
+    Case("non-finite", "eps=.inf (YAML's spelling)", ["optimizer.eps=.inf"], code=2),
+    Case("non-finite", "betas with .nan", ["optimizer.betas=[0.9,.nan]"], code=2),
+    Case("non-finite", "schedule lr=.nan", ["optimizer.lr=.nan", "out=none"], tool="lrtrain-schedule", code=2),
     Case("non-finite", "schedule lr=nan", ["optimizer.lr=nan", "out=none"], tool="lrtrain-schedule", code=2),
     # options
     Case("options", "warmup.length without warmup", ["warmup.length=5ep"], code=2),
@@ -168,6 +175,12 @@ CASES = [
     # checkpoints
     Case("checkpoints", "another layout", ["trainer.resume=ckpt.pt"],
          setup=_checkpoint(_torch_save({"model": {}, "step": 3, "optimizer": {}})), code=2),
+    Case("checkpoints", "position lacks a key", ["trainer.resume=ckpt.pt"],
+         setup=_checkpoint(_torch_save({"model": {}, "optimizer": {}, "schedule": {}, "early_stopping": {}, "step": 1,
+                                        "epoch": 0, "position": {"step": 1, "epoch": 0},
+                                        "rng": {"python": 0, "numpy": 0, "torch": 0}, "config": {}})), code=2),
+    Case("checkpoints", "a folder named like a temporary", ["trainer.resume=auto"],
+         setup=lambda tmp: (tmp / "run" / "checkpoints" / ".last.pt.1.tmp").mkdir(parents=True), code=2),
     Case("checkpoints", "code payload", ["trainer.resume=ckpt.pt"],
          setup=_checkpoint(_torch_save({"model": _Code(), "step": 1})), code=2),
     Case("checkpoints", "garbage", ["trainer.resume=ckpt.pt"],
@@ -176,6 +189,8 @@ CASES = [
     # report inputs
     Case("report", "summary.json a list", ["sweep", "--no-plots"], tool="lrtrain-report",
          setup=_sweep(lambda s: (s / "0" / "summary.json").write_text("[1, 2]")), code=2),
+    Case("report", "summary.json nested 100,000 deep", ["sweep", "--no-plots"], tool="lrtrain-report",
+         setup=_sweep(lambda s: (s / "0" / "summary.json").write_text("[" * 100_000 + "]" * 100_000)), code=2),
     Case("report", "overrides.yaml a number", ["sweep", "--no-plots"], tool="lrtrain-report",
          setup=_sweep(lambda s: (s / "1" / ".hydra" / "overrides.yaml").write_text("5")), code=2),
 ]

@@ -20,6 +20,32 @@ def test_save_is_atomic_and_leaves_no_temporary(tmp_path):
     assert load(path)["step"] == 2 and os.listdir(path.parent) == ["last.pt"]
 
 
+def test_a_folder_named_like_a_temporary_is_refused_in_one_line(tmp_path):
+    from lrtrain.checkpoints import remove_temporaries
+    from lrtrain.errors import EXIT_CONFIG, describe
+
+    (tmp_path / ".last.pt.123.tmp").write_bytes(b"a killed write")
+    hostile = tmp_path / ".last.pt.456.tmp"
+    hostile.mkdir()
+    (hostile / "thesis.tex").write_text("mine")
+    with pytest.raises(CheckpointError) as e:
+        remove_temporaries(tmp_path)
+    message, code = describe(e.value)
+    assert code == EXIT_CONFIG and message.startswith(f"{hostile}: a folder named like a checkpoint's temporary")
+    assert "\n" not in message and (hostile / "thesis.tex").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_a_folder_named_like_a_temporary_is_refused_by_the_cli(lrtrain, tmp_path):
+    hostile = tmp_path / "run" / "checkpoints" / ".last.pt.1.tmp"
+    hostile.mkdir(parents=True)
+    r = lrtrain("trainer.max_steps=3", "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false",
+                "trainer.resume=auto")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"lrtrain: error: {hostile}: a folder named like a checkpoint's temporary file")
+    assert hostile.is_dir()
+
+
 def test_copies_are_independent_after_a_later_save(tmp_path):
     a, b = tmp_path / "last.pt", tmp_path / "best.pt"
     save_copies({"model": {}, "step": 1}, [a, b])

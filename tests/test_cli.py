@@ -133,3 +133,18 @@ def test_console_script_and_module_are_the_same_program(lrtrain):
     b = lrtrain("--cfg", "job", "scheduler=cosine", module=False)
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout
+
+
+@pytest.mark.parametrize("name", ["run", "my run", "it's, [1]"])
+def test_the_resume_hint_pastes_back_as_the_run_dir(tmp_path, name):
+    """The shell gives Hydra one override, and Hydra's grammar gives back the path (a comma would make a sweep)."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lrtrain.cli import resume_command
+
+    words = shlex.split(resume_command(tmp_path / name))
+    assert words[0] == "lrtrain" and len(words) == 2
+    override = OverridesParser.create().parse_override(words[1])
+    assert (override.key_or_group, override.value()) == ("trainer.resume", str(tmp_path / name))

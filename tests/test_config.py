@@ -139,9 +139,24 @@ def test_non_finite_floats_are_refused(compose, choice, key, kind, bad):
     assert str(e.value).startswith(f"{key}=") and f": must be {valid}" in str(e.value), str(e.value)
 
 
-def test_non_finite_values_from_the_command_line_are_one_line(lrtrain):
-    r = lrtrain("optimizer.eps=inf")
+@pytest.mark.parametrize("spelling", ["inf", ".inf"])  # Hydra's, and YAML's (as a config file writes it)
+def test_non_finite_values_from_the_command_line_are_one_line(lrtrain, spelling):
+    r = lrtrain(f"optimizer.eps={spelling}")
     assert (r.returncode, r.stderr.strip()) == (2, "lrtrain: error: optimizer.eps=inf: must be a finite number")
+
+
+def test_yamls_non_finite_spellings_are_floats(compose):
+    from lrtrain.config import yaml_floats
+    from lrtrain.errors import ConfigValueError
+
+    assert yaml_floats(["-m", "a=.inf", "b=[0.9, -.Inf]", "c=1e-3,.NaN", "+d=+.inf", "e='.inf'", "f=x.inf",
+                        "hydra.run.dir=.inf"]) == ["-m", "a=inf", "b=[0.9,-inf]", "c=1e-3,nan", "+d=+inf",
+                                                   "e='.inf'", "f=x.inf", "hydra.run.dir=.inf"]
+    cfg = compose(*yaml_floats(["optimizer=prodigy", "optimizer.growth_rate=.inf"]))  # valid: "no limit"
+    assert cfg.optimizer.growth_rate == float("inf")
+    with pytest.raises(ConfigValueError) as e:
+        compose(*yaml_floats(["optimizer.betas=[0.9,.nan]"]))
+    assert str(e.value) == "optimizer.betas=[0.9, nan]: must be finite numbers"
 
 
 # ------------------------------------------------------------------- keys of options that are not chosen
@@ -177,3 +192,13 @@ def test_option_not_enabled_is_one_line_from_the_cli(lrtrain):
     r = lrtrain("regularization.l2.weight_decay=0.1")
     assert (r.returncode, r.stderr.strip()) == (2, "lrtrain: error: regularization.l2.weight_decay: l2 is not "
                                                    "enabled; add it: regularization=[l2]")
+
+
+def test_malformed_yaml_in_a_config_dir_names_the_file_and_line(lrtrain, tmp_path):
+    mine = tmp_path / "conf" / "optimizer" / "mine.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("_target_: torch.optim.Adam\nlr: [0.1\nbetas: :\n")
+    r = lrtrain("--config-dir", str(tmp_path / "conf"), "optimizer=mine")
+    assert (r.returncode, r.stderr.strip()) == (
+        2, f"lrtrain: error: {mine}, line 3, column 6: not valid YAML (while parsing a flow sequence; expected ',' "
+           "or ']', but got ':')")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,6 +245,11 @@ def test_a_killed_fused_sweep_resumes_when_run_again(tmp_path):
         summary = json.loads((tmp_path / "killed" / job / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["resumed_from_step"] > 0
         assert_same_job(tmp_path / "killed" / job, tmp_path / "whole" / job)
+        # and bit for bit, as a solo resume is: every step's loss and the final weights
+        killed, whole = tmp_path / "killed" / job, tmp_path / "whole" / job
+        assert (killed / "steps.csv").read_bytes() == (whole / "steps.csv").read_bytes()
+        a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in (killed, whole))
+        assert all(torch.equal(a[key], b[key]) for key in b)
 
 
 # ------------------------------------------------------------------- models the matmul path does not cover
@@ -299,3 +305,35 @@ def test_ctrl_c_interrupts_every_replica_and_the_same_command_finishes_them(tmp_
         summary = json.loads((tmp_path / "s" / job / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["resumed_from_step"] == before["steps"]
         assert len(read_rows(tmp_path / "s" / job / "steps.csv")) == 12 * 45
+
+
+@pytest.mark.parametrize("model", [[], pytest.param(["model=cnn"], marks=pytest.mark.slow)],
+                         ids=["mlp", "cnn-batch-norm"])
+def test_replicas_resumed_at_different_steps_go_on_bit_for_bit(compose, tmp_path, model):
+    """A kill between two replicas' checkpoints (or a rollback) leaves replicas at different places in their
+    epochs: job 0, resumed at step 40, takes its epoch's short last batch (step 44) beside job 1's full one
+    (step 64). Each goes on exactly as in the group that was never stopped: files, losses and weights."""
+    from lrtrain.build import build
+    from lrtrain.fused import fit_fused
+
+    jobs = [["optimizer.lr=1e-3"], ["optimizer.lr=3e-3", "trainer.seed=1"]]
+    settings = [*model, "trainer.max_epochs=2", "trainer.checkpoint_every_n_steps=20", "trainer.keep_last_k=4",
+                "trainer.device=cpu", *QUIET]
+    fit_fused([build(compose(*job, *settings), tmp_path / f"whole{i}") for i, job in enumerate(jobs)])
+    for i, step in enumerate((40, 60)):
+        shutil.copytree(tmp_path / f"whole{i}", tmp_path / f"resumed{i}")
+        checkpoints = tmp_path / f"resumed{i}" / "checkpoints"
+        shutil.copy(checkpoints / f"step-{step:08d}.pt", checkpoints / "last.pt")
+    runs = [build(compose(*job, *settings, "trainer.resume=auto"), tmp_path / f"resumed{i}")
+            for i, job in enumerate(jobs)]
+    assert [run.resume["step"] for run in runs] == [40, 60]
+    assert [s.status for s in fit_fused(runs)] == ["completed", "completed"]
+    for i in range(len(jobs)):
+        whole, resumed = tmp_path / f"whole{i}", tmp_path / f"resumed{i}"
+        for name in ("steps.csv", "metrics.csv"):  # as text, but for the wall-clock seconds
+            a, b = ([{k: v for k, v in row.items() if k != "seconds"} for row in read_rows(d / name)]
+                    for d in (whole, resumed))
+            assert a == b, name
+        a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (whole, resumed))
+        assert a["model"].keys() == b["model"].keys()
+        assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])

@@ -223,3 +223,71 @@ def test_wandb_offline_run_matches_the_csv_files(lrtrain, tmp_path):
     assert summary["status"] == "completed" and summary["best_value"] == r.summary()["best_value"]
     assert summary["final_val_acc"] == float(metrics[-1]["val_acc"])
     assert [rec["exit"]["exit_code"] for rec in records if rec["type"] == "exit"] == [0]
+
+
+def _refusing_url() -> str:
+    """An http:// URL on this machine where nothing listens: the connection is refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("store", ["not a database", "refusing server"])
+def test_an_mlflow_store_that_cannot_be_used_is_one_line_naming_the_key(tmp_path, store):
+    """Tried once when the run starts (no retries: MLflow's seven with backoff took four minutes)."""
+    import time
+
+    from lrtrain.errors import EXIT_FAILED, LoggerStoreError, describe
+    from lrtrain.loggers import RunContext
+    from lrtrain.mlflow_logger import MLflowLogger
+
+    if store == "not a database":
+        (tmp_path / "notes.txt").write_text("my notes\n")
+        uri, why = f"sqlite:///{tmp_path / 'notes.txt'}", f"{tmp_path / 'notes.txt'}: file is not a database"
+    else:
+        uri, why = _refusing_url(), "the server refused the connection"
+    started = time.monotonic()
+    with pytest.raises(LoggerStoreError) as e:
+        MLflowLogger(uri, "lrtrain").on_start(RunContext(tmp_path, ["step", "loss"], ["epoch"], {}))
+    assert time.monotonic() - started < 30
+    assert describe(e.value) == (f"logger.mlflow.tracking_uri={uri}: cannot use this MLflow tracking store ({why})",
+                                 EXIT_FAILED)
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n" if store == "not a database" else True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["not a database", "read-only", "refusing server"])
+def test_an_mlflow_store_that_cannot_be_used_stops_the_run_before_training(lrtrain, tmp_path, store):
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import lrtrain_env
+
+    run = tmp_path / "run"
+    args = [*QUIET, "logger=[csv,mlflow]", "logger.csv.plots=false", f"hydra.run.dir={run}"]
+    if store == "not a database":
+        (tmp_path / "notes.txt").write_text("my notes\n")
+        r = lrtrain(*args, f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'notes.txt'}")
+        code, err, why = r.returncode, r.stderr, f"{tmp_path / 'notes.txt'}: file is not a database"
+    elif store == "refusing server":
+        r = lrtrain(*args, f"logger.mlflow.tracking_uri={_refusing_url()}", timeout=120)
+        code, err, why = r.returncode, r.stderr, "the server refused the connection"
+    else:  # a database on a read-only mount (a private one: unshare -m, root only)
+        store_dir = tmp_path / "store"
+        first = lrtrain(*args, f"logger.mlflow.tracking_uri=sqlite:///{store_dir / 'mlflow.db'}")
+        assert first.returncode == 0, first.stderr
+        shutil.rmtree(run)
+        if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+            pytest.skip("a read-only mount needs root and unshare")
+        script = (f"mount --bind {store_dir} {store_dir} && mount -o remount,ro,bind {store_dir} && exec \"$@\"")
+        p = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", sys.executable, "-m", "lrtrain", *args,
+                            f"logger.mlflow.tracking_uri=sqlite:///{store_dir / 'mlflow.db'}"], cwd=tmp_path,
+                           capture_output=True, text=True, env=lrtrain_env(), timeout=300)
+        code, err, why = p.returncode, p.stderr, f"{store_dir / 'mlflow.db'}: attempt to write a readonly database"
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.strip().startswith("lrtrain: error: logger.mlflow.tracking_uri=") and err.strip().endswith(f"({why})")
+    assert len((run / "steps.csv").read_text().splitlines()) <= 1  # no step was taken

@@ -5,6 +5,7 @@ from __future__ import annotations
 from conftest import config_error
 
 import csv
+from pathlib import Path
 import json
 import math
 
@@ -132,3 +133,60 @@ def test_the_range_test_takes_the_training_step(compose, tmp_path, reg):
     assert plain != regularized
     if "grad_clip" in reg[0]:  # tiny steps: the loss hardly moves, while the plain test's loss falls
         assert abs(regularized[-1] - regularized[0]) < abs(plain[-1] - plain[0])
+
+
+# A range test that runs until a signal stops it: an LR too small to make the loss diverge, a million steps.
+ENDLESS = ["lr_find.num_steps=1000000", "lr_find.max_lr=1e-5", "trainer.progress=none", "logger=[csv]",
+           "logger.csv.plots=false"]
+
+
+def _signal_in_the_task(cmd: list[str], cwd: Path, signum: int) -> tuple[int, str]:
+    """Run `cmd`, send `signum` once the job's task has begun: torch is imported there (the start-up path does
+    not import it), after the check that lists the jobs of an interrupted sweep as not started."""
+    import subprocess
+    import time
+
+    from conftest import lrtrain_env
+
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=lrtrain_env())
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and "libtorch_cpu" not in maps.read_text():
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.slow  # one process, but 5-16 s on 2 shared cores: its build runs to the first check
+def test_sigterm_in_the_range_test_is_recorded_as_sigterm(tmp_path):
+    import re
+    import signal
+    import sys
+
+    run = tmp_path / "run"
+    code, err = _signal_in_the_task([sys.executable, "-m", "lrtrain", "mode=lr_find", *ENDLESS,
+                                     f"hydra.run.dir={run}"], tmp_path, signal.SIGTERM)
+    assert code == 143, err
+    assert re.fullmatch(r"lrtrain: interrupted by SIGTERM during the LR range test \(at its step \d+\)", err.strip())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["stop_reason"].startswith("SIGTERM during the LR range test")
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_sweeps_range_test_reports_the_sweep_and_the_job_it_did_not_start(tmp_path):
+    import signal
+    import sys
+
+    sweep = tmp_path / "sweep"
+    code, err = _signal_in_the_task([sys.executable, "-m", "lrtrain", "-m", "optimizer.lr=auto", "trainer.seed=0,1",
+                                     *ENDLESS, f"hydra.sweep.dir={sweep}"], tmp_path, signal.SIGINT)
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"lrtrain: sweep interrupted by SIGINT; see {sweep / 'sweep_summary.csv'}"
+    with open(sweep / "sweep_summary.csv", newline="") as f:
+        rows = {row["job"]: row for row in csv.DictReader(f)}
+    assert rows["0"]["status"] == "interrupted" and rows["0"]["cause"].startswith("SIGINT during the LR range test")
+    assert rows["1"]["status"] == "not_started"

@@ -56,6 +56,26 @@ def test_every_model_trains_a_step_on_images(compose, option, shape):
     assert after < before
 
 
+@pytest.mark.parametrize("shape", IMAGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("option", group_options("model"))
+def test_the_size_estimate_is_the_models_parameter_count(compose, option, shape):
+    """What build checks against the memory available, from the config alone, for every model (and norm)."""
+    from omegaconf import OmegaConf
+
+    from lrtrain.models import parameter_count
+
+    if option in TAKES_TOKENS:
+        shape = (16,)  # a window of token ids
+    variants = {"mlp": ["model.norm=none", "model.norm=batch", "model.norm=layer"],
+                "cnn": ["model.norm=none", "model.norm=batch", "model.norm=layer"],
+                "gpt": ["model.bias=true", "model.bias=false model.norm_position=post model.block_size=32"]}
+    for norm in variants.get(option, [None]):
+        node = compose(f"model={option}", *norm.split() if norm else []).model
+        model = instantiate(node, input_shape=shape, num_outputs=7, _convert_="all")
+        own = {k: v for k, v in OmegaConf.to_container(node).items() if k != "_target_"}
+        assert parameter_count(node._target_, shape, 7, **own) == sum(p.numel() for p in model.parameters()), norm
+
+
 @pytest.mark.parametrize("option", group_options("model"))
 def test_tabular_inputs_train_or_are_refused(compose, option):
     if option in TAKES_TOKENS:  # a window of 10 token ids has this shape too: build() tells them apart
