@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from lrtrain.summary import Summary
+from lrtrain.summary import Status, Summary
 from lrtrain.writers import CSVLog, truncate_csv
 
 
@@ -193,7 +193,7 @@ class TensorBoardLogger(Sink):
         self.writer.flush()
 
     def on_end(self, summary: Summary) -> None:
-        if self.hparams and summary.status != "running":
+        if self.hparams and summary.status != Status.RUNNING:
             from torch.utils.tensorboard.summary import hparams
 
             metrics = {f"hparams/{k}": v for k, v in summary_metrics(summary).items()}

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from lrtrain.writers import atomic_path
+
 USAGE = """\
 usage: lrtrain-schedule [-m] [group=option ...] [group.key=value ...] [steps_per_epoch=N] [out=FILE.png]
                         [log=true] [--csv FILE.csv]
@@ -100,13 +102,11 @@ def curve(cfg, spe: Optional[int]) -> tuple[list[float], int]:
 def write_csv(path: Path, rows: list[list[Any]], momentum: bool) -> None:
     """The per-step values, written to a temporary file and renamed: never a half-written CSV."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["curve", "step", "epoch", "lr"] + (["momentum"] if momentum else []))
         # repr() of a float round-trips exactly, so values read back equal the schedule's
         out.writerows([[repr(v) if isinstance(v, float) else v for v in row] for row in rows])
-    os.replace(tmp, path)
 
 
 def sparkline(values: list[float], top: float, width: int = 60) -> str:

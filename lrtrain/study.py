@@ -7,8 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
-# Statuses whose metrics count: a job that failed, diverged, was pruned or interrupted is counted, not averaged.
-OK_STATUSES = ("completed", "early_stopped")
+from lrtrain.summary import SUCCEEDED, Status  # SUCCEEDED: the statuses whose metrics are averaged
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class Configuration:
 
     @property
     def n(self) -> int:
-        return sum(job["status"] in OK_STATUSES for job in self.jobs)
+        return sum(job["status"] in SUCCEEDED for job in self.jobs)
 
     def count(self, status: str) -> int:
         return sum(job["status"] == status for job in self.jobs)
@@ -67,7 +66,7 @@ class Configuration:
     @property
     def incomplete(self) -> int:
         """Jobs neither completed, failed nor diverged: interrupted, pruned, ..."""
-        return len(self.jobs) - self.n - self.count("failed") - self.count("diverged")
+        return len(self.jobs) - self.n - self.count(Status.FAILED) - self.count(Status.DIVERGED)
 
 
 def varied_keys(settings: Sequence[dict[str, Value]]) -> list[str]:
@@ -85,7 +84,7 @@ def group(jobs: Sequence[dict], keys: Sequence[str], metrics: Sequence[str], con
         key = tuple(hashable(v) for v in values.values())
         configs.setdefault(key, Configuration(values)).jobs.append(job)
     for config in configs.values():
-        done = [job for job in config.jobs if job["status"] in OK_STATUSES]
+        done = [job for job in config.jobs if job["status"] in SUCCEEDED]
         for metric in metrics:
             stat = estimate((job.get(metric) for job in done), confidence)
             if stat is not None:
