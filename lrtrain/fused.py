@@ -1,17 +1,17 @@
 """Fused sweeps: the jobs of a sweep that share a model and its data train together, as one vectorized model.
 
-Each job keeps its own `Trainer` (lrtrain.loop) for everything but the step: its position, data order,
-schedule, sinks, validation, early stopping, divergence guard, checkpoints and summary are the ordinary ones, and
-`fit_fused` drives the K trainers' step generators in lock-step. Only the step is shared (`Replicas.step`): every parameter lives stacked as one leaf tensor [K, ...] over the
-K replicas, each replica's batch is drawn with its own order generator (the permutation its solo run draws),
-the loss is the sum of the replicas' mean losses (their gradients do not mix), and the update is torch's
-Adam/AdamW/SGD written over the stacked tensors with each replica's hyper-parameters as broadcast tensors
-(torch.optim takes one scalar LR per parameter group, so a per-replica LR is not something it can do for us;
-`tests/test_fused.py` checks this update step by step against torch.optim). Before its model or optimizer is
-read (validation, a checkpoint, the end) a replica's slice is copied into its own module and torch optimizer
-(`_sync`), so checkpoints are ordinary ones and resume alone; after a restore (resume, rollback) it is copied
-back. A replica that ends stops updating: its slice is zeroed and its LR is 0, and nothing it holds reaches the
-others' numbers.
+Each job keeps its own `Trainer` (lrtrain.loop), whose step generator `fit_fused` drives in lock-step with the
+others': its position, data order, schedule, sinks, validation, early stopping, divergence guard, checkpoints,
+stop request and summary are the ordinary ones, decided by the ordinary code. Only the step is shared
+(`Replicas.step`): every parameter lives stacked as one leaf tensor [K, ...] over the K replicas, each replica's
+batch is drawn with its own order generator (the permutation its solo run draws), the loss is the sum of the
+replicas' mean losses (their gradients do not mix), and the update is torch's Adam/AdamW/SGD written over the
+stacked tensors with each replica's hyper-parameters as broadcast tensors (torch.optim takes one scalar LR per
+parameter group, so a per-replica LR is not something it can do for us; `tests/test_fused.py` checks this update
+step by step against torch.optim). Before its model or optimizer is read (validation, a checkpoint, the end) a
+replica's slice is copied into its own module and torch optimizer (`sync`), so checkpoints are ordinary ones and
+resume alone; after a restore (resume, rollback) it is copied back. A replica that ends stops updating: its slice
+is zeroed and its LR is 0, and nothing it holds reaches the others' numbers.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from torch import nn
 from lrtrain.data import TensorData
 from lrtrain.loggers import CSVLogger, TensorBoardLogger
 from lrtrain.loop import Run, Trainer, Want, evaluate_outputs
-from lrtrain.pending import Pending
 from lrtrain.plots import CurvesPool
 from lrtrain.progress import ProgressDisplay
 from lrtrain.signals import STOP
@@ -517,13 +516,13 @@ class ReplicaTrainer(Trainer):
         self.index, self.group = index, group
         self.replicas: Optional[Replicas] = None
         self.stop_signal = stop
-        self.live = []  # a live bar reads its loss every step, and a step's loss here is the group's [K] tensor
         # what a step gave is the group's [K] tensors: stacked once for every replica, column `index` read
-        self.pending = Pending(lambda tensors: self.replicas.history(tensors), index)
+        self.pending.stack, self.pending.column = (lambda tensors: self.replicas.history(tensors)), index
 
     def begin(self) -> None:
         super().begin()
-        self.summary.fused = self.group
+        self.out.live = []  # a live bar reads its loss every step, and a step's loss here is the group's [K] tensor
+        self.out.summary.fused = self.group
 
     def batches(self, start: int) -> Iterator[int]:
         """The epoch's batch indices: the permutation is drawn into the group's, as the solo run draws it."""
@@ -544,8 +543,8 @@ class ReplicaTrainer(Trainer):
 
     def draw_curves_with(self, curves: CurvesPool) -> None:
         """The run's curves.png is queued for `curves` (worker processes) as it ends, when no sink reads it."""
-        if all(isinstance(s, _CURVES_UNREAD) for s in self.sinks):
-            for sink in self.sinks:
+        if all(isinstance(s, _CURVES_UNREAD) for s in self.run.sinks):
+            for sink in self.run.sinks:
                 if isinstance(sink, CSVLogger):
                     sink.draw = curves.add
 

@@ -24,22 +24,22 @@ from typing import Any, Callable, Generator, Iterator, NamedTuple, Optional
 import torch
 from torch import nn
 
-from lrtrain.checkpoints import load, remove_temporaries, save_copies
 from lrtrain.config import TrainerConfig
 from lrtrain.data import FolderData, TensorData
-from lrtrain.distributed import Dist, weights_hash
+from lrtrain.distributed import Dist
 from lrtrain.durations import Timeline
 from lrtrain.early_stopping import EarlyStopping, improved
-from lrtrain.loggers import RunContext, Sink
+from lrtrain.loggers import Sink
 from lrtrain.optimizers import eval_mode, train_mode
+from lrtrain.outputs import Outputs
 from lrtrain.pending import Pending
-from lrtrain.position import HISTORY, Position, restore, snapshot, versions
+from lrtrain.position import CheckpointDir, Position, restore, snapshot
 from lrtrain.pruning import TrialPruning
 from lrtrain.regularization import StepHooks
 from lrtrain.schedules import Schedule
 from lrtrain.signals import STOP
 from lrtrain.step import StepResult, TrainStep
-from lrtrain.summary import BROKEN, Status, Summary
+from lrtrain.summary import Status, Summary
 from lrtrain.tasks import Task, task_for
 from lrtrain.warmup import Warmup
 
@@ -137,19 +137,19 @@ class Trainer:
         self.base_lrs = [group["lr"] for group in run.optimizer.param_groups]  # the configured LRs
         self.order = torch.Generator(device=run.device).manual_seed(run.settings.seed)
         self.pos = Position(order_state=self.order.get_state())
-        self.ckpt_dir = run.out_dir / "checkpoints"
-        self.pending = Pending()
+        self.checkpoints = CheckpointDir(run.out_dir / "checkpoints", run.settings.keep_last_k)
         self.cycles_momentum = run.schedule.momentum(0) is not None
         self.val_steps = run.val_steps
         self.dist = run.dist
         self.main = run.dist is None or run.dist.main  # rank 0 alone writes checkpoints
         self.world = run.dist.world_size if run.dist else 1
-        self.sinks, self.live = run.sinks, [s for s in run.sinks if s.live]
         self.stop_signal: Any = STOP  # true once a signal asked the run to stop
         # checkpoints hold run.model, the unwrapped model: they load with and without ddp
         self.train_model = (nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device] if run.device.type == "cuda" else None) if run.dist else run.model)
         self.step = run.step_fn(self.train_model)
+        self.pending = Pending(run.hooks.clip is not None, run.settings.on_divergence == "rollback",
+                               self.step.learns_lr, self.cycles_momentum)
 
     # What a fused replica (lrtrain.fused) does its own way: where its batches, weights and validation live.
 
@@ -159,18 +159,15 @@ class Trainer:
         return iter(self.run.data.train_batches(self.order, start=start, **shard))
 
     def validate(self) -> dict[str, float]:
-        run = self.run
-        return evaluate(run.model, run.data.val, run.data, self.step.amp, self.task, self.settings.val_batches)
+        return evaluate(self.run.model, self.run.data.val, self.run.data, self.step.amp, self.task,
+                        self.settings.val_batches)
 
     def sync(self) -> None:
         """Before run.model and run.optimizer are read (validation, checkpoints, the end): nothing to do here."""
 
     def restore(self, ckpt: dict[str, Any], keep_history: bool = False) -> None:
         """Back to a checkpoint; `keep_history` (a rollback) keeps the rows and rollbacks made since."""
-        kept = {k: getattr(self.pos, k) for k in HISTORY}
-        self.pos = restore(self.run, ckpt)
-        if keep_history:
-            vars(self.pos).update(kept)
+        self.pos = restore(self.run, ckpt, since=self.pos if keep_history else None)
 
     # ------------------------------------------------------------------------------------------- loop
 
@@ -187,15 +184,14 @@ class Trainer:
                     self.on_divergence(d)
             self.finish()
         except BaseException as e:
-            self.fail(e)
-            self.close()
+            self.out.fail(e, self.pos)
             raise
-        self.totals()
+        self.out.totals(self.pos)
         try:
             yield None  # a group times every run that ended at this step before any writes its outputs
         finally:
-            self.end_sinks()
-        return self.summary
+            self.out.end()
+        return self.out.summary
 
     def _epoch(self) -> Generator[Optional[Want], Optional[StepResult], None]:
         """Steps from pos.batch to the epoch's end, through its validation points; returns early when the run ends."""
@@ -212,7 +208,11 @@ class Trainer:
             lrs = [run.schedule(pos.step, base) for base in self.stretch_lrs]
             momentum = run.schedule.momentum(pos.step) if self.cycles_momentum else None
             result = yield Want(batch, lrs, momentum)
-            self.record(result, lrs[0], momentum)
+            self.pending.add(result, lrs[0], momentum)  # no host sync: read back at the next flush
+            pos.step += 1
+            pos.batch += 1
+            for sink in self.out.live:
+                sink.on_step(pos.step, pos.epoch, lrs[0], result.loss)
             if pos.batch >= spe or pos.step % self.val_steps == 0 or pos.step >= total:
                 yield None  # a group takes every replica's step before any validates
                 if self._boundary():
@@ -232,45 +232,35 @@ class Trainer:
         self.first_batch = self.pos.batch
         self.stretch_started = time.perf_counter()
 
-    def record(self, result: StepResult, lr: float, momentum: Optional[float]) -> None:
-        """One step was taken: keep its numbers for the next flush."""
-        pos = self.pos
-        self.pending.add(result, lr, momentum)
-        pos.step += 1
-        pos.batch += 1
-        for sink in self.live:
-            sink.on_step(pos.step, pos.epoch, lr, result.loss)
-
     def _end_stretch(self) -> None:
         """Flush the stretch's steps, and count its time and samples."""
-        pos = self.pos
         self._flush()
-        pos.step_seconds += time.perf_counter() - self.stretch_started
-        n, bs = len(self.run.data.train), self.run.data.batch_size * self.world
-        pos.samples += min(n, pos.batch * bs) - min(n, self.first_batch * bs)
+        self.pos.add_stretch(time.perf_counter() - self.stretch_started, self.first_batch,
+                             len(self.run.data.train), self.run.data.batch_size * self.world)
 
     def _boundary(self) -> bool:
         """After a step that ends an epoch, reaches a validation point or ends the run: flush; validate, decide
         and checkpoint when one is due. True when the epoch or the run ended."""
-        run, pos = self.run, self.pos
+        run, pos, total = self.run, self.pos, self.run.timeline.total_steps
         self._end_stretch()
-        row = self._validation_row() if pos.step % self.val_steps == 0 or pos.step >= run.timeline.total_steps else None
+        validating = pos.step % self.val_steps == 0 or pos.step >= total
+        reason, best = self._validation() if validating else (None, False)
         epoch_ended = pos.batch >= run.timeline.steps_per_epoch
         if epoch_ended:
             pos.epoch, pos.batch, pos.order_state = pos.epoch + 1, 0, self.order.get_state()
         stop = self.dist.from_main(bool(self.stop_signal)) if self.dist else bool(self.stop_signal)
-        reason, best = self._decide(row) if row is not None else (None, False)
-        if row is not None or stop:
+        if validating or stop:
             self.save(best=best)
-        if stop and pos.step < run.timeline.total_steps:
-            self._mark_interrupted()
+        if stop and pos.step < total:
+            self._interrupt(save=False)
         elif reason is not None:
-            self.summary.status, self.summary.stop_reason = reason
+            self.out.stop(*reason)
         return epoch_ended or not self.running
 
-    def _validation_row(self) -> dict[str, Any]:
-        """Validate the weights as they are; the metrics row, handed to the sinks."""
-        run, pos = self.run, self.pos
+    def _validation(self) -> tuple[Optional[tuple[Status, str]], bool]:
+        """Validate the weights as they are and hand the metrics row on; then what it decides: a reason to stop
+        (a status and its reason), and whether it is the best so far (for best.pt)."""
+        run, pos, settings = self.run, self.pos, self.settings
         self.sync()
         eval_mode(run.optimizer)  # schedule-free: validate (and then save) the averaged weights
         val = self.validate()  # every rank: the same validation batches
@@ -278,66 +268,43 @@ class Trainer:
             val = self.dist.from_main(val)  # rank 0's numbers, so every rank takes the same decisions
         if run.stopper.guard.check_finite and not math.isfinite(val["loss"]):
             raise Diverged(pos.step, f"the validation loss became {val['loss']}")
-        train = {"train_loss": pos.loss_sum / pos.seen, **({"train_acc": pos.correct / pos.seen}
-                                                           if self.task.classify else {})}
+        train = {"loss": pos.loss_sum / pos.seen, "acc": pos.correct / pos.seen}  # since the last validation
         row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr}
-        row.update({k: train.get(k, val.get(k[4:])) for k in self.metric_cols[3:-1]})
+        row.update({k: (train if k.startswith("train_") else val)[k.split("_", 1)[1]] for k in self.metric_cols[3:-1]})
         row["seconds"] = time.perf_counter() - self.stretch_started
-        for sink in self.sinks:
-            sink.on_epoch(row)
+        self.out.row(row)
         pos.metrics_rows += 1
-        self.summary.final = row
-        return row
-
-    def _decide(self, row: dict[str, Any]) -> tuple[Optional[tuple[Status, str]], bool]:
-        """What a validation row decides: a reason to stop (as the status and its reason), and whether it is
-        the best so far (for best.pt)."""
-        run, pos, settings = self.run, self.pos, self.settings
-        run.schedule.observe(row["epoch"], row)
-        reason = run.stopper.update(row["epoch"], row, run.model)
+        run.schedule.observe(pos.epoch, row)
+        reason = run.stopper.update(pos.epoch, row, run.model)
         pruned = run.pruning.update((pos.step - 1) // self.val_steps, row) if run.pruning else None
         if self.dist:
             reason, pruned = self.dist.from_main((reason, pruned))
         best = improved(row[settings.monitor], pos.best_value, settings.monitor_mode)
         if best:
-            pos.best_value, pos.best_epoch = row[settings.monitor], row["epoch"]
+            pos.best_value, pos.best_epoch = row[settings.monitor], pos.epoch
         pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
-        stop = (Status.PRUNED, pruned) if pruned else (Status.EARLY_STOPPED, reason) if reason else None
-        return stop, best
+        return (Status.PRUNED, pruned) if pruned else (Status.EARLY_STOPPED, reason) if reason else None, best
 
     def _flush(self) -> None:
         """Read back the pending steps (one host sync), hand their rows to the sinks, check for divergence."""
         if not self.pending:
             return
-        pos, run, settings = self.pos, self.run, self.settings
-        taken = self.pending.take()
-        losses_t, correct_t = taken.losses, taken.correct
-        if self.dist:  # every rank gets the same values, so every rank decides on divergence the same way
-            losses_t, correct_t = self.dist.mean(losses_t), self.dist.sum(correct_t)
-        losses, correct = losses_t.tolist(), int(correct_t)
-        lrs, effective, momenta = taken.lrs, taken.effective, taken.momenta
-        norms = taken.norms.tolist() if taken.norms is not None else []
+        pos, run = self.pos, self.run
+        taken = self.pending.take(self.dist)
+        losses, correct = taken.losses.tolist(), int(taken.correct)
         first = pos.step - len(losses)
         diverged = run.stopper.guard.check(losses)
         count = len(losses) if diverged is None else diverged[0] + 1  # keep the offending step's row
-        extra = [len(pos.rollbacks)] if settings.on_divergence == "rollback" else []
-        rows = [[first + j, pos.epoch, lrs[j], losses[j], *norms[j:j + 1], *extra, *effective[j:j + 1],
-                 *momenta[j:j + 1]] for j in range(count) if (first + j) % settings.log_every_n_steps == 0]
-        for sink in self.sinks:
-            sink.on_steps(rows)
+        rows = self.pending.rows(taken, losses, first, pos.epoch, count, self.settings.log_every_n_steps,
+                                 len(pos.rollbacks))
+        self.out.steps(rows)
         pos.steps_rows += len(rows)
-        if effective:
-            pos.last_effective_lr = effective[count - 1]
+        if taken.effective:
+            pos.last_effective_lr = taken.effective[count - 1]
         if diverged is not None:
             raise Diverged(first + diverged[0], diverged[1])
-        n, bs = len(run.data.train), run.data.batch_size * self.world
-        start_batch = pos.batch - len(losses)
-        for j, loss in enumerate(losses):
-            size = min(bs, n - (start_batch + j) * bs)
-            pos.loss_sum += loss * size
-            pos.seen += size
-        pos.correct += correct
-        pos.last_lr = lrs[-1]
+        pos.add_losses(losses, correct, len(run.data.train), run.data.batch_size * self.world)
+        pos.last_lr = taken.lrs[-1]
 
     def on_divergence(self, d: Diverged) -> None:
         """Stop (keeping the last good checkpoint), or roll back to it with a smaller LR."""
@@ -346,37 +313,29 @@ class Trainer:
         if settings.on_divergence == "rollback" and len(pos.rollbacks) < settings.max_rollbacks:
             if self.dist:
                 self.dist.barrier()
-            self.restore(load(self.ckpt_dir / "last.pt"), keep_history=True)
+            self.restore(self.checkpoints.last(), keep_history=True)
             pos = self.pos
             pos.lr_scale *= settings.rollback_factor
             pos.rollbacks.append({"diverged_at_step": d.step, "reason": d.reason, "restored_step": pos.step,
                                   "lr_scale": pos.lr_scale})
-            for sink in self.sinks:
-                sink.on_message(f"rollback {len(pos.rollbacks)}/{settings.max_rollbacks}: {d.reason} at step "
-                                f"{d.step}; back to step {pos.step} with the LR x{pos.lr_scale:g}")
+            self.out.message(f"rollback {len(pos.rollbacks)}/{settings.max_rollbacks}: {d.reason} at step "
+                             f"{d.step}; back to step {pos.step} with the LR x{pos.lr_scale:g}")
             return
         tail = f" (after {len(pos.rollbacks)} rollbacks)" if pos.rollbacks else ""
-        self.summary.status, self.summary.stop_reason = Status.DIVERGED, f"{d.reason} at step {d.step}{tail}"
+        self.out.stop(Status.DIVERGED, f"{d.reason} at step {d.step}{tail}")
 
-    def _interrupt(self) -> None:
-        """A signal asked the run to stop mid-epoch: checkpoint where it is and end as `interrupted`."""
-        self.save()
-        self._mark_interrupted()
-
-    def _mark_interrupted(self) -> None:
-        self.summary.status, self.summary.stop_reason = Status.INTERRUPTED, f"{STOP.name} at step {self.pos.step}"
+    def _interrupt(self, save: bool = True) -> None:
+        """A signal asked the run to stop: checkpoint where it is (unless just done) and end as `interrupted`."""
+        if save:
+            self.save()
+        self.out.stop(Status.INTERRUPTED, f"{STOP.name} at step {self.pos.step}")
 
     def save(self, best: bool = False, step_file: bool = False) -> None:
         """Checkpoint where the run is: last.pt, with best.pt (`best`) or step-<n>.pt (`step_file`) beside it."""
         self.sync()
         eval_mode(self.run.optimizer)  # every rank: a checkpoint holds the weights a resume evaluates
-        keep = self.settings.keep_last_k
         if self.main:
-            paths = [self.ckpt_dir / "last.pt"] + [self.ckpt_dir / "best.pt"] * best
-            paths += [self.ckpt_dir / f"step-{self.pos.step:08d}.pt"] * (step_file and keep > 0)
-            save_copies(snapshot(self.run, self.pos), paths)
-            for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None] if step_file else ():
-                old.unlink()
+            self.checkpoints.write(snapshot(self.run, self.pos), best, step_file)
         if step_file:  # mid-stretch: training goes on
             train_mode(self.run.optimizer)
 
@@ -384,92 +343,30 @@ class Trainer:
 
     @property
     def running(self) -> bool:
-        return self.pos.step < self.run.timeline.total_steps and self.summary.status == Status.RUNNING
+        return self.pos.step < self.run.timeline.total_steps and self.out.summary.status == Status.RUNNING
 
     def begin(self) -> None:
-        """Restore a checkpoint to resume from; the columns, the sinks' context and the summary."""
-        run, settings, out = self.run, self.settings, self.run.out_dir
+        """Restore a checkpoint to resume from; the outputs' columns and the summary."""
+        run = self.run
         if run.resume is not None:
             self.restore(run.resume)
             if not run.resumed_in_place:  # continuing into a new run dir: its CSVs start at the checkpoint
                 self.pos.steps_rows = self.pos.metrics_rows = 0
         self.metric_cols = ["epoch", "step", "lr", *self.task.row_metrics(), "seconds"]
-        self.step_cols = (["step", "epoch", "lr", "loss"] + (["grad_norm"] if run.hooks.clip else [])
-                          + (["rollbacks"] if settings.on_divergence == "rollback" else [])
-                          + (["effective_lr"] if self.step.learns_lr else [])
-                          + (["momentum"] if self.cycles_momentum else []))
         if self.main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            remove_temporaries(self.ckpt_dir)  # what a killed write left
-        self.ctx = RunContext(out, self.step_cols, self.metric_cols, run.config, self.pos.steps_rows,
-                              self.pos.metrics_rows, run.resumed_in_place, run.sweep_dir, run.job_num)
-        self.summary = Summary(
-            status=Status.RUNNING, run_dir=str(out), monitor=settings.monitor, mode=settings.monitor_mode,
-            epochs=0, steps=0, train_seconds=0.0, samples_per_second=0.0, device=str(run.device),
-            threads=torch.get_num_threads(), seed=settings.seed,
-            resumed_from_step=self.pos.step if run.resume is not None else None, lr_find=run.lr_find,
-            versions=versions())
-        if self.dist:
-            self.summary.world_size, self.summary.global_batch_size = self.world, run.data.batch_size * self.world
-        self.started = time.perf_counter()
-        self.seconds_before = self.pos.step_seconds
+            self.checkpoints.prepare()
+        self.out = Outputs(run, self.pos, self.pending.columns, self.metric_cols)
 
     def open(self) -> None:
-        for sink in self.sinks:
-            sink.on_start(self.ctx)
-        self.started = time.perf_counter()  # train_seconds: the loop, not the loggers' start-up (TensorBoard's import)
-        # this run's own last.pt from its first step (a resume into a new dir too): to resume or roll back to
-        self.save()
+        self.out.open()
+        self.save()  # this run's own last.pt from its first step (a resume into a new dir too): to roll back to
 
     def finish(self) -> None:
-        """The run ended (or was interrupted): the final weights, tested when it ended."""
-        run, summary = self.run, self.summary
-        if summary.status == Status.RUNNING:
-            summary.status = Status.COMPLETED
+        """The run ended (or was interrupted): its final weights, tested when it ended (lrtrain.outputs)."""
         self.sync()
-        eval_mode(run.optimizer)  # the final weights, tested and kept, are the evaluation ones
-        stopper = run.stopper
-        ended = summary.status != Status.INTERRUPTED  # an interrupted run is continued, not finished, by a resume
-        if ended and stopper.restore_best_weights and stopper.best_weights is not None:
-            run.model.load_state_dict(stopper.best_weights)
-            summary.restored_best_weights_from_epoch = stopper.best_epoch
-        if ended and run.data.test is not None and summary.status != Status.DIVERGED:
-            test = evaluate(run.model, run.data.test, run.data, self.step.amp, self.task)
-            summary.test = {f"test_{k}": v for k, v in test.items()}
-        if self.dist:  # the weights every rank ends with: identical unless the ranks fell out of step
-            hashes = self.dist.gather(weights_hash(run.model.state_dict()))
-            summary.rank_weight_hashes, summary.ranks_in_sync = hashes, len(set(hashes)) == 1
-
-    def fail(self, e: BaseException) -> None:
-        self.summary.status = Status.INTERRUPTED if isinstance(e, KeyboardInterrupt) else Status.FAILED
-        self.summary.stop_reason = f"{type(e).__name__}: {e}".splitlines()[0]
-
-    def close(self) -> None:
-        self.totals()
-        self.end_sinks()
-
-    def totals(self) -> None:
-        """The summary's totals: where the run is and how long it trained (its outputs not counted)."""
-        pos, summary = self.pos, self.summary
-        summary.best_value, summary.best_epoch = pos.best_value, pos.best_epoch
-        summary.steps, summary.epochs = pos.step, pos.epoch + (pos.batch > 0)
-        summary.rollbacks = pos.rollbacks
-        summary.train_seconds = time.perf_counter() - self.started + self.seconds_before
-        summary.samples_per_second = pos.samples / pos.step_seconds if pos.step_seconds else 0.0
-        summary.effective_lr = pos.last_effective_lr
-
-    def end_sinks(self) -> None:
-        """Every sink gets the summary and is closed, even when another one fails; the first error is raised."""
-        error: Optional[BaseException] = None
-        for sink in self.sinks:
-            try:
-                sink.on_end(self.summary)
-            except Exception as e:
-                error = error or e
-            finally:
-                sink.close()
-        if error is not None and self.summary.status not in BROKEN:
-            raise error
+        eval_mode(self.run.optimizer)  # the final weights, tested and kept, are the evaluation ones
+        run = self.run
+        self.out.finish(run, lambda: evaluate(run.model, run.data.test, run.data, self.step.amp, self.task))
 
 
 def fit(run: Run) -> Summary:

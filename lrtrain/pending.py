@@ -1,9 +1,10 @@
-"""The steps taken since the last flush. Their losses, correct counts and gradient norms stay on the device until
-the flush reads them all at once (one host sync), so a step costs a few list appends here."""
+"""The steps taken since the last flush, and the rows of steps.csv they become. Their losses, correct counts and
+gradient norms stay on the device until the flush reads them all at once (one host sync), so a step costs a few
+list appends here."""
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
@@ -20,13 +21,18 @@ class Taken(NamedTuple):
 
 
 class Pending:
-    """`add` one step's result; `take` them all as tensors. `stack` and `column` read a fused group's results:
-    each step's tensors are the group's [K] ones, stacked once for every replica (`stack`) and sliced to its
-    `column`."""
+    """`add` one step's result; `take` them all as tensors; `rows` for steps.csv, whose `columns` say which
+    optional values a step has: the gradient norm (`clip`), the rollbacks so far (`rollback`), the learned step
+    size (`learns_lr`), a cycled momentum (`cycles_momentum`).
 
-    def __init__(self, stack: Callable[[list[torch.Tensor]], torch.Tensor] = torch.stack,
-                 column: Optional[int] = None):
-        self.stack, self.column = stack, column
+    `stack` and `column` read a fused group's results: each step's tensors are the group's [K] ones, stacked
+    once for every replica (`stack`) and sliced to its `column`."""
+
+    def __init__(self, clip: bool, rollback: bool, learns_lr: bool, cycles_momentum: bool,
+                 stack: Callable[[list[torch.Tensor]], torch.Tensor] = torch.stack, column: Optional[int] = None):
+        self.rollback, self.stack, self.column = rollback, stack, column
+        self.columns = (["step", "epoch", "lr", "loss"] + ["grad_norm"] * clip + ["rollbacks"] * rollback
+                        + ["effective_lr"] * learns_lr + ["momentum"] * cycles_momentum)
         self.clear()
 
     def clear(self) -> None:
@@ -52,13 +58,25 @@ class Pending:
         if momentum is not None:
             self.momenta.append(momentum)
 
-    def take(self) -> Taken:
-        """The pending steps, still on the device; the buffer is emptied."""
+    def take(self, dist: Any = None) -> Taken:
+        """The pending steps, still on the device (under ddp, `dist`: the ranks' mean loss and summed correct
+        predictions, so every rank decides on divergence the same way); the buffer is emptied."""
+        losses = self._read(self.losses).float()
         correct = self._read(self.correct).sum() if self.correct else torch.zeros(())
+        if dist is not None:
+            losses, correct = dist.mean(losses), dist.sum(correct)
         norms = self._read(self.norms).float() if self.norms else None
-        taken = Taken(self._read(self.losses).float(), correct, norms, self.lrs, self.effective, self.momenta)
+        taken = Taken(losses, correct, norms, self.lrs, self.effective, self.momenta)
         self.clear()
         return taken
+
+    def rows(self, taken: Taken, losses: list[float], first: int, epoch: int, count: int, every: int,
+             rollbacks: int) -> list[list[Any]]:
+        """steps.csv's rows of the first `count` steps taken (step `first` on), of every `every`-th step."""
+        norms = taken.norms.tolist() if taken.norms is not None else []
+        extra = [rollbacks] if self.rollback else []
+        return [[first + j, epoch, taken.lrs[j], losses[j], *norms[j:j + 1], *extra, *taken.effective[j:j + 1],
+                 *taken.momenta[j:j + 1]] for j in range(count) if (first + j) % every == 0]
 
     def _read(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         stacked = self.stack(tensors)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import platform
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 
 import lrtrain
+from lrtrain.checkpoints import load, remove_temporaries, save_copies
 
 if TYPE_CHECKING:
     from lrtrain.loop import Run
@@ -39,6 +41,21 @@ class Position:
     step_seconds: float = 0.0
     last_effective_lr: Optional[float] = None  # Prodigy, D-Adaptation: the learned step size
 
+    def add_stretch(self, seconds: float, first_batch: int, n: int, batch_size: int) -> None:
+        """The time and samples of the steps since batch `first_batch` of the epoch (of `n` samples)."""
+        self.step_seconds += seconds
+        self.samples += min(n, self.batch * batch_size) - min(n, first_batch * batch_size)
+
+    def add_losses(self, losses: list[float], correct: int, n: int, batch_size: int) -> None:
+        """The flushed steps (the last `len(losses)` batches of the epoch, of `n` samples) into the running
+        train loss and accuracy, each weighted by its batch's size (an epoch's last batch may be short)."""
+        start = self.batch - len(losses)
+        for j, loss in enumerate(losses):
+            size = min(batch_size, n - (start + j) * batch_size)
+            self.loss_sum += loss * size
+            self.seen += size
+        self.correct += correct
+
 
 # What a rollback keeps of the position it leaves: the rows written and the rollbacks made since the checkpoint.
 HISTORY = ("steps_rows", "metrics_rows", "rollbacks", "lr_scale")
@@ -60,14 +77,41 @@ def snapshot(run: Run, pos: Position) -> dict[str, Any]:
     }
 
 
-def restore(run: Run, ckpt: dict[str, Any]) -> Position:
-    """Put model, optimizer, schedule, stopper and RNGs back as the checkpoint has them; return its position."""
+def restore(run: Run, ckpt: dict[str, Any], since: Optional[Position] = None) -> Position:
+    """Put model, optimizer, schedule, stopper and RNGs back as the checkpoint has them; return its position,
+    with the history (rows written, rollbacks made) of the position `since` (a rollback) when given."""
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.schedule.load_state_dict(ckpt["schedule"])
     run.stopper.load_state_dict(ckpt["early_stopping"])
     set_rng_state(ckpt["rng"])
-    return Position(**ckpt["position"])
+    pos = Position(**ckpt["position"])
+    if since is not None:
+        vars(pos).update({k: getattr(since, k) for k in HISTORY})
+    return pos
+
+
+class CheckpointDir:
+    """A run's checkpoints/: last.pt, best.pt, and the `keep` newest step-<n>.pt."""
+
+    def __init__(self, path: Path, keep: int):
+        self.path, self.keep = path, keep
+
+    def prepare(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(self.path)  # what a killed write left
+
+    def write(self, ckpt: dict[str, Any], best: bool = False, step_file: bool = False) -> None:
+        """last.pt, and the same checkpoint as best.pt (`best`) or step-<n>.pt (`step_file`)."""
+        paths = [self.path / "last.pt"] + [self.path / "best.pt"] * best
+        paths += [self.path / f"step-{ckpt['step']:08d}.pt"] * (step_file and self.keep > 0)
+        save_copies(ckpt, paths)
+        if step_file:
+            for old in sorted(self.path.glob("step-*.pt"))[:-self.keep or None]:
+                old.unlink()
+
+    def last(self) -> dict[str, Any]:
+        return load(self.path / "last.pt")
 
 
 def seed_everything(seed: int) -> None:
