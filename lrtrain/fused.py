@@ -30,6 +30,7 @@ from lrtrain.loggers import CSVLogger, TensorBoardLogger
 from lrtrain.loop import Run, Trainer, Want, evaluate_outputs
 from lrtrain.plots import CurvesPool
 from lrtrain.progress import ProgressDisplay
+from lrtrain.regularization import is_weight
 from lrtrain.signals import STOP
 from lrtrain.step import StepResult
 
@@ -361,8 +362,9 @@ class Replicas:
             losses = self._losses(out, y, mask)
         self.grad.zero_()
         total = losses.sum()
-        if self.l1 is not None:  # lrtrain's L1Penalty: the weights of 2 or more dimensions
-            total = total + sum((p.abs().flatten(1).sum(1) * self.l1).sum() for p in self.params if p.dim() > 2)
+        if self.l1 is not None:  # lrtrain's L1Penalty, on the weights
+            weights = [p for p in self.params if is_weight(p, leading=1)]
+            total = total + sum((p.abs().flatten(1).sum(1) * self.l1).sum() for p in weights)
         total.backward()
         for p, g in zip(self.params, self.grads):
             if p.grad is not g:  # autograd accumulates into the views; should it ever replace one, copy it back

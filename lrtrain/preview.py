@@ -138,15 +138,10 @@ def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 
 def plot(curves: list[tuple[str, list[float]]], spe: int, path: Path, log: bool, title: str) -> None:
-    import logging
+    from lrtrain.plots import figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
+    fig = figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.subplots()
     for label, values in curves:
         ax.plot([k / spe for k in range(len(values))], values, lw=1.6, label=label)
     ax.set(xlabel=f"epoch ({spe} optimizer steps each)", ylabel="learning rate", title=title)
@@ -155,7 +150,6 @@ def plot(curves: list[tuple[str, list[float]]], spe: int, path: Path, log: bool,
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def run(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 from hydra.experimental.callback import Callback
 
 from lrtrain.loggers import summary_metrics
-from lrtrain.plots import plot_curves, read_csv
+from lrtrain.plots import figure, plot_curves, read_csv
 from lrtrain.summary import SUCCEEDED, Status, Summary
 from lrtrain.writers import atomic_path
 from lrtrain.study import Configuration, Estimate, group, hashable, varied_keys
@@ -406,15 +406,7 @@ def write_study_csv(study: Study, plotted: dict[int, dict], path: Path) -> None:
 def _figure(**kwargs):
     """A matplotlib Figure without pyplot (nothing global to close), drawn by Agg. Margins are set by hand:
     a layout engine measures every tick label and takes longer than drawing the figure."""
-    import logging
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
+    return figure(**kwargs)
 
 
 def _save(fig, path: Path) -> Path:
