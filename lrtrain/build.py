@@ -158,7 +158,7 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
         epochs = math.ceil(total_steps / steps_per_epoch)
         link = TrialLink.from_environment()  # set by lrtrain's Optuna sweeper for the jobs of a pruned study
         if link is not None:
-            val_steps = max(1, timeline.steps(trainer.val_every))
+            val_steps = timeline.every(trainer.val_every)
             pruning = link.connect(trainer.monitor, math.ceil(total_steps / val_steps), val_steps == steps_per_epoch)
         sinks = [*build_loggers(cfg.logger),
                  ProgressDisplay(trainer.progress, total_steps, epochs, data.batch_size * world)]

@@ -77,7 +77,7 @@ class Run:
     @property
     def val_steps(self) -> int:
         """Steps between validation points (`trainer.val_every`); the run's last step is one too."""
-        return max(1, self.timeline.steps(self.settings.val_every))
+        return self.timeline.every(self.settings.val_every)
 
 
 class Want(NamedTuple):
