@@ -23,12 +23,14 @@ from lrtrain.durations import Timeline
 from lrtrain.errors import (CheckpointError, ConfigValueError, DataError, FlipError, ModelInputError,
                             OptimizerInputError)
 from lrtrain.loggers import CSVLogger, Sink
-from lrtrain.loop import Position, Run, seed_everything
 from lrtrain.lr_find import LRFinder
 from lrtrain.optimizers import has_modes, make_optimizer, momentum_key, param_groups
+from lrtrain.position import Position, seed_everything
 from lrtrain.progress import ProgressDisplay
 from lrtrain.pruning import TrialLink
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, StepHooks
+from lrtrain.run import Run
+from lrtrain.tasks import task_for
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,12 +102,15 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
     total_steps = trainer.max_steps or trainer.max_epochs * steps_per_epoch
     timeline = Timeline(steps_per_epoch, total_steps)
 
-    classify = data.num_classes is not None
-    metrics = (["train_loss", "val_loss"] + (["train_acc", "val_acc"] if classify else [])
-               + (["val_bpc", "val_ppl"] if data.kind == "text" else []))
+    reg = cfg.regularization
+    if reg.label_smoothing is not None and data.num_classes is None:
+        raise ConfigValueError("regularization", "label_smoothing",
+                               f"a list without label_smoothing: {data.name} is a regression data set")
+    task = task_for(data.num_classes, reg.label_smoothing.epsilon if reg.label_smoothing is not None else 0.0,
+                    block_size=data.block_size if data.kind == "text" else None)
+    metrics = task.row_metrics()
     _check_logged("trainer.monitor", trainer.monitor, metrics)
 
-    reg = cfg.regularization
     model_kwargs = {"dropout": reg.dropout.p} if reg.dropout is not None else {}
     if model_kwargs and "dropout" not in inspect.signature(get_object(cfg.model._target_)).parameters:
         raise ConfigValueError("regularization", "dropout", f"a list without dropout: {cfg.model._target_} "
@@ -133,12 +138,6 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
     if dist and trainer.scale_lr_with_world_size:  # the linear scaling rule: LR x world size
         for group in optimizer.param_groups:
             group["lr"] *= world
-    if reg.label_smoothing is not None and not classify:
-        raise ConfigValueError("regularization", "label_smoothing",
-                               f"a list without label_smoothing: {data.name} is a regression data set")
-    loss_fn: nn.Module = (nn.CrossEntropyLoss(label_smoothing=reg.label_smoothing.epsilon if
-                                              reg.label_smoothing is not None else 0.0)
-                          if classify else nn.MSELoss())
     hooks = _step_hooks(reg, model, data)
 
     _check_logged("scheduler.monitor", cfg.scheduler.get("monitor"), metrics)
@@ -168,10 +167,11 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
         epochs = math.ceil(total_steps / steps_per_epoch)
         link = TrialLink.from_environment()  # set by lrtrain's Optuna sweeper for the jobs of a pruned study
         if link is not None:
-            pruning = link.connect(trainer.monitor, epochs=epochs)
+            val_steps = timeline.every(trainer.val_every)
+            pruning = link.connect(trainer.monitor, math.ceil(total_steps / val_steps), val_steps == steps_per_epoch)
         sinks = [*build_loggers(cfg.logger),
                  ProgressDisplay(trainer.progress, total_steps, epochs, data.batch_size * world)]
-    return Run(model=model, optimizer=optimizer, schedule=schedule, data=data, loss_fn=loss_fn, hooks=hooks,
+    return Run(model=model, optimizer=optimizer, schedule=schedule, data=data, task=task, hooks=hooks,
                stopper=stopper, sinks=sinks, settings=trainer, device=device, timeline=timeline, out_dir=out_dir,
                config=config, resume=resume, resumed_in_place=in_place, dist=dist, sweep_dir=sweep_dir,
                job_num=job_num, pruning=pruning)

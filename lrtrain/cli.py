@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from lrtrain.config import register, validate
 from lrtrain.paths import config_dir
-from lrtrain.summary import Summary
+from lrtrain.summary import Status, Summary
 
 _SHOW_TRACEBACK = False  # set by main() from HYDRA_FULL_ERROR
 
@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     try:
         if STOP and not single:  # a sweep that was interrupted: the jobs after it are listed, not run (a single
             # run signalled as it starts goes on to where a stop is honoured, and ends `interrupted` there)
-            Summary(status="not_started", stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
+            Summary(status=Status.NOT_STARTED, stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
                     run_dir=str(out_dir)).write(out_dir / "summary.json")
             return None
         PREEMPTION.install()
@@ -87,7 +87,7 @@ def outcome(summary: Summary, out_dir: Path, job: Optional[int]) -> Optional[flo
     from lrtrain.signals import PREEMPTION, STOP
 
     single = job is None
-    if summary.status == "interrupted":
+    if summary.status == Status.INTERRUPTED:
         where = f"at step {summary.steps}" + (f" of job {job}" if not single else "")
         if PREEMPTION.pending:
             print(f"lrtrain: pre-empted ({STOP.name}) {where}; submitit requeues the job, which resumes from "
@@ -102,7 +102,7 @@ def outcome(summary: Summary, out_dir: Path, job: Optional[int]) -> Optional[flo
         if single:
             sys.exit(STOP.exit_code)
         return None
-    if single and summary.status == "diverged":
+    if single and summary.status == Status.DIVERGED:
         print(f"lrtrain: diverged: {summary.stop_reason}; the last good state is in "
               f"{shlex.quote(str(out_dir / 'checkpoints' / 'last.pt'))}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
@@ -147,7 +147,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
         record_failure(out_dir, e)
         raise
     if cfg.mode == "lr_find":
-        summary = Summary(status="completed", run_dir=str(out_dir), lr_find=lr_search)
+        summary = Summary(status=Status.COMPLETED, run_dir=str(out_dir), lr_find=lr_search)
         summary.write(out_dir / "summary.json")
         return summary
     from lrtrain.loop import fit
@@ -216,11 +216,11 @@ def record_failure(out_dir: Path, e: BaseException) -> None:
         from lrtrain.signals import STOP
 
         if isinstance(e, Interrupted):
-            status, cause = "interrupted", str(e)
+            status, cause = Status.INTERRUPTED, str(e)
         elif isinstance(e, KeyboardInterrupt):  # a second signal, or SIGINT before lrtrain's handler took it
-            status, cause = "interrupted", STOP.name or "SIGINT"
+            status, cause = Status.INTERRUPTED, STOP.name or "SIGINT"
         else:
-            status, cause = "failed", describe(e)[0]
+            status, cause = Status.FAILED, describe(e)[0]
         Summary(status=status, stop_reason=cause, run_dir=str(out_dir)).write(out_dir / "summary.json")
 
 

@@ -915,9 +915,14 @@ class TrainerConfig:
     max_rollbacks: int = MISSING
     strategy: str = MISSING
     scale_lr_with_world_size: bool = MISSING
+    val_every: Any = MISSING  # a duration
+    val_batches: Optional[int] = None
 
     def __post_init__(self) -> None:
         check("max_epochs", self.max_epochs, self.max_epochs >= 1, ">= 1")
+        check_duration(self, "val_every")
+        check("val_every", self.val_every, parse_duration(self.val_every).amount > 0, "a duration above 0")
+        check_positive(self, "val_batches")
         check_seed(self, "seed")
         check_positive(self, "max_steps", "num_threads", "log_every_n_steps", "checkpoint_every_n_steps")
         check("keep_last_k", self.keep_last_k, self.keep_last_k >= 0, ">= 0")

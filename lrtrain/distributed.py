@@ -11,7 +11,7 @@ import datetime
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as tdist

@@ -57,6 +57,10 @@ class Timeline:
             return int(round(d.amount * self.steps_per_epoch))
         return int(round(d.amount / 100 * (self.run_steps or self.total_steps)))
 
+    def every(self, value: object) -> int:
+        """A period in optimizer steps: at least one."""
+        return max(1, self.steps(value))
+
     def tick(self, step: int, interval: str) -> int:
         """The clock of a schedule stepped per `interval` at optimizer step `step`: the step, or the epoch."""
         return step if interval == "step" else step // self.steps_per_epoch

@@ -1,17 +1,17 @@
 """Fused sweeps: the jobs of a sweep that share a model and its data train together, as one vectorized model.
 
-Each job keeps its own `Trainer` (lrtrain.loop) for everything but the step: its position, data order,
-schedule, sinks, validation, early stopping, divergence guard, checkpoints and summary are the ordinary ones.
-Only the step is shared (`Replicas.step`): every parameter lives stacked as one leaf tensor [K, ...] over the
-K replicas, each replica's batch is drawn with its own order generator (the permutation its solo run draws),
-the loss is the sum of the replicas' mean losses (their gradients do not mix), and the update is torch's
-Adam/AdamW/SGD written over the stacked tensors with each replica's hyper-parameters as broadcast tensors
-(torch.optim takes one scalar LR per parameter group, so a per-replica LR is not something it can do for us;
-`tests/test_fused.py` checks this update step by step against torch.optim). Before its model or optimizer is
-read (validation, a checkpoint, the end) a replica's slice is copied into its own module and torch optimizer
-(`_sync`), so checkpoints are ordinary ones and resume alone; after a restore (resume, rollback) it is copied
-back. A replica that ends stops updating: its slice is zeroed and its LR is 0, and nothing it holds reaches the
-others' numbers.
+Each job keeps its own `Trainer` (lrtrain.loop), whose step generator `fit_fused` drives in lock-step with the
+others': its position, data order, schedule, sinks, validation, early stopping, divergence guard, checkpoints,
+stop request and summary are the ordinary ones, decided by the ordinary code. Only the step is shared
+(`Replicas.step`): every parameter lives stacked as one leaf tensor [K, ...] over the K replicas, each replica's
+batch is drawn with its own order generator (the permutation its solo run draws), the loss is the sum of the
+replicas' mean losses (their gradients do not mix), and the update is torch's Adam/AdamW/SGD written over the
+stacked tensors with each replica's hyper-parameters as broadcast tensors (torch.optim takes one scalar LR per
+parameter group, so a per-replica LR is not something it can do for us; `tests/test_fused.py` checks this update
+step by step against torch.optim). Before its model or optimizer is read (validation, a checkpoint, the end) a
+replica's slice is copied into its own module and torch optimizer (`sync`), so checkpoints are ordinary ones and
+resume alone; after a restore (resume, rollback) it is copied back. A replica that ends stops updating: its slice
+is zeroed and its LR is 0, and nothing it holds reaches the others' numbers.
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lrtrain.data import TensorData
 from lrtrain.loggers import CSVLogger, TensorBoardLogger
-from lrtrain.loop import Diverged, Run, Trainer
+from lrtrain.loop import Trainer, Want, evaluate_outputs
 from lrtrain.plots import CurvesPool
 from lrtrain.progress import ProgressDisplay
+from lrtrain.regularization import is_weight
+from lrtrain.run import Run
 from lrtrain.signals import STOP
 from lrtrain.step import StepResult
 
@@ -76,7 +77,7 @@ def group_key(run: Run) -> str:
     config = run.config
     shapes = [(name, list(p.shape)) for name, p in run.model.named_parameters()]
     return json.dumps([config.get("model"), config.get("dataset"), str(run.device), run.settings.precision,
-                       shapes, type(run.loss_fn).__name__], sort_keys=True, default=str)
+                       shapes, type(run.task).__name__], sort_keys=True, default=str)
 
 
 def _segment_key(run: Run) -> tuple:
@@ -180,7 +181,7 @@ class Replicas:
         for p, g in zip(self.params, self.grads):
             p.grad = g
         self.data: TensorData = first.data
-        self.classify = first.data.num_classes is not None
+        self.task = first.task
         self.amp = first.step_fn().amp
         # batch norm statistics: one stacked tensor [K, ...] per buffer, updated in place by the batched forward
         self.buffer_names = [name for name, _ in first.model.named_buffers()]
@@ -207,8 +208,8 @@ class Replicas:
         self.dirty = [False] * self.k
         self.done = [False] * self.k
         # regularization in the step, per replica
-        eps = [run.loss_fn.label_smoothing if isinstance(run.loss_fn, nn.CrossEntropyLoss) else 0.0 for run in runs]
-        self.smoothing = None if not any(eps) else torch.tensor(eps, device=self.device).view(self.k, 1)
+        eps = [getattr(run.task, "label_smoothing", 0.0) for run in runs]
+        self.smoothing = 0.0 if not any(eps) else torch.tensor(eps, device=self.device)
         l1 = [run.hooks.penalty.coefficient if run.hooks.penalty is not None else 0.0 for run in runs]
         self.l1 = None if not any(l1) else torch.tensor(l1, device=self.device)
         clips = [run.hooks.clip for run in runs]
@@ -242,27 +243,13 @@ class Replicas:
         batched = vmap(one)
         return lambda params, x: batched(tuple(params), tuple(buffers), x)
 
-    @torch.no_grad()
-    def validate(self, k: int) -> dict[str, float]:
+    def validate(self, k: int, batches: Optional[int] = None) -> dict[str, float]:
         """Replica k's validation metrics, as lrtrain.loop.evaluate gives them: every replica is validated at
-        once, in one batched forward, and kept until the next step (replicas end their epochs in the same step)."""
+        once, in one batched forward, and kept until the next step (replicas reach validation points together)."""
         if k not in self._validation:
-            data, n = self.data, len(self.data.val)
-            loss_sum = torch.zeros(self.k, device=self.device)
-            correct = torch.zeros(self.k, device=self.device, dtype=torch.long)
-            for stored, y in data.eval_batches(data.val):
-                x = data.inputs(stored)
-                with self.amp:
-                    out = self.eval_forward(self.params, x.expand(self.k, *x.shape)).float()
-                if data.num_classes is None:
-                    loss_sum += F.mse_loss(out.squeeze(-1), y.expand(self.k, -1), reduction="none").sum(1)
-                else:
-                    loss_sum += F.cross_entropy(out.flatten(0, 1), y.repeat(self.k), reduction="none").view(
-                        self.k, -1).sum(1)
-                    correct += (out.argmax(-1) == y).sum(1)
-            losses, hits = loss_sum.tolist(), correct.tolist()
-            for j in range(self.k):
-                self._validation[j] = {"loss": losses[j] / n, **({"acc": hits[j] / n} if self.classify else {})}
+            forward = lambda x: self.eval_forward(self.params, x.expand(self.k, *x.shape))  # noqa: E731
+            scores = evaluate_outputs(forward, self.data.val, self.data, self.amp, self.task, batches)
+            self._validation = dict(enumerate(scores))
         return self._validation[k]
 
     # ---------------------------------------------------------------------------- replica <-> stacked
@@ -386,7 +373,7 @@ class Replicas:
             self._backward(losses.sum(), penalty=True)
         else:  # one forward and backward per batch size, each replica's loss and statistics from its own batch
             losses = torch.empty(self.k, device=self.device)
-            correct = torch.empty(self.k, device=self.device, dtype=torch.long) if self.classify else None
+            correct = torch.empty(self.k, device=self.device, dtype=torch.long) if self.task.classify else None
             before = [b.clone() for b in self.buffers]
             after = [b.clone() for b in self.buffers]
             for i, (rows, stored, y) in enumerate(parts):
@@ -414,28 +401,20 @@ class Replicas:
         return losses.detach(), correct, norms
 
     def _backward(self, total: torch.Tensor, penalty: bool) -> None:
-        if penalty and self.l1 is not None:  # lrtrain's L1Penalty: the weights of 2 or more dimensions
-            total = total + sum((p.abs().flatten(1).sum(1) * self.l1).sum() for p in self.params if p.dim() > 2)
+        if penalty and self.l1 is not None:  # lrtrain's L1Penalty, on the weights
+            weights = [p for p in self.params if is_weight(p, leading=1)]
+            total = total + sum((p.abs().flatten(1).sum(1) * self.l1).sum() for p in weights)
         total.backward()
 
     def _forward(self, stored: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Every replica's loss [K] and correct predictions [K] on its rows of `stored` and `y`."""
+        """Every replica's mean loss [K] and correct predictions [K] on its rows of `stored` and `y`."""
         with self.amp:
             out = self.forward(self.params, self.data.inputs(stored))
-            losses = self._losses(out, y)
-        return losses, (out.argmax(-1) == y).sum(1) if self.classify else None
-
-    def _losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        k, b = y.shape
-        if not self.classify:
-            per_sample = F.mse_loss(out.squeeze(-1), y, reduction="none")
-        elif self.smoothing is None:
-            per_sample = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(k, b)
-        else:  # torch's label smoothing: (1 - eps) * nll + eps * mean over classes of -log p
-            logp = out.float().log_softmax(-1)
-            nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-            per_sample = nll * (1 - self.smoothing) + (-logp.mean(-1)) * self.smoothing
-        return per_sample.mean(1)
+            losses = self.task.sample_losses(out, y, self.smoothing).mean(1)
+        if not self.task.classify:
+            return losses, None
+        hits = self.task.hits(out, y)
+        return losses, (hits.flatten(2).sum(2) if hits.dim() > 2 else hits).sum(1)
 
     @torch.no_grad()
     def _clip(self) -> torch.Tensor:
@@ -560,23 +539,30 @@ def _matmul_forward(model: nn.Module) -> Optional[Callable[[list[torch.Tensor], 
 
 
 class ReplicaTrainer(Trainer):
-    """A job's Trainer whose model and optimizer live in a row of a fused group's flat tensors."""
+    """A job's Trainer whose model and optimizer live in row `index` of a fused group's flat tensors."""
 
-    replicas: Optional[Replicas] = None
-    index: int = 0
+    def __init__(self, run: Run, index: int, stop: "_Latch", group: dict[str, Any]):
+        super().__init__(run)
+        self.index, self.group = index, group
+        self.replicas: Optional[Replicas] = None
+        self.stop_signal = stop
+        # what a step gave is the group's [K] tensors: stacked once for every replica, column `index` read
+        self.pending.stack, self.pending.column = (lambda tensors: self.replicas.history(tensors)), index
 
-    def _pending_tensors(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        # what record() kept are the group's [K] tensors of each step: stacked once for every replica, column k
-        rows, k = self.replicas.history, self.index
-        losses = rows(self._pending_losses)[:, k].float()
-        correct = rows(self._pending_correct)[:, k].sum() if self._pending_correct else torch.zeros(())
-        norms = rows(self._pending_norms)[:, k].float() if self._pending_norms else None
-        return losses, correct, norms
+    def begin(self) -> None:
+        super().begin()
+        self.out.live = []  # a live bar reads its loss every step, and a step's loss here is the group's [K] tensor
+        self.out.summary.fused = self.group
 
-    def _validate(self) -> dict[str, float]:
-        return self.replicas.validate(self.index) if self.replicas is not None else super()._validate()
+    def batches(self, start: int) -> Iterator[int]:
+        """The epoch's batch indices: the permutation is drawn into the group's, as the solo run draws it."""
+        self.replicas.new_epoch(self.index, self.order)
+        return iter(range(start, self.run.timeline.steps_per_epoch))
 
-    def _sync(self) -> None:
+    def validate(self) -> dict[str, float]:
+        return self.replicas.validate(self.index, self.settings.val_batches)
+
+    def sync(self) -> None:
         if self.replicas is not None:
             self.replicas.pull(self.index)
 
@@ -587,10 +573,19 @@ class ReplicaTrainer(Trainer):
 
     def draw_curves_with(self, curves: CurvesPool) -> None:
         """The run's curves.png is queued for `curves` (worker processes) as it ends, when no sink reads it."""
-        if all(isinstance(s, _CURVES_UNREAD) for s in self.sinks):
-            for sink in self.sinks:
+        if all(isinstance(s, _CURVES_UNREAD) for s in self.run.sinks):
+            for sink in self.run.sinks:
                 if isinstance(sink, CSVLogger):
                     sink.draw = curves.add
+
+
+class _Latch:
+    """A stop request read once per group step, so that every replica stops after the same step."""
+
+    value = False
+
+    def __bool__(self) -> bool:
+        return self.value
 
 
 def fit_fused(runs: Sequence[Run], label: str = "", curves: Optional[CurvesPool] = None) -> list[Any]:
@@ -599,146 +594,57 @@ def fit_fused(runs: Sequence[Run], label: str = "", curves: Optional[CurvesPool]
     runs' curves.png are queued there, for `curves.draw()`."""
     order = order_replicas(runs)
     runs = [runs[i] for i in order]
-    trainers = [ReplicaTrainer(run) for run in runs]
+    latch = _Latch()
+    group = {"replicas": len(runs), "jobs": label}
+    trainers = [ReplicaTrainer(run, k, latch, group) for k, run in enumerate(runs)]
     results: list[Any] = [None] * len(runs)
+    wants: dict[int, Optional[Want]] = {}  # what each running replica's generator yielded last
+    generators = [t.steps() for t in trainers]
+    replicas: Optional[Replicas] = None
+
+    def advance(k: int, sent: Optional[StepResult]) -> None:
+        try:
+            wants[k] = generators[k].send(sent)
+        except StopIteration as end:
+            results[k] = end.value
+        except Exception as e:  # it ended this replica alone (its trainer wrote its summary), as fit raises it
+            results[k] = e
+        if results[k] is not None:
+            wants.pop(k, None)
+            if replicas is not None:
+                replicas.retire(k)
+
     for k, t in enumerate(trainers):
-        t.index = k
         if curves is not None:
             t.draw_curves_with(curves)
-        t.live = []  # a live bar reads its loss every step, and a step's loss here is the group's [K] tensor
-        try:
-            t.begin()
-            t.summary.fused = {"replicas": len(runs), "jobs": label}
-        except Exception as e:
-            results[k] = e
+        advance(k, None)  # begin: each restores what it resumes from, before the group stacks them
     replicas = Replicas(runs)
     for k, t in enumerate(trainers):
         t.replicas = replicas
         if results[k] is not None:
             replicas.retire(k)
-    active: list[int] = []
-    for k, t in enumerate(trainers):
-        if results[k] is None:
-            try:
-                t.open()
-                active.append(k)
-            except Exception as e:
-                _end(t, k, e, results, replicas)
-    spe = runs[0].timeline.steps_per_epoch
-    lrs: list[float] = []
-    fresh = set(active)  # replicas whose next step begins an epoch (or continues after a resume/rollback)
-
-    closing: list[int] = []  # replicas that ended this step: their outputs are written after every one is timed
-
-    def ended(k: int) -> bool:
-        t = trainers[k]
-        if t.running:
-            return False
-        try:
-            t.finish()
-        except Exception as e:
-            _end(t, k, e, results, replicas)
-            return True
-        t.totals()
-        closing.append(k)
-        return True
-
-    def close_ended() -> None:
-        for k in closing:
-            _end(trainers[k], k, None, results, replicas, timed=True)
-        closing.clear()
-
-    def record(t: Trainer, k: int, result: StepResult) -> None:
-        try:
-            t.record(result, lrs[k], None)
-        except Diverged as d:  # found at a mid-epoch checkpoint's flush
-            t.on_divergence(d)
-            fresh.add(k)
-
-    def end_epoch(k: int, stopped: bool) -> None:
-        t = trainers[k]
-        try:
-            t.end_epoch(stopped)
-        except Diverged as d:
-            t.on_divergence(d)
-        fresh.add(k)
-
     try:
-        active = [k for k in active if not ended(k)]
-        close_ended()
-        while active:
-            for k in sorted(fresh):
-                if k in active:
-                    trainers[k].begin_epoch()
-                    replicas.new_epoch(k, trainers[k].order)
-            fresh.clear()
-            if STOP:  # every replica checkpoints where it is and ends interrupted, as a solo run does (one whose
-                for k in active:  # flush finds a divergence first rolls back, and is interrupted on the next turn)
-                    _guarded(lambda k=k: end_epoch(k, stopped=True), trainers[k], k, results, replicas)
-                    if results[k] is None:
-                        ended(k)
-                close_ended()
-                active = [k for k in active if results[k] is None]
-                continue
-            lrs[:] = [0.0] * len(runs)
-            batches = [0] * len(runs)
-            for k in active:
-                step_lrs = trainers[k].step_lrs()
-                replicas.last_lrs[k] = step_lrs
-                lrs[k] = step_lrs[0]
-                batches[k] = trainers[k].pos.batch
+        while wants:
+            latch.value = bool(STOP)
+            while None in wants.values():  # pauses: each goes on until it wants a step or ends
+                for k in [k for k, want in wants.items() if want is None]:
+                    advance(k, None)
+            if not wants:
+                break
+            lrs, batches = [0.0] * len(runs), [0] * len(runs)
+            for k, want in wants.items():
+                lrs[k], batches[k], replicas.last_lrs[k] = want.lrs[0], want.batch, want.lrs
             losses, correct, norms = replicas.step(batches, lrs)
-            for k in active:  # first every replica's step, then epoch ends, then the ends of runs: no replica's
-                t = trainers[k]  # step is timed with another's validation or plots in it
-                # the whole group's [K] tensors: this replica's column is read at its flush (_pending_tensors)
-                result = StepResult(losses, correct, norms if replicas.clipped[k] else None, None)
-                _guarded(lambda t=t, k=k, result=result: record(t, k, result), t, k, results, replicas)
-            for k in active:
-                t = trainers[k]
-                if results[k] is None and k not in fresh and (t.pos.batch >= spe or
-                                                              t.pos.step >= t.run.timeline.total_steps):
-                    _guarded(lambda k=k: end_epoch(k, stopped=False), t, k, results, replicas)
-            for k in active:
-                if results[k] is None:
-                    ended(k)
-            close_ended()
-            active = [k for k in active if results[k] is None]
+            for k in list(wants):
+                advance(k, StepResult(losses, correct, norms if replicas.clipped[k] else None, None))
     except BaseException as e:  # a second signal (KeyboardInterrupt) or a bug: every replica left ends with it
-        close_ended()
-        for k in active:
-            if results[k] is None:
-                trainers[k].fail(e)
-                _end(trainers[k], k, e, results, replicas, close_only=True)
+        for k in list(wants):
+            try:
+                generators[k].throw(e)
+            except BaseException:
+                pass
         raise
     back: list[Any] = [None] * len(runs)
     for k, i in enumerate(order):
         back[i] = results[k]
     return back
-
-
-def _guarded(fn: Callable[[], None], t: Trainer, k: int, results: list[Any], replicas: Replicas) -> None:
-    """Run one replica's part; an exception ends that replica alone (as fit would have raised it)."""
-    try:
-        fn()
-    except Exception as e:
-        t.fail(e)
-        _end(t, k, e, results, replicas, close_only=True)
-
-
-def _end(t: Trainer, k: int, error: Optional[BaseException], results: list[Any], replicas: Replicas,
-         close_only: bool = False, timed: bool = False) -> None:
-    """Replica k ended (with `error`, or its summary): its sinks get the summary, and its slice stops updating."""
-    if results[k] is not None:
-        return
-    if error is not None and not close_only and hasattr(t, "summary"):
-        t.fail(error)
-    try:
-        if hasattr(t, "summary"):
-            if timed:  # totals() was called when it ended
-                t.end_sinks(t.summary)
-            else:
-                t.close()
-    except Exception as e:
-        error = error or e
-    results[k] = error if error is not None else t.summary
-    replicas.retire(k)

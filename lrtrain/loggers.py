@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from lrtrain.summary import Summary
+from lrtrain.summary import BROKEN, Status, Summary
 from lrtrain.writers import CSVLog, truncate_csv
 
 
@@ -193,7 +193,7 @@ class TensorBoardLogger(Sink):
         self.writer.flush()
 
     def on_end(self, summary: Summary) -> None:
-        if self.hparams and summary.status != "running":
+        if self.hparams and summary.status != Status.RUNNING:
             from torch.utils.tensorboard.summary import hparams
 
             metrics = {f"hparams/{k}": v for k, v in summary_metrics(summary).items()}
@@ -221,3 +221,18 @@ def summary_metrics(summary: Summary) -> dict[str, float]:
     return {k: float(v) for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
+
+
+def end_sinks(sinks: list[Sink], summary: Summary) -> None:
+    """Every sink gets the summary and is closed, even when another one fails; the first error is raised, unless
+    the run already ended with one of its own."""
+    error: Optional[BaseException] = None
+    for sink in sinks:
+        try:
+            sink.on_end(summary)
+        except Exception as e:
+            error = error or e
+        finally:
+            sink.close()
+    if error is not None and summary.status not in BROKEN:
+        raise error

@@ -1,164 +1,51 @@
 """The training loop. It receives built objects (a `Run`), owns the step counter, and never reads a config.
 
-Per step it does only what a bare hand-written loop does, plus appending the loss tensor and the LR float to
-lists: no host sync, no per-sample Python. Losses are read back at flush points only: every epoch end and
-every `checkpoint_every_n_steps`. A flush writes the pending rows of steps.csv, checks for divergence, and is
-followed by a checkpoint, so that what is on disk always describes one consistent position.
+`Trainer.steps` is one run's whole control flow, written once, as a generator: it yields what the next optimizer
+step needs (`Want`) and is sent what the step gave (`StepResult`). `fit` drives one with `TrainStep`; a fused
+sweep (lrtrain.fused) drives K in lock-step with its vectorized step. A `None` yielded is a pause: a driver of
+several runs resumes the others first, so that no run's clock holds another's validation or outputs.
 
-Where the run is (`Position`) is plain data saved in every checkpoint; resuming or rolling back restores it
-and the loop carries on from there, mid-epoch included, drawing the same data order and random numbers.
+Per step it does only what a bare hand-written loop does, plus keeping the loss tensor and the LR float
+(`lrtrain.pending`): no host sync, no per-sample Python. Losses are read back at flush points only: every
+validation point (`trainer.val_every`), epoch end and `checkpoint_every_n_steps`. A flush writes the pending rows
+of steps.csv, checks for divergence, and is followed by a checkpoint, so that what is on disk always describes
+one consistent position (`lrtrain.position`), which resuming or rolling back restores, mid-epoch included.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-import platform
-import random
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Generator, Iterator, NamedTuple, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import lrtrain
-from lrtrain.checkpoints import load, remove_temporaries, save_atomic, save_copies
 from lrtrain.data import FolderData, TensorData, TextData
-from lrtrain.distributed import Dist, weights_hash
-from lrtrain.durations import Timeline
-from lrtrain.config import TrainerConfig
-from lrtrain.early_stopping import EarlyStopping, improved
-from lrtrain.loggers import RunContext, Sink
+from lrtrain.early_stopping import improved
 from lrtrain.optimizers import eval_mode, train_mode
-from lrtrain.pruning import TrialPruning
-from lrtrain.regularization import StepHooks
-from lrtrain.schedules import Schedule
+from lrtrain.outputs import Outputs
+from lrtrain.pending import Pending
+from lrtrain.position import CheckpointDir, Position, restore, snapshot
+from lrtrain.run import Run
 from lrtrain.signals import STOP
 from lrtrain.step import StepResult, TrainStep
-from lrtrain.summary import Summary
-from lrtrain.warmup import Warmup
+from lrtrain.summary import Status, Summary
+from lrtrain.tasks import Task, task_for
 
 
-@dataclass
-class Run:
-    """Everything `fit` needs: the objects `lrtrain.build` made from the config, and the trainer's settings."""
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule | Warmup  # lr(step, base_lr), observe(epoch, metrics), state_dict()
-    data: TensorData | FolderData | TextData  # a batch source: train_batches(generator, start), eval_batches(split)
-    loss_fn: nn.Module
-    hooks: StepHooks  # what regularization adds to the step
-    stopper: EarlyStopping  # early stopping and the divergence guard
-    sinks: list[Sink]  # outputs; empty on ranks > 0
-    settings: TrainerConfig  # trainer.*, validated
-    device: torch.device
-    timeline: Timeline
-    out_dir: Path
-    config: dict[str, Any]  # the resolved config, saved in every checkpoint
-    resume: Optional[dict[str, Any]] = None  # a loaded checkpoint to continue from
-    resumed_in_place: bool = False  # the checkpoint is this run dir's own: its CSVs continue from it
-    dist: Optional[Dist] = None  # trainer.strategy=ddp: this process's rank among the job's processes
-    lr_find: Optional[dict[str, Any]] = None  # the LR range test's result, when one ran before training
-    sweep_dir: Optional[Path] = None  # when the run is a job of a sweep: the sweep's dir and the job's number
-    job_num: Optional[int] = None
-    pruning: Optional[TrialPruning] = None  # a job of a pruned Optuna study: update(epoch, row) -> reason to stop
+class Want(NamedTuple):
+    """What the next step needs: the batch the run's batch source gave, each parameter group's LR, and the
+    momentum (or Adam's beta1) when a schedule cycles it."""
 
-    def step_fn(self, model: Optional[nn.Module] = None) -> TrainStep:
-        """The training step over `model` (default: the run's model; the loop passes its ddp wrapper)."""
-        return TrainStep(model or self.model, self.optimizer, self.loss_fn, self.data, self.hooks,
-                         self.settings.precision, self.device, compile=self.settings.compile)
+    batch: Any
+    lrs: list[float]
+    momentum: Optional[float]
 
 
-@dataclass
-class Position:
-    """Where the run is; saved in every checkpoint as plain values."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # the current epoch (0-based)
-    batch: int = 0  # batches of the current epoch done
-    order_state: Optional[torch.Tensor] = None  # data-order RNG state this epoch's permutation is drawn from
-    loss_sum: float = 0.0  # this epoch so far: sum of loss x batch size, samples, correct predictions
-    seen: int = 0
-    correct: int = 0
-    last_lr: float = 0.0
-    best_value: Optional[float] = None  # of trainer.monitor, for best.pt
-    best_epoch: Optional[int] = None
-    lr_scale: float = 1.0  # product of the rollback factors applied so far
-    rollbacks: list[dict[str, Any]] = field(default_factory=list)
-    steps_rows: int = 0  # data rows written to steps.csv / metrics.csv
-    metrics_rows: int = 0
-    samples: int = 0
-    step_seconds: float = 0.0
-    last_effective_lr: Optional[float] = None  # Prodigy, D-Adaptation: the learned step size
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Any, data: TensorData | FolderData | TextData, amp: Any) -> dict[str, float]:
-    """Mean loss (and accuracy when classifying) per target over a whole split, in eval mode. A language
-    model predicts every token of a window: its logits [batch, time, vocabulary] are flattened to one row per
-    target, so the loss is in nats per token."""
-    model.eval()
-    loss_sum: Any = 0.0
-    correct: Any = 0
-    n = 0
-    for stored, y in data.eval_batches(split):
-        with amp:
-            out = model(data.inputs(stored))
-        if data.num_classes is None:
-            loss_sum = loss_sum + F.mse_loss(out.float().squeeze(-1), y, reduction="sum")
-        else:
-            loss_sum = loss_sum + F.cross_entropy(out.float().flatten(0, -2), y.flatten(), reduction="sum")
-            correct = correct + (out.argmax(-1) == y).sum()
-        n += y.numel()
-    result = {"loss": float(loss_sum) / n}
-    if data.num_classes is not None:
-        result["acc"] = int(correct) / n
-    return result
-
-
-def language_metrics(val_loss: float) -> dict[str, float]:
-    """A language model's validation loss (nats per token) as bits per character (or byte) and perplexity."""
-    return {"val_bpc": val_loss / math.log(2), "val_ppl": math.exp(val_loss) if val_loss < 700 else math.inf}
-
-
-def versions() -> dict[str, str]:
-    # str(): torch.__version__ is a TorchVersion, which weights_only loading does not accept
-    return {"lrtrain": lrtrain.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
-
-
-def rng_state() -> dict[str, Any]:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    state = {"python": [py[0], list(py[1]), py[2]],
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
+Steps = Generator[Optional[Want], Optional[StepResult], Summary]
 
 
 class Diverged(Exception):
@@ -167,402 +54,289 @@ class Diverged(Exception):
         super().__init__(reason)
 
 
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Any, data: TensorData | FolderData | TextData, amp: Any,
+             task: Optional[Task] = None,
+             batches: Optional[int] = None) -> dict[str, float]:
+    """Mean loss (and accuracy when classifying) over a split or its first `batches` batches, in eval mode."""
+    model.eval()
+    task = task or task_for(data.num_classes)
+    return evaluate_outputs(lambda x: model(x).unsqueeze(0), split, data, amp, task, batches)[0]
+
+
+@torch.no_grad()
+def evaluate_outputs(forward: Callable[[torch.Tensor], torch.Tensor], split: Any,
+                     data: TensorData | FolderData | TextData,
+                     amp: Any, task: Task, batches: Optional[int] = None) -> list[dict[str, float]]:
+    """The metrics of the R models whose outputs `forward(x)` gives stacked [R, B, ...]: each one's mean loss
+    over every target of the split (or of its first `batches` batches), its accuracy when classifying, and the
+    task's derived metrics. One host sync, at the end."""
+    loss_sum: Any = 0
+    correct: Any = 0
+    n = 0
+    for stored, y in itertools.islice(data.eval_batches(split), batches):
+        with amp:
+            out = forward(data.inputs(stored))
+        n += y.numel()
+        y = y.expand(out.shape[0], *y.shape)
+        loss_sum = loss_sum + task.losses(out.float(), y).flatten(1).sum(1)
+        if task.classify:
+            correct = correct + task.hits(out, y).flatten(1).sum(1)
+    hits = correct.tolist() if task.classify else []
+    return [{"loss": loss / n, **({"acc": hits[r] / n} if task.classify else {}), **task.derive(loss / n)}
+            for r, loss in enumerate(loss_sum.tolist())]
+
+
 class Trainer:
+    """One run: its position, pending rows, validation points, decisions, checkpoints, summary and sinks."""
+
     def __init__(self, run: Run):
-        self.run, self.settings = run, run.settings
-        self.classify = run.data.num_classes is not None
-        self.language = run.data.kind == "text"  # val_bpc, val_ppl; accuracy per token
+        self.run, self.settings, self.task = run, run.settings, run.task
         self.base_lrs = [group["lr"] for group in run.optimizer.param_groups]  # the configured LRs
         self.order = torch.Generator(device=run.device).manual_seed(run.settings.seed)
         self.pos = Position(order_state=self.order.get_state())
-        self.ckpt_dir = run.out_dir / "checkpoints"
-        self._pending_losses: list[torch.Tensor] = []
-        self._pending_lrs: list[float] = []
-        self._pending_correct: list[torch.Tensor] = []
-        self._pending_norms: list[torch.Tensor] = []  # gradient norms before clipping, with grad_clip
-        self._pending_effective: list[float] = []  # learned step sizes, with Prodigy and D-Adaptation
-        self._pending_momenta: list[float] = []  # with a schedule that cycles momentum
+        self.checkpoints = CheckpointDir(run.out_dir / "checkpoints", run.settings.keep_last_k)
         self.cycles_momentum = run.schedule.momentum(0) is not None
+        self.val_steps = run.val_steps
         self.dist = run.dist
         self.main = run.dist is None or run.dist.main  # rank 0 alone writes checkpoints
         self.world = run.dist.world_size if run.dist else 1
-        self.shard = (run.dist.rank, self.world) if run.dist else (0, 1)
-        self.sinks = run.sinks
-        self.live = [s for s in run.sinks if s.live]
+        self.stop_signal: Any = STOP  # true once a signal asked the run to stop
         # checkpoints hold run.model, the unwrapped model: they load with and without ddp
         self.train_model = (nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device] if run.device.type == "cuda" else None) if run.dist else run.model)
         self.step = run.step_fn(self.train_model)
-        self.logs_effective_lr = self.step.learns_lr
+        self.pending = Pending(run.hooks.clip is not None, run.settings.on_divergence == "rollback",
+                               self.step.learns_lr, self.cycles_momentum)
 
-    # ------------------------------------------------------------------------------------------ state
+    # What a fused replica (lrtrain.fused) does its own way: where its batches, weights and validation live.
 
-    def checkpoint(self) -> dict[str, Any]:
-        """A plain dict of tensors and primitives: loads with torch.load(weights_only=True)."""
-        run = self.run
-        return {
-            "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "schedule": run.schedule.state_dict(),
-            "early_stopping": run.stopper.state_dict(),
-            "step": self.pos.step,
-            "epoch": self.pos.epoch,
-            "position": asdict(self.pos),
-            "rng": rng_state(),
-            "config": run.config,
-            "versions": versions(),
-            # a language model's token ids decode with its vocabulary (None: bytes)
-            **({"vocabulary": run.data.vocabulary} if self.language else {}),
-        }
+    def batches(self, start: int) -> Iterator[Any]:
+        """The epoch's batches from batch `start` on, in the order `self.order` draws."""
+        shard = {"shard": (self.dist.rank, self.world)} if self.dist else {}
+        return iter(self.run.data.train_batches(self.order, start=start, **shard))
+
+    def validate(self) -> dict[str, float]:
+        return evaluate(self.run.model, self.run.data.val, self.run.data, self.step.amp, self.task,
+                        self.settings.val_batches)
+
+    def sync(self) -> None:
+        """Before run.model and run.optimizer are read (validation, checkpoints, the end): nothing to do here."""
 
     def restore(self, ckpt: dict[str, Any], keep_history: bool = False) -> None:
-        """Put model, optimizer, schedule, stopper, position and RNGs back as the checkpoint has them.
+        """Back to a checkpoint; `keep_history` (a rollback) keeps the rows and rollbacks made since."""
+        self.pos = restore(self.run, ckpt, since=self.pos if keep_history else None)
 
-        `keep_history` (a rollback): keep the rows written and the rollbacks made since, not the checkpoint's.
-        """
-        run = self.run
-        run.model.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.schedule.load_state_dict(ckpt["schedule"])
-        run.stopper.load_state_dict(ckpt["early_stopping"])
-        kept = {k: getattr(self.pos, k) for k in ("steps_rows", "metrics_rows", "rollbacks", "lr_scale")}
-        self.pos = Position(**ckpt["position"])
-        if keep_history:
-            vars(self.pos).update(kept)
-        set_rng_state(ckpt["rng"])
-
-    def save(self, best: bool) -> None:
-        self._sync()
-        eval_mode(self.run.optimizer)  # every rank: a checkpoint holds the weights a resume evaluates
-        if not self.main:
-            return
-        ckpt = self.checkpoint()
-        last = self.ckpt_dir / "last.pt"
-        if best:
-            save_copies(ckpt, [last, self.ckpt_dir / "best.pt"])
-        else:
-            save_atomic(ckpt, last)
-
-    def save_step_checkpoint(self) -> None:
-        self._sync()
-        eval_mode(self.run.optimizer)  # a mid-epoch checkpoint holds the weights a resume evaluates
-        if self.main:
-            keep = self.settings.keep_last_k
-            step_file = self.ckpt_dir / f"step-{self.pos.step:08d}.pt"
-            save_copies(self.checkpoint(), [self.ckpt_dir / "last.pt"] + ([step_file] if keep else []))
-            for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep or None]:
-                old.unlink()
-        train_mode(self.run.optimizer)
-
-    # ------------------------------------------------------------------------------------------- loop
-
-    def fit(self) -> Summary:
-        """Train, validate every epoch, test at the end; hand every row to the sinks; return the summary."""
+    def steps(self) -> Steps:
+        """The run, from its start (or checkpoint) to its summary, which the generator returns."""
         self.begin()
+        yield None  # a fused group stacks its replicas once every one is restored
         try:
-            self.open()
+            self.out.open()
+            self.save()  # this run's own last.pt from its first step (a resume into a new dir too): to roll back to
             while self.running:
                 try:
-                    self._epoch(self.run.timeline.total_steps)
+                    yield from self._epoch()
                 except Diverged as d:
                     self.on_divergence(d)
             self.finish()
         except BaseException as e:
-            self.fail(e)
+            self.out.fail(e, self.pos)
             raise
+        self.out.totals(self.pos)
+        try:
+            yield None  # a group times every run that ended at this step before any writes its outputs
         finally:
-            self.close()
-        return self.summary
+            self.out.end()
+        return self.out.summary
 
-    # The pieces of fit(), which a fused sweep (lrtrain.fused) calls for each of its replicas in turn.
-
-    def begin(self) -> None:
-        """Restore a checkpoint to resume from; the columns, the sinks' context and the summary."""
-        run, settings, out = self.run, self.settings, self.run.out_dir
-        if run.resume is not None:
-            self.restore(run.resume)
-            if not run.resumed_in_place:  # continuing into a new run dir: its CSVs start at the checkpoint
-                self.pos.steps_rows = self.pos.metrics_rows = 0
-        self.metric_cols = ["epoch", "step", "lr", "train_loss", "val_loss",
-                            *(["train_acc", "val_acc"] if self.classify else []),
-                            *(["val_bpc", "val_ppl"] if self.language else []), "seconds"]
-        self.step_cols = (["step", "epoch", "lr", "loss"] + (["grad_norm"] if run.hooks.clip else [])
-                          + (["rollbacks"] if settings.on_divergence == "rollback" else [])
-                          + (["effective_lr"] if self.logs_effective_lr else [])
-                          + (["momentum"] if self.cycles_momentum else []))
-        if self.main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            remove_temporaries(self.ckpt_dir)  # what a killed write left
-        self.ctx = RunContext(out, self.step_cols, self.metric_cols, run.config, self.pos.steps_rows,
-                              self.pos.metrics_rows, run.resumed_in_place, run.sweep_dir, run.job_num)
-        summary = self.summary = Summary(
-            status="running", run_dir=str(out), monitor=settings.monitor, mode=settings.monitor_mode, epochs=0,
-            steps=0, train_seconds=0.0, samples_per_second=0.0, device=str(run.device),
-            threads=torch.get_num_threads(), seed=settings.seed,
-            resumed_from_step=self.pos.step if run.resume is not None else None, lr_find=run.lr_find,
-            versions=versions())
-        if self.dist:
-            summary.world_size, summary.global_batch_size = self.world, run.data.batch_size * self.world
-        self.started = time.perf_counter()
-        self.seconds_before = self.pos.step_seconds
-
-    def open(self) -> None:
-        for sink in self.sinks:
-            sink.on_start(self.ctx)
-        self.started = time.perf_counter()  # train_seconds: the loop, not the loggers' start-up (TensorBoard's import)
-        # this run's own last.pt from its first step (a resume into a new dir too): to resume or roll back to
-        self.save(best=False)
-
-    @property
-    def running(self) -> bool:
-        return self.pos.step < self.run.timeline.total_steps and self.summary.status == "running"
-
-    def finish(self) -> None:
-        """The run ended (or was interrupted): the final weights, tested when it ended."""
-        run, summary = self.run, self.summary
-        if summary.status == "running":
-            summary.status = "completed"
-        self._sync()
-        eval_mode(run.optimizer)  # the final weights, tested and kept, are the evaluation ones
-        stopper = run.stopper
-        ended = summary.status != "interrupted"  # an interrupted run is continued, not finished, by a resume
-        if ended and stopper.restore_best_weights and stopper.best_weights is not None:
-            run.model.load_state_dict(stopper.best_weights)
-            summary.restored_best_weights_from_epoch = stopper.best_epoch
-        if ended and run.data.test is not None and summary.status != "diverged":
-            test = evaluate(run.model, run.data.test, run.data, self.step.amp)
-            summary.test = {f"test_{k}": v for k, v in test.items()}
-        if self.dist:  # the weights every rank ends with: identical unless the ranks fell out of step
-            hashes = self.dist.gather(weights_hash(run.model.state_dict()))
-            summary.rank_weight_hashes, summary.ranks_in_sync = hashes, len(set(hashes)) == 1
-
-    def fail(self, e: BaseException) -> None:
-        self.summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        self.summary.stop_reason = f"{type(e).__name__}: {e}".splitlines()[0]
-
-    def close(self) -> None:
-        """The summary's totals, then every sink gets it and is closed."""
-        self.totals()
-        self.end_sinks(self.summary)
-
-    def totals(self) -> None:
-        """The summary's totals: where the run is and how long it trained (its outputs not counted)."""
-        pos, summary = self.pos, self.summary
-        summary.best_value, summary.best_epoch = pos.best_value, pos.best_epoch
-        summary.steps, summary.epochs = pos.step, pos.epoch + (pos.batch > 0)
-        summary.rollbacks = pos.rollbacks
-        summary.train_seconds = time.perf_counter() - self.started + self.seconds_before
-        summary.samples_per_second = pos.samples / pos.step_seconds if pos.step_seconds else 0.0
-        summary.effective_lr = pos.last_effective_lr
-
-    def _validate(self) -> dict[str, float]:
-        """The validation metrics of the weights as they are now (a fused group validates its replicas at once)."""
-        return evaluate(self.run.model, self.run.data.val, self.run.data, self.step.amp)
-
-    def _sync(self) -> None:
-        """Before run.model and run.optimizer are read (validation, checkpoints, the end): a no-op here; a fused
-        replica copies its slice of the stacked tensors into them (lrtrain.fused)."""
-
-    def end_sinks(self, summary: Summary) -> None:
-        """Every sink gets the summary and is closed, even when another one fails; the first error is raised."""
-        error: Optional[BaseException] = None
-        for sink in self.sinks:
-            try:
-                sink.on_end(summary)
-            except Exception as e:
-                error = error or e
-            finally:
-                sink.close()
-        if error is not None and summary.status not in ("failed", "interrupted"):
-            raise error
-
-    def _epoch(self, total_steps: int) -> None:
-        run, pos, data, step = self.run, self.pos, self.run.data, self.step
-        schedule, cycles = run.schedule, self.cycles_momentum
-        self.begin_epoch()
-        shard = {"shard": self.shard} if self.dist else {}
-        stop_each_step = self.dist is None  # under ddp the ranks stop together, at the epoch's end
-        stopped = False
-        for stored, y in data.train_batches(self.order, start=pos.batch, **shard):  # order: from self.order
-            if pos.step >= total_steps:
-                break
-            if STOP and stop_each_step:
-                stopped = True
-                break
-            momentum = schedule.momentum(pos.step) if cycles else None
-            result = step(stored, y, self.step_lrs(), momentum)
-            self.record(result, run.optimizer.param_groups[0]["lr"], momentum)
-        self.end_epoch(stopped)
-
-    def begin_epoch(self) -> None:
-        """Before an epoch's first step (or the first step after a resume or rollback mid-epoch)."""
-        run, pos = self.run, self.pos
-        self.epoch_started = time.perf_counter()
+    def _epoch(self) -> Generator[Optional[Want], Optional[StepResult], None]:
+        """Steps from pos.batch to the epoch's end, through its validation points; returns early when the run ends."""
+        run, pos, total, spe = self.run, self.pos, self.run.timeline.total_steps, self.run.timeline.steps_per_epoch
+        every_ckpt = self.settings.checkpoint_every_n_steps
         self.order.set_state(pos.order_state)
+        batches = self.batches(pos.batch)
+        yield from self._begin_stretch()
+        for batch in batches:
+            if self.dist is None and self.stop_signal:  # under ddp the ranks stop together, at a boundary
+                self._end_stretch()
+                self._interrupt()
+                return
+            lrs = [run.schedule(pos.step, base) for base in self.stretch_lrs]
+            momentum = run.schedule.momentum(pos.step) if self.cycles_momentum else None
+            result = yield Want(batch, lrs, momentum)
+            self.pending.add(result, lrs[0], momentum)  # no host sync: read back at the next flush
+            pos.step += 1
+            pos.batch += 1
+            for sink in self.out.live:
+                sink.on_step(pos.step, pos.epoch, lrs[0], result.loss)
+            if pos.batch >= spe or pos.step % self.val_steps == 0 or pos.step >= total:
+                yield None  # a group takes every replica's step before any validates
+                if self._boundary():
+                    return
+                yield from self._begin_stretch()
+            elif every_ckpt and pos.step % every_ckpt == 0:
+                self._flush()
+                self.save(step_file=True)
+
+    def _begin_stretch(self) -> Generator[None, Any, None]:
+        """Before the steps up to the next boundary: train mode, the LRs' rollback scale, the clock."""
+        yield None  # a group starts every replica's clock together
+        run = self.run
         run.model.train()
         train_mode(run.optimizer)
-        self.epoch_base_lrs = [base * pos.lr_scale for base in self.base_lrs]
-        self.first_batch = pos.batch
+        self.stretch_lrs = [base * self.pos.lr_scale for base in self.base_lrs]
+        self.first_batch = self.pos.batch
+        self.stretch_started = time.perf_counter()
 
-    def step_lrs(self) -> list[float]:
-        """Each parameter group's LR for the next step."""
-        schedule, step = self.run.schedule, self.pos.step
-        return [schedule(step, base) for base in self.epoch_base_lrs]
-
-    def record(self, result: StepResult, lr: float, momentum: Optional[float]) -> None:
-        """One step was taken: keep its numbers for the next flush; checkpoint when one is due mid-epoch."""
-        pos = self.pos
-        self._pending_losses.append(result.loss)
-        self._pending_lrs.append(lr)
-        if result.correct is not None:
-            self._pending_correct.append(result.correct)
-        if result.grad_norm is not None:
-            self._pending_norms.append(result.grad_norm)
-        if result.effective_lr is not None:
-            self._pending_effective.append(result.effective_lr)
-        if momentum is not None:
-            self._pending_momenta.append(momentum)
-        pos.step += 1
-        pos.batch += 1
-        for sink in self.live:
-            sink.on_step(pos.step, pos.epoch, lr, result.loss)
-        every_ckpt = self.settings.checkpoint_every_n_steps
-        if (every_ckpt and pos.step % every_ckpt == 0 and pos.batch < self.run.timeline.steps_per_epoch
-                and pos.step < self.run.timeline.total_steps):
-            self._flush()
-            self.save_step_checkpoint()
-
-    def end_epoch(self, stopped: bool) -> None:
-        """After an epoch's last step, or when a signal stopped it (`stopped`): flush, then validate or checkpoint."""
-        pos = self.pos
+    def _end_stretch(self) -> None:
+        """Flush the stretch's steps, and count its time and samples."""
         self._flush()
-        pos.step_seconds += time.perf_counter() - self.epoch_started
-        n, bs = len(self.run.data.train), self.run.data.batch_size * self.world
-        pos.samples += min(n, pos.batch * bs) - min(n, self.first_batch * bs)
-        if stopped:
-            self._interrupt()
-        else:
-            self._end_epoch(self.epoch_started)
+        self.pos.add_stretch(time.perf_counter() - self.stretch_started, self.first_batch,
+                             len(self.run.data.train), self.run.data.batch_size * self.world)
 
-    def _interrupt(self) -> None:
-        """A signal asked the run to stop mid-epoch: checkpoint where it is and end as `interrupted`."""
-        self.save(best=False)
-        self._mark_interrupted()
+    def _boundary(self) -> bool:
+        """After a step that ends an epoch, reaches a validation point or ends the run: flush; validate, decide
+        and checkpoint when one is due. True when the epoch or the run ended."""
+        run, pos, total = self.run, self.pos, self.run.timeline.total_steps
+        self._end_stretch()
+        validating = pos.step % self.val_steps == 0 or pos.step >= total
+        reason, best = self._validation() if validating else (None, False)
+        epoch_ended = pos.batch >= run.timeline.steps_per_epoch
+        if epoch_ended:
+            pos.epoch, pos.batch, pos.order_state = pos.epoch + 1, 0, self.order.get_state()
+        stop = self.dist.from_main(bool(self.stop_signal)) if self.dist else bool(self.stop_signal)
+        if validating or stop:
+            self.save(best=best)
+        if stop and pos.step < total:
+            self._interrupt(save=False)
+        elif reason is not None:
+            self.out.stop(*reason)
+        return epoch_ended or not self.running
 
-    def _mark_interrupted(self) -> None:
-        self.summary.status, self.summary.stop_reason = "interrupted", f"{STOP.name} at step {self.pos.step}"
-
-    def _flush(self) -> None:
-        """Read back the pending steps (one host sync), hand their rows to the sinks, check for divergence."""
-        if not self._pending_losses:
-            return
-        pos, run, settings = self.pos, self.run, self.settings
-        losses_t, correct_t, norms_t = self._pending_tensors()
-        if self.dist:  # every rank gets the same values, so every rank decides on divergence the same way
-            losses_t, correct_t = self.dist.mean(losses_t), self.dist.sum(correct_t)
-        losses = losses_t.tolist()
-        lrs, effective, momenta = self._pending_lrs, self._pending_effective, self._pending_momenta
-        correct = int(correct_t)
-        norms = [[v] for v in norms_t.tolist()] if norms_t is not None else None
-        self._clear_pending()
-        first = pos.step - len(losses)
-        diverged = run.stopper.guard.check(losses)
-        count = len(losses) if diverged is None else diverged[0] + 1  # keep the offending step's row
-        every = settings.log_every_n_steps
-        extra = [len(pos.rollbacks)] if settings.on_divergence == "rollback" else []
-        rows = [[first + j, pos.epoch, lrs[j], losses[j], *(norms[j] if norms else ()), *extra,
-                 *effective[j:j + 1], *momenta[j:j + 1]]
-                for j in range(count) if (first + j) % every == 0]
-        for sink in self.sinks:
-            sink.on_steps(rows)
-        pos.steps_rows += len(rows)
-        if effective:
-            pos.last_effective_lr = effective[count - 1]
-        if diverged is not None:
-            raise Diverged(first + diverged[0], diverged[1])
-        n, bs = len(run.data.train), run.data.batch_size * self.world
-        start_batch = pos.batch - len(losses)
-        for j, loss in enumerate(losses):
-            size = min(bs, n - (start_batch + j) * bs)
-            pos.loss_sum += loss * size
-            pos.seen += size
-        pos.correct += correct
-        pos.last_lr = lrs[-1]
-
-    def _pending_tensors(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """The pending steps' losses and gradient norms (one per step), and their correct predictions (a sum)."""
-        losses = torch.stack(self._pending_losses).float()
-        correct = torch.stack(self._pending_correct).sum() if self._pending_correct else torch.zeros(())
-        norms = torch.stack(self._pending_norms).float() if self._pending_norms else None
-        return losses, correct, norms
-
-    def _clear_pending(self) -> None:
-        self._pending_losses, self._pending_lrs, self._pending_correct, self._pending_norms = [], [], [], []
-        self._pending_effective, self._pending_momenta = [], []
-
-    def _end_epoch(self, started: float) -> None:
+    def _validation(self) -> tuple[Optional[tuple[Status, str]], bool]:
+        """Validate the weights as they are and hand the metrics row on; then what it decides: a reason to stop
+        (a status and its reason), and whether it is the best so far (for best.pt)."""
         run, pos, settings = self.run, self.pos, self.settings
-        self._sync()
+        self.sync()
         eval_mode(run.optimizer)  # schedule-free: validate (and then save) the averaged weights
-        val = self._validate()  # every rank: the full validation set
+        val = self.validate()  # every rank: the same validation batches
         if self.dist:
             val = self.dist.from_main(val)  # rank 0's numbers, so every rank takes the same decisions
         if run.stopper.guard.check_finite and not math.isfinite(val["loss"]):
             raise Diverged(pos.step, f"the validation loss became {val['loss']}")
-        row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr,
-                               "train_loss": pos.loss_sum / pos.seen, "val_loss": val["loss"]}
-        if self.classify:
-            # a language model's correct predictions are tokens, block_size of them per window
-            row["train_acc"] = pos.correct / (pos.seen * (run.data.block_size if self.language else 1))
-            row["val_acc"] = val["acc"]
-        if self.language:
-            row.update(language_metrics(val["loss"]))
-        row["seconds"] = time.perf_counter() - started
-        for sink in self.sinks:
-            sink.on_epoch(row)
+        # since the last validation; accuracy over targets (a language model's tokens)
+        train = {"loss": pos.loss_sum / pos.seen, "acc": pos.correct / (pos.seen * self.task.targets_per_sample)}
+        row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr}
+        row.update({k: (train if k.startswith("train_") else val)[k.split("_", 1)[1]] for k in self.metric_cols[3:-1]})
+        row["seconds"] = time.perf_counter() - self.stretch_started
+        self.out.row(row)
         pos.metrics_rows += 1
-        self.summary.final = row
-
         run.schedule.observe(pos.epoch, row)
         reason = run.stopper.update(pos.epoch, row, run.model)
-        pruned = run.pruning.update(pos.epoch, row) if run.pruning else None
+        pruned = run.pruning.update((pos.step - 1) // self.val_steps, row) if run.pruning else None
         if self.dist:
             reason, pruned = self.dist.from_main((reason, pruned))
         best = improved(row[settings.monitor], pos.best_value, settings.monitor_mode)
         if best:
             pos.best_value, pos.best_epoch = row[settings.monitor], pos.epoch
-        pos.epoch, pos.batch = pos.epoch + 1, 0
-        pos.order_state = self.order.get_state()
         pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
-        self.save(best=best)
-        stop = self.dist.from_main(bool(STOP)) if self.dist else bool(STOP)
-        if stop and pos.step < run.timeline.total_steps:
-            self._mark_interrupted()
-        elif pruned:
-            self.summary.status, self.summary.stop_reason = "pruned", pruned
-        elif reason:
-            self.summary.status, self.summary.stop_reason = "early_stopped", reason
+        return (Status.PRUNED, pruned) if pruned else (Status.EARLY_STOPPED, reason) if reason else None, best
+
+    def _flush(self) -> None:
+        """Read back the pending steps (one host sync), hand their rows to the sinks, check for divergence."""
+        if not self.pending:
+            return
+        pos, run = self.pos, self.run
+        taken = self.pending.take(self.dist)
+        losses, correct = taken.losses.tolist(), int(taken.correct)
+        first = pos.step - len(losses)
+        diverged = run.stopper.guard.check(losses)
+        count = len(losses) if diverged is None else diverged[0] + 1  # keep the offending step's row
+        rows = self.pending.rows(taken, losses, first, pos.epoch, count, self.settings.log_every_n_steps,
+                                 len(pos.rollbacks))
+        self.out.steps(rows)
+        pos.steps_rows += len(rows)
+        if taken.effective:
+            pos.last_effective_lr = taken.effective[count - 1]
+        if diverged is not None:
+            raise Diverged(first + diverged[0], diverged[1])
+        pos.add_losses(losses, correct, len(run.data.train), run.data.batch_size * self.world)
+        pos.last_lr = taken.lrs[-1]
 
     def on_divergence(self, d: Diverged) -> None:
         """Stop (keeping the last good checkpoint), or roll back to it with a smaller LR."""
         pos, settings = self.pos, self.settings
-        self._clear_pending()
+        self.pending.clear()
         if settings.on_divergence == "rollback" and len(pos.rollbacks) < settings.max_rollbacks:
             if self.dist:
                 self.dist.barrier()
-            ckpt = load(self.ckpt_dir / "last.pt")
-            self.restore(ckpt, keep_history=True)
-            self.pos.lr_scale *= settings.rollback_factor
-            event = {"diverged_at_step": d.step, "reason": d.reason, "restored_step": self.pos.step,
-                     "lr_scale": self.pos.lr_scale}
-            self.pos.rollbacks.append(event)
-            for sink in self.sinks:
-                sink.on_message(f"rollback {len(self.pos.rollbacks)}/{settings.max_rollbacks}: {d.reason} at step "
-                                f"{d.step}; back to step {self.pos.step} with the LR x{self.pos.lr_scale:g}")
+            self.restore(self.checkpoints.last(), keep_history=True)
+            pos = self.pos
+            pos.lr_scale *= settings.rollback_factor
+            pos.rollbacks.append({"diverged_at_step": d.step, "reason": d.reason, "restored_step": pos.step,
+                                  "lr_scale": pos.lr_scale})
+            self.out.message(f"rollback {len(pos.rollbacks)}/{settings.max_rollbacks}: {d.reason} at step "
+                             f"{d.step}; back to step {pos.step} with the LR x{pos.lr_scale:g}")
             return
         tail = f" (after {len(pos.rollbacks)} rollbacks)" if pos.rollbacks else ""
-        self.summary.status, self.summary.stop_reason = "diverged", f"{d.reason} at step {d.step}{tail}"
+        self.out.stop(Status.DIVERGED, f"{d.reason} at step {d.step}{tail}")
+
+    def _interrupt(self, save: bool = True) -> None:
+        """A signal asked the run to stop: checkpoint where it is (unless just done) and end as `interrupted`."""
+        if save:
+            self.save()
+        self.out.stop(Status.INTERRUPTED, f"{STOP.name} at step {self.pos.step}")
+
+    def save(self, best: bool = False, step_file: bool = False) -> None:
+        """Checkpoint where the run is: last.pt, with best.pt (`best`) or step-<n>.pt (`step_file`) beside it."""
+        self.sync()
+        eval_mode(self.run.optimizer)  # every rank: a checkpoint holds the weights a resume evaluates
+        if self.main:
+            self.checkpoints.write(snapshot(self.run, self.pos), best, step_file)
+        if step_file:  # mid-stretch: training goes on
+            train_mode(self.run.optimizer)
+
+    @property
+    def running(self) -> bool:
+        return self.pos.step < self.run.timeline.total_steps and self.out.summary.status == Status.RUNNING
+
+    def begin(self) -> None:
+        """Restore a checkpoint to resume from; the outputs' columns and the summary."""
+        run = self.run
+        if run.resume is not None:
+            self.restore(run.resume)
+            if not run.resumed_in_place:  # continuing into a new run dir: its CSVs start at the checkpoint
+                self.pos.steps_rows = self.pos.metrics_rows = 0
+        self.metric_cols = ["epoch", "step", "lr", *self.task.row_metrics(), "seconds"]
+        if self.main:
+            self.checkpoints.prepare()
+        self.out = Outputs(run, self.pos, self.pending.columns, self.metric_cols)
+
+    def finish(self) -> None:
+        """The run ended (or was interrupted): its final weights, tested when it ended (lrtrain.outputs)."""
+        self.sync()
+        eval_mode(self.run.optimizer)  # the final weights, tested and kept, are the evaluation ones
+        run = self.run
+        self.out.finish(run, lambda: evaluate(run.model, run.data.test, run.data, self.step.amp, self.task))
 
 
 def fit(run: Run) -> Summary:
-    return Trainer(run).fit()
+    """Train `run`: validate every `trainer.val_every`, test at the end; return the summary."""
+    trainer = Trainer(run)
+    return drive(trainer.steps(), trainer.step)
+
+
+def drive(steps: Steps, step: TrainStep) -> Summary:
+    """Run one trainer's steps with `step`; an error in a step ends the run with it, as one inside would."""
+    want = next(steps)
+    while True:
+        try:
+            result = None if want is None else step(*want.batch, want.lrs, want.momentum)
+        except BaseException as e:
+            steps.throw(e)
+            raise
+        try:
+            want = steps.send(result)
+        except StopIteration as end:
+            return end.value

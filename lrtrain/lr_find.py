@@ -110,18 +110,11 @@ def use_lr(run: Run, lr: float) -> None:
 
 def plot_lr_find(out_dir: Path, result: dict[str, Any]) -> Path:
     """Write `lr_find.png`: loss against LR (log scale), the suggestion marked."""
-    import logging
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
-
-    from lrtrain.plots import read_csv
+    from lrtrain.plots import figure, read_csv
 
     rows = read_csv(out_dir / "lr_find.csv")
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    fig = figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
     ax.plot(rows["lr"], rows["loss"], lw=0.8, alpha=0.35, label="loss (per step)")
     ax.plot(rows["lr"], rows["smoothed_loss"], lw=1.8, label="smoothed loss")
     lr = result["suggested_lr"]
@@ -139,5 +132,4 @@ def plot_lr_find(out_dir: Path, result: dict[str, Any]) -> Path:
     ax.legend()
     out = out_dir / "lr_find.png"
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out

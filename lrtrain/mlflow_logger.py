@@ -18,11 +18,12 @@ from typing import Any, Optional
 import lrtrain
 from lrtrain.errors import ConfigValueError, LoggerStoreError
 from lrtrain.loggers import RunContext, Sink, flat_config, summary_metrics
-from lrtrain.summary import Summary
+from lrtrain.summary import Status, Summary
+from lrtrain.writers import atomic_path
 
 # lrtrain's statuses in MLflow's words
-STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED",
-          "failed": "FAILED", "interrupted": "KILLED"}
+STATUS = {Status.COMPLETED: "FINISHED", Status.EARLY_STOPPED: "FINISHED", Status.PRUNED: "FINISHED",
+          Status.DIVERGED: "FAILED", Status.FAILED: "FAILED", Status.INTERRUPTED: "KILLED"}
 PARENT_FILE = ".mlflow_parent_run"  # in the sweep dir: the parent run's id, written by the first job
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 
@@ -224,7 +225,6 @@ def parent_run(client: Any, experiment_id: str, sweep_dir: Path, wait: float = 6
     os.close(fd)
     run_id = client.create_run(experiment_id, run_name=f"sweep {Path(sweep_dir).name}",
                                tags={"lrtrain.sweep_dir": str(sweep_dir)}).info.run_id
-    tmp = id_file.with_suffix(".tmp")
-    tmp.write_text(run_id + "\n")
-    os.replace(tmp, id_file)
+    with atomic_path(id_file) as tmp:
+        tmp.write_text(run_id + "\n")
     return run_id

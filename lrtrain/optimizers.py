@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lrtrain.errors import OptimizerInputError
+from lrtrain.regularization import is_weight
 
 # Classes (or their bases) whose own weight decay is already decoupled from the gradient statistics: AdamW's
 # p <- p (1 - lr wd) (torch AdamW, Adafactor, Muon, Lion), or, schedule-free, a decay term that no moment
@@ -43,8 +44,8 @@ def param_groups(model: nn.Module, weight_decay: float, decay_1d: bool) -> list[
     params = [p for p in model.parameters() if p.requires_grad]
     if weight_decay == 0 or decay_1d:
         return [{"params": params, "weight_decay": weight_decay}]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decay = [p for p in params if is_weight(p)]
+    no_decay = [p for p in params if not is_weight(p)]
     return [g for g in ({"params": decay, "weight_decay": weight_decay},
                         {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
 

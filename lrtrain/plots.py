@@ -19,6 +19,20 @@ def read_csv(path: Path, columns: Optional[Sequence[str]] = None) -> dict[str, l
     return {k: [float(r[i]) if i < len(r) and r[i] != "" else float("nan") for r in rows[1:]] for k, i in wanted}
 
 
+def figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure drawn off-screen by Agg, without pyplot (nothing global to close). matplotlib is
+    imported here, on first use: it costs half a second that a run without plots never pays."""
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def plot_curves(run_dir: Path) -> Path:
     """Write `curves.png`: loss (per step and per epoch), accuracy when classifying, and the LR."""
     steps = read_csv(run_dir / "steps.csv")
@@ -45,15 +59,7 @@ def _curves_figure(has_steps: bool, has_epochs: bool, has_acc: bool) -> tuple:
     key = (has_steps, has_epochs, has_acc)
     if key in _CURVES:
         return _CURVES[key]
-    import logging
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(15 if has_acc else 10, 4))
+    fig = figure(figsize=(15 if has_acc else 10, 4))
     axes = fig.subplots(1, 3 if has_acc else 2)
     # Fixed margins: a layout engine doubles the cost of this figure, which every run (and sweep job) draws.
     fig.subplots_adjust(left=0.06 if has_acc else 0.08, right=0.99, bottom=0.13, top=0.91, wspace=0.3)

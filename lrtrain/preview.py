@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from lrtrain.writers import atomic_path
+
 USAGE = """\
 usage: lrtrain-schedule [-m] [group=option ...] [group.key=value ...] [steps_per_epoch=N] [out=FILE.png]
                         [log=true] [--csv FILE.csv]
@@ -100,13 +102,11 @@ def curve(cfg, spe: Optional[int]) -> tuple[list[float], int]:
 def write_csv(path: Path, rows: list[list[Any]], momentum: bool) -> None:
     """The per-step values, written to a temporary file and renamed: never a half-written CSV."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["curve", "step", "epoch", "lr"] + (["momentum"] if momentum else []))
         # repr() of a float round-trips exactly, so values read back equal the schedule's
         out.writerows([[repr(v) if isinstance(v, float) else v for v in row] for row in rows])
-    os.replace(tmp, path)
 
 
 def sparkline(values: list[float], top: float, width: int = 60) -> str:
@@ -138,15 +138,10 @@ def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 
 def plot(curves: list[tuple[str, list[float]]], spe: int, path: Path, log: bool, title: str) -> None:
-    import logging
+    from lrtrain.plots import figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
+    fig = figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.subplots()
     for label, values in curves:
         ax.plot([k / spe for k in range(len(values))], values, lw=1.6, label=label)
     ax.set(xlabel=f"epoch ({spe} optimizer steps each)", ylabel="learning rate", title=title)
@@ -155,7 +150,6 @@ def plot(curves: list[tuple[str, list[float]]], spe: int, path: Path, log: bool,
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def run(argv: list[str]) -> int:
@@ -233,8 +227,6 @@ def run(argv: list[str]) -> int:
 
 def main() -> None:
     """Console entry point: one-line errors and exit code 2 for a bad config, like `lrtrain`."""
-    import os
-
     from lrtrain.config import yaml_floats
 
     argv = yaml_floats(sys.argv[1:])

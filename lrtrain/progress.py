@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lrtrain.loggers import Sink
-from lrtrain.summary import Summary
+from lrtrain.summary import BROKEN, Summary
 
 # The bar reads the loss (a host sync on a GPU) at most this often, so the display costs nothing per step.
 REFRESH_SECONDS = 0.2
@@ -69,7 +69,7 @@ class ProgressDisplay(Sink):
 
     def on_end(self, summary: Summary) -> None:
         self.close()
-        if self.mode != "none" and summary.status not in ("failed", "interrupted"):
+        if self.mode != "none" and summary.status not in BROKEN:
             self.console.print(summary_table(summary))
 
     def close(self) -> None:

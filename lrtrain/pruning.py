@@ -1,4 +1,5 @@
-"""A sweep job's link to its Optuna trial: report the monitored value every epoch, stop when the pruner says so.
+"""A sweep job's link to its Optuna trial: report the monitored value at every validation point (every epoch
+unless `trainer.val_every` says otherwise), stop when the pruner says so.
 
 lrtrain's Optuna sweeper (lrtrain/search.py) hands each job of a pruned study its trial through one environment
 variable, set with Hydra's `hydra.job.env_set` (so it reaches the job in any launcher's process, and shows only
@@ -80,7 +81,7 @@ class TrialLink:
         text = os.environ.get(ENV)
         return cls(**json.loads(text)) if text else None
 
-    def connect(self, monitor: str, epochs: int) -> "TrialPruning":
+    def connect(self, monitor: str, validations: int, per_epoch: bool = True) -> "TrialPruning":
         import optuna
         from hydra.utils import instantiate
 
@@ -88,25 +89,28 @@ class TrialLink:
         # the sampler is never asked here; a random one costs nothing to set up
         study = optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage),
                                   sampler=optuna.samplers.RandomSampler(), pruner=instantiate(self.pruner))
-        return TrialPruning(optuna.trial.Trial(study, self.trial_id), monitor, epochs)
+        return TrialPruning(optuna.trial.Trial(study, self.trial_id), monitor, validations, per_epoch)
 
 
 class TrialPruning:
-    """The loop's view of a trial: `update` after every epoch; a returned reason means stop now, as `pruned`."""
+    """The loop's view of a trial: `update` at every validation point (the trial's step: its index, the epoch when
+    validating once an epoch); a returned reason means stop now, as `pruned`."""
 
-    def __init__(self, trial: Any, monitor: str, epochs: int):
-        self.trial, self.monitor, self.epochs = trial, monitor, epochs
+    def __init__(self, trial: Any, monitor: str, epochs: int, per_epoch: bool = True):
+        # epochs: the run's validation points (its epochs unless `per_epoch` is false)
+        self.trial, self.monitor, self.epochs, self.per_epoch = trial, monitor, epochs, per_epoch
         self.reported: set[int] = set()
 
-    def update(self, epoch: int, row: dict[str, Any]) -> Optional[str]:
+    def update(self, index: int, row: dict[str, Any]) -> Optional[str]:
         value = row[self.monitor]
         if not math.isfinite(value):
             return None  # divergence is the loop's to handle; Optuna refuses NaN intermediate values
-        if epoch not in self.reported:  # an epoch trained again after a rollback keeps its first report
-            self.trial.report(value, step=epoch)
-            self.reported.add(epoch)
-        # after the last epoch the trial is complete: nothing is saved by calling it pruned
-        if epoch + 1 < self.epochs and self.trial.should_prune():
+        if index not in self.reported:  # a validation made again after a rollback keeps its first report
+            self.trial.report(value, step=index)
+            self.reported.add(index)
+        # after the last validation the trial is complete: nothing is saved by calling it pruned
+        if index + 1 < self.epochs and self.trial.should_prune():
             pruner = type(self.trial.study.pruner).__name__
-            return f"pruned by Optuna's {pruner} after epoch {epoch + 1}: {self.monitor}={value:.4g}"
+            where = f"epoch {index + 1}" if self.per_epoch else f"step {row['step']}"
+            return f"pruned by Optuna's {pruner} after {where}: {self.monitor}={value:.4g}"
         return None

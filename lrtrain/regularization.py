@@ -31,9 +31,15 @@ class StepHooks:
     clip: Optional[Callable[[], torch.Tensor]] = None  # clips gradients, returns their norm before clipping
 
 
+def is_weight(p: torch.Tensor, leading: int = 0) -> bool:
+    """A weight, which decay and penalties apply to: 2 or more dimensions (not a bias or a norm's scale).
+    `leading`: dimensions in front that are not the parameter's own (a fused group's replicas)."""
+    return p.dim() - leading >= 2
+
+
 def decayed(params: list[nn.Parameter]) -> list[nn.Parameter]:
-    """The weights that decay and penalties apply to: tensors of 2 or more dimensions (not biases, norms)."""
-    return [p for p in params if p.dim() >= 2]
+    """The weights among `params`."""
+    return [p for p in params if is_weight(p)]
 
 
 class L1Penalty:

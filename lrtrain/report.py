@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import math
 import os
 import re
@@ -15,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 from hydra.experimental.callback import Callback
 
 from lrtrain.loggers import summary_metrics
-from lrtrain.plots import plot_curves, read_csv
-from lrtrain.summary import Summary
-from lrtrain.study import OK_STATUSES, Configuration, Estimate, group, hashable, varied_keys
+from lrtrain.plots import figure, plot_curves, read_csv
+from lrtrain.summary import SUCCEEDED, Status, Summary
+from lrtrain.writers import atomic_path
+from lrtrain.study import Configuration, Estimate, group, hashable, varied_keys
 from lrtrain.study import rank as rank_configurations
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 SWEEP_COLUMNS = ["job", "overrides", "status", "cause", "monitor", "best_value", "best_epoch", "seconds"]
 # Keys that say how to report, not what was trained: they never tell two configurations apart.
 NOT_CONFIGURATION = ("report.",)
-PRUNED = "pruned"  # stopped early by an Optuna pruner (lrtrain/pruning.py): a result, not a failure
 
 
 def _read_summary(job_dir: Path) -> dict:
@@ -41,7 +40,7 @@ def _read_summary(job_dir: Path) -> dict:
     except OSError:
         # no summary: the job was killed (or never started training) before writing one
         started = (job_dir / "metrics.csv").is_file()
-        return {"status": "interrupted", "stop_reason": "no summary.json: the job was stopped" +
+        return {"status": Status.INTERRUPTED, "stop_reason": "no summary.json: the job was stopped" +
                 (" while training" if started else " before training")}
 
 
@@ -225,7 +224,7 @@ def _short_overrides(text: str) -> str:
 def rank(rows: list[dict]) -> list[dict]:
     """Best first by the monitored value (its own min/max mode); jobs that did not complete go last."""
     def key(row: dict) -> tuple:
-        ok = row["status"] in OK_STATUSES and row["best_value"] is not None
+        ok = row["status"] in SUCCEEDED and row["best_value"] is not None
         value = row["best_value"] if ok else 0.0
         return (not ok, -value if row.get("mode") == "max" else value, row["job"])
 
@@ -234,14 +233,12 @@ def rank(rows: list[dict]) -> list[dict]:
 
 def _write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
     """Written beside and renamed into place, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for row in rows:
             writer.writerow(["" if row.get(c) is None else repr(row[c]) if isinstance(row[c], float) else row[c]
                              for c in columns])
-    tmp.replace(path)
 
 
 def write_sweep_csv(rows: list[dict], path: Path) -> None:
@@ -264,12 +261,12 @@ def sweep_table(rows: list[dict], title: str):
                  "cause"):
         table.add_column(name, overflow="fold")
     for i, row in enumerate(rows, 1):
-        ok = row["status"] in OK_STATUSES
+        ok = row["status"] in SUCCEEDED
         best = (f"{short(row['best_value'])} ({row['best_epoch'] + 1})" if row["best_value"] is not None
                 and row["best_epoch"] is not None else "-")
         acc = row.get(final)
         table.add_row(str(i), row["job"], _short_overrides(row["overrides"]) or "-",
-                      f"[green]{row['status']}[/]" if ok else f"[yellow]{PRUNED}[/]" if row["status"] == PRUNED
+                      f"[green]{row['status']}[/]" if ok else f"[yellow]{Status.PRUNED}[/]" if row["status"] == Status.PRUNED
                       else f"[red]{row['status']}[/]", best,
                       short(acc) if acc is not None else "-",
                       f"{row['seconds']:.1f}" if row["seconds"] is not None else "-", row["cause"])
@@ -391,8 +388,8 @@ def study_table(study: Study, title: str):
         table.add_column(name, overflow="fold")
     for config in study.configs:
         stat = config.stats.get("best_value")
-        lost = ", ".join(f"{count} {what}" for count, what in ((config.count("failed"), "failed"),
-                         (config.count("diverged"), "diverged"), (config.incomplete, "incomplete")) if count)
+        lost = ", ".join(f"{count} {what}" for count, what in ((config.count(Status.FAILED), "failed"),
+                         (config.count(Status.DIVERGED), "diverged"), (config.incomplete, "incomplete")) if count)
         mark = ("[bold green]best[/]" if config.rank == 1 and stat else "≈ best" if config.overlaps_best else
                 "worse" if config.overlaps_best is False else "")
         table.add_row(str(config.rank), study.label(config), f"{config.n}/{len(config.jobs)}" if
@@ -416,7 +413,7 @@ def write_study_csv(study: Study, plotted: dict[int, dict], path: Path) -> None:
     rows = []
     for config in study.configs:
         row = {"rank": config.rank, "configuration": study.label(config), "jobs": len(config.jobs),
-               "n": config.n, "failed": config.count("failed"), "diverged": config.count("diverged"),
+               "n": config.n, "failed": config.count(Status.FAILED), "diverged": config.count(Status.DIVERGED),
                "incomplete": config.incomplete, "monitor": study.monitor, "monitor_mode": study.mode,
                "confidence": study.settings.confidence, "overlaps_best": config.overlaps_best,
                **{k: _exact(v) for k, v in config.values.items()}, **plotted.get(id(config), {})}
@@ -433,21 +430,12 @@ def write_study_csv(study: Study, plotted: dict[int, dict], path: Path) -> None:
 def _figure(**kwargs):
     """A matplotlib Figure without pyplot (nothing global to close), drawn by Agg. Margins are set by hand:
     a layout engine measures every tick label and takes longer than drawing the figure."""
-    import logging
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
+    return figure(**kwargs)
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png", pil_kwargs={"compress_level": 1})  # zlib's fastest: as curves.png
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png", pil_kwargs={"compress_level": 1})  # zlib's fastest: as curves.png
     return path
 
 
@@ -519,7 +507,7 @@ def plot_sweep(study: Study, path: Path) -> Path:
     ax_val, ax_lr = fig.subplots(1, 2)
     configs = sorted(study.configs, key=lambda c: study.rows.index(c.jobs[0]))  # the sweep's order
     for color, config in zip(_colors(len(configs)), configs):
-        done = [job for job in config.jobs if job["status"] in OK_STATUSES]
+        done = [job for job in config.jobs if job["status"] in SUCCEEDED]
         if len(config.jobs) == 1:  # as in a sweep without replicates
             row = config.jobs[0]
             label = f"{row['job']}: {_short_overrides(row['overrides']) or '(defaults)'}"
@@ -654,7 +642,7 @@ def plot_search(study: Study, path: Path) -> dict[str, list[tuple[Any, float]]]:
     """search.png: an Optuna search's objective against each searched parameter, one panel each, the trials
     coloured by their order and the best one starred. Returns each panel's (value, objective) points, read
     back from the figure."""
-    done = [(i, row) for i, row in enumerate(study.rows) if row["status"] in OK_STATUSES
+    done = [(i, row) for i, row in enumerate(study.rows) if row["status"] in SUCCEEDED
             and row.get("best_value") is not None]
     params = study.searched
     fig = _figure(figsize=(3.8 * len(params) + 1.2, 4.2))
@@ -727,8 +715,8 @@ def report_sweep(dirs: Path | Sequence[Path], settings: Optional[ReportConfig] =
         console = Console()
         if not console.is_terminal:  # a log file or a pipe: no reason to squeeze the table into 80 columns
             console.width = max(console.width, 150)
-    failed = [r for r in rows if r["status"] not in (*OK_STATUSES, PRUNED)]
-    pruned = sum(r["status"] == PRUNED for r in rows)
+    failed = [r for r in rows if r["status"] not in (*SUCCEEDED, Status.PRUNED)]
+    pruned = sum(r["status"] == Status.PRUNED for r in rows)
     title = f"lrtrain sweep · {len(rows)} jobs"
     if study.grouped:
         title += f" in {len(study.configs)} configurations"
@@ -762,7 +750,7 @@ class SweepReport(Callback):
         # first what decides the exit status: Hydra turns a callback's exception into a warning
         SweepReport.sweep_dir = sweep_dir
         rows = sweep_rows(sweep_dir)
-        SweepReport.failed = [r for r in rows if r["status"] not in (*OK_STATUSES, PRUNED)]
+        SweepReport.failed = [r for r in rows if r["status"] not in (*SUCCEEDED, Status.PRUNED)]
         node = config.get("report")
         report_sweep(sweep_dir, report_settings(node) if node is not None else None, rows=rows)
         end_logger_sweeps(config, sweep_dir, succeeded=not SweepReport.failed)

@@ -36,18 +36,18 @@ from typing import Any, Iterable, Optional
 
 from hydra.experimental.callback import Callback
 
-from lrtrain.summary import SUCCEEDED
+from lrtrain.summary import FINISHED
 
 RECORD = ".lrtrain-run"  # a run's record of itself, and the file its lock is on
 SWEEP_RECORD = ".lrtrain-sweep"
 # What a run writes into its dir (besides Hydra's `.hydra/` and `<job name>.log`, named by the config).
 RUN_NAMES = (RECORD, "summary.json", "steps.csv", "metrics.csv", "checkpoints", "tensorboard", "curves.png",
-             "lr_find.csv", "lr_find.png", "lr_find.json", ".mlflow_run_id")
+             "lr_find.csv", "lr_find.png", "lr_find.json", ".mlflow_run_id", ".wandb_run_id", "wandb")
 # What a sweep writes into its own dir besides the job dirs (lrtrain.report, Hydra, lrtrain.search, submitit).
 SWEEP_NAMES = (SWEEP_RECORD, "multirun.yaml", "sweep_summary.csv", "study_summary.csv", "sweep.png",
                "lr_sensitivity.png", "optuna.db", "optimization_results.yaml", "search.png", ".submitit")
 # Statuses of a run that is a result: never replaced without trainer.overwrite=true.
-RESULTS = (*SUCCEEDED, "diverged", "pruned")
+RESULTS = FINISHED
 # Keys that do not change a job's result: a sweep run again with other values of them is the same sweep.
 IGNORED_KEYS = ("trainer.progress", "trainer.resume", "trainer.overwrite", "report")
 

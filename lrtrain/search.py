@@ -31,8 +31,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from lrtrain.config import validate
 from lrtrain.errors import ConfigValueError
 from lrtrain.pruning import ENV, TrialLink, open_storage
-from lrtrain.report import OK_STATUSES as OK, PRUNED
+from lrtrain.summary import SUCCEEDED as OK, Status
 from lrtrain.signals import STOP
+from lrtrain.writers import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -408,21 +409,21 @@ class Search:
 
         run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else None
         summary = _read_json(run_dir / "summary.json") if run_dir else {}
-        status = summary.get("status") or ("failed" if ret.status == JobStatus.FAILED else "interrupted")
+        status = summary.get("status") or (Status.FAILED if ret.status == JobStatus.FAILED else Status.INTERRUPTED)
         value = ret._return_value if ret.status == JobStatus.COMPLETED else None
         if status in OK and not (isinstance(value, (int, float)) and math.isfinite(value)):
-            status = "failed"
+            status = Status.FAILED
             summary["stop_reason"] = f"the job returned {value!r}, not a number"
-        trial.set_user_attr("status", status)
+        trial.set_user_attr("status", str(status))
         if run_dir:
             trial.set_user_attr("run_dir", str(run_dir))
         if summary.get("stop_reason"):
             trial.set_user_attr("cause", summary["stop_reason"])
         if status in OK:
             tell(study, trial, TrialState.COMPLETE, float(value))
-        elif status == PRUNED:
+        elif status == Status.PRUNED:
             tell(study, trial, TrialState.PRUNED)  # Optuna keeps the last reported value as its value
-        elif self.failed_value is not None and status != "interrupted":
+        elif self.failed_value is not None and status != Status.INTERRUPTED:
             tell(study, trial, TrialState.COMPLETE, float(self.failed_value))
         else:
             tell(study, trial, TrialState.FAIL)
@@ -501,9 +502,8 @@ class Search:
         else:
             log.warning("No trial of the study has completed: no best parameters yet")
         out = self.sweep_dir / "optimization_results.yaml"
-        tmp = out.with_name(f".{out.name}.tmp")
-        OmegaConf.save(OmegaConf.create(results), tmp)
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            OmegaConf.save(OmegaConf.create(results), tmp)
         log.info(f"Dashboard: optuna-dashboard {shlex.quote(self.storage_url)}")
 
 

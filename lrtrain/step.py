@@ -13,6 +13,7 @@ from torch import nn
 from lrtrain.errors import ConfigValueError
 from lrtrain.optimizers import effective_lr, set_momentum
 from lrtrain.regularization import StepHooks
+from lrtrain.tasks import Task
 
 
 class StepResult(NamedTuple):
@@ -25,16 +26,15 @@ class StepResult(NamedTuple):
 class TrainStep:
     """set the LRs (and a cycled momentum) -> augment -> forward (torch.compile'd with trainer.compile) under autocast -> loss (+ penalty) -> backward -> clip -> optimizer step."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, data,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, data,
                  hooks: StepHooks, precision: str, device: torch.device, compile: bool = False):
-        self.optimizer, self.loss_fn, self.data, self.hooks = optimizer, loss_fn, data, hooks
+        self.optimizer, self.task, self.data, self.hooks = optimizer, task, data, hooks
         # trainer.compile: the forward pass goes through torch.compile (it shares the model's parameters, so
         # checkpoints, evaluation and the optimizer see the plain module); the first call compiles
         self.forward = torch.compile(model) if compile else model
         self.compiling = compile
         if compile:  # inductor looks for CUDA on every machine and warns where there is none
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        self.classify = data.num_classes is not None
         self.learns_lr = effective_lr(optimizer) is not None
         self.amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                     else contextlib.nullcontext())
@@ -53,14 +53,12 @@ class TrainStep:
             stored = hooks.augment(stored)
         with self.amp:
             output = self._forward(self.data.inputs(stored))
-            # a language model's [batch, time, vocabulary] logits: one row per token (a no-op for [batch, classes])
-            loss = (self.loss_fn(output.flatten(0, -2), y.flatten()) if self.classify
-                    else self.loss_fn(output.squeeze(-1), y))
+            loss = self.task.loss(output, y)
         opt.zero_grad(set_to_none=True)
         (loss + hooks.penalty() if hooks.penalty is not None else loss).backward()  # logged: the data loss
         norm = hooks.clip() if hooks.clip is not None else None
         opt.step()
-        correct = (output.argmax(-1) == y).sum() if self.classify else None
+        correct = self.task.hits(output, y).sum() if self.task.classify else None
         return StepResult(loss.detach(), correct, norm, step_size)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

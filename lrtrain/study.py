@@ -7,8 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
-# Statuses whose metrics count: a job that failed, diverged, was pruned or interrupted is counted, not averaged.
-OK_STATUSES = ("completed", "early_stopped")
+from lrtrain.summary import SUCCEEDED, Status  # SUCCEEDED: the statuses whose metrics are averaged
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class Configuration:
     @property
     def n(self) -> int:
         """Jobs that completed with a monitored value: what the best_value statistics are taken over."""
-        return sum(job["status"] in OK_STATUSES and job.get("best_value") is not None for job in self.jobs)
+        return sum(job["status"] in SUCCEEDED and job.get("best_value") is not None for job in self.jobs)
 
     def count(self, status: str) -> int:
         return sum(job["status"] == status for job in self.jobs)
@@ -68,7 +67,7 @@ class Configuration:
     @property
     def incomplete(self) -> int:
         """Jobs neither completed (with a value), failed nor diverged: interrupted, pruned, ..."""
-        return len(self.jobs) - self.n - self.count("failed") - self.count("diverged")
+        return len(self.jobs) - self.n - self.count(Status.FAILED) - self.count(Status.DIVERGED)
 
 
 def varied_keys(settings: Sequence[dict[str, Value]]) -> list[str]:
@@ -86,7 +85,7 @@ def group(jobs: Sequence[dict], keys: Sequence[str], metrics: Sequence[str], con
         key = tuple(hashable(v) for v in values.values())
         configs.setdefault(key, Configuration(values)).jobs.append(job)
     for config in configs.values():
-        done = [job for job in config.jobs if job["status"] in OK_STATUSES]
+        done = [job for job in config.jobs if job["status"] in SUCCEEDED]
         for metric in metrics:
             stat = estimate((job.get(metric) for job in done), confidence)
             if stat is not None:

@@ -5,16 +5,35 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
 
-# Statuses a run ends with; the first two count as a result for sweepers and reports.
-SUCCEEDED = ("completed", "early_stopped")
+
+class Status(StrEnum):
+    """What a run is or ended as; the value is what summary.json holds (a StrEnum: equal to that string)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    EARLY_STOPPED = "early_stopped"
+    PRUNED = "pruned"  # stopped by an Optuna pruner (lrtrain/pruning.py): a result, not a failure
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # a signal stopped it; a resume continues it
+    NOT_STARTED = "not_started"  # a sweep was interrupted before this job
+
+
+# Count as a result for sweepers and reports.
+SUCCEEDED = frozenset({Status.COMPLETED, Status.EARLY_STOPPED})
+# Ended for good: a re-run of a sweep does not train them again.
+FINISHED = SUCCEEDED | {Status.DIVERGED, Status.PRUNED}
+# Ended by an error or a signal: the run's own outputs may be incomplete.
+BROKEN = frozenset({Status.FAILED, Status.INTERRUPTED})
 
 
 @dataclass
 class Summary:
-    status: str = "running"  # running | completed | early_stopped | pruned | diverged | failed | interrupted | not_started
+    status: Status = Status.RUNNING
     stop_reason: Optional[str] = None
     run_dir: str = ""
     best_value: Optional[float] = None  # of monitor
@@ -46,6 +65,10 @@ class Summary:
     _ALWAYS = ("status", "stop_reason", "run_dir", "best_value")
     _EXTRAS = ("restored_best_weights_from_epoch", "world_size", "global_batch_size", "rank_weight_hashes",
                "ranks_in_sync", "lr_find", "effective_lr", "fused")
+
+    def __post_init__(self) -> None:
+        if self.status in {s.value for s in Status}:  # read back from a file: the enum member
+            self.status = Status(self.status)
 
     @property
     def succeeded(self) -> bool:
@@ -95,6 +118,7 @@ def read_checked(path: Path) -> dict[str, Any]:
             continue
         kind = next(a for a in (typing.get_args(hint) or (hint,)) if a is not type(None))
         kind = typing.get_origin(kind) or kind
+        kind = str if kind is Status else kind  # any string: statuses of other versions are reported as they are
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
               isinstance(value, int) and not isinstance(value, bool) if kind is int else isinstance(value, kind))
         if not ok:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from lrtrain.errors import ConfigValueError
 from lrtrain.loggers import RunContext, Sink, summary_metrics
-from lrtrain.summary import SUCCEEDED, Summary
+from lrtrain.summary import SUCCEEDED, Status, Summary
 
 MODES = ("online", "offline", "disabled")
 RUN_ID_FILE = ".wandb_run_id"  # in the run dir: the W&B run an in-place resume continues
@@ -67,7 +67,7 @@ class WandbLogger(Sink):
         if self.run is None:
             return
         self.run.summary.update({"status": summary.status, **summary_metrics(summary)})
-        self._finish(0 if summary.status in (*SUCCEEDED, "pruned") else 1)
+        self._finish(0 if summary.status in (*SUCCEEDED, Status.PRUNED) else 1)
 
     def close(self) -> None:
         if self.run is not None:  # ended without a summary: an error the loop is raising

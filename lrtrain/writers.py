@@ -6,8 +6,35 @@ import csv
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+
+@contextmanager
+def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed over `path` when the block ends, removed when it
+    raises. A rename within a folder is atomic: readers see the old file or the new one, never half of one.
+    `fsync`: the data (and the rename) reach the disk before this returns, so a power cut keeps one of them."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        if fsync:
+            _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 from lrtrain.errors import write_error
 
@@ -42,10 +69,8 @@ def truncate_csv(path: Path, rows: int) -> None:
     keep = [line for line in lines[:rows + 1] if line.endswith("\n")]
     if keep == lines:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         f.writelines(keep)
-    os.replace(tmp, path)
 
 
 def _fmt(value: Any) -> Any:
@@ -55,15 +80,11 @@ def _fmt(value: Any) -> Any:
 
 def write_json_atomic(obj: dict[str, Any], path: Path) -> None:
     """Write `path` whole or not at all: a failed write (a full disk) leaves the previous file and no temporary."""
-    tmp = path.with_name(f".{path.name}.tmp")
     text = json.dumps(_jsonable(obj), indent=2) + "\n"
     try:
-        with open(tmp, "w") as f:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
     except OSError as e:
-        if not tmp.is_dir():  # a folder in the way is not lrtrain's to remove
-            tmp.unlink(missing_ok=True)
         raise write_error(path, e) from None
 
 

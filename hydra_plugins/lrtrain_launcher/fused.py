@@ -203,14 +203,14 @@ def train_groups(returns: list[JobReturn], prepared: list[Prepared], curves: Any
     for ret, box in waiting:
         groups.setdefault(group_key(box.run), []).append((ret, box))
     from lrtrain.signals import STOP
-    from lrtrain.summary import Summary
+    from lrtrain.summary import Status, Summary
 
     drawn: dict[Path, tuple[JobReturn, Prepared]] = {}  # fused jobs that ended, by their run dir
     for members in groups.values():
         jobs = [box.job for _, box in members]
         if STOP:  # the sweep was interrupted before these jobs trained: listed as not started, as cli.train does
             for ret, box in members:
-                Summary(status="not_started", stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
+                Summary(status=Status.NOT_STARTED, stop_reason=f"the sweep was interrupted by {STOP.name} before this job",
                         run_dir=str(box.out_dir)).write(box.out_dir / "summary.json")
                 ret.return_value, box.run = None, None
             continue
