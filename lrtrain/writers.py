@@ -23,7 +23,8 @@ def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
             _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if not tmp.is_dir():  # a folder in the way is not lrtrain's to remove
+            tmp.unlink(missing_ok=True)
         raise
     if fsync:
         _fsync(path.parent)

@@ -157,7 +157,7 @@ def test_a_full_disk_keeps_the_previous_json(tmp_path):
 
     path = tmp_path / "summary.json"
     write_json_atomic({"status": "running"}, path)
-    (tmp_path / ".summary.json.tmp").symlink_to("/dev/full")  # the temporary's writes fail with ENOSPC
+    (tmp_path / f".summary.json.{os.getpid()}.tmp").symlink_to("/dev/full")  # the temporary's writes fail with ENOSPC
     with pytest.raises(WriteError) as e:
         write_json_atomic({"status": "completed", "final": list(range(10_000))}, path)
     assert str(e.value) == f"no space left on device writing {path}"
@@ -167,11 +167,12 @@ def test_a_full_disk_keeps_the_previous_json(tmp_path):
 def test_a_folder_in_the_way_of_a_temporary_json_is_named(tmp_path):
     from lrtrain.writers import write_json_atomic
 
-    (tmp_path / ".summary.json.tmp").mkdir()
+    tmp = tmp_path / f".summary.json.{os.getpid()}.tmp"
+    tmp.mkdir()
     with pytest.raises(WriteError) as e:
         write_json_atomic({"status": "completed"}, tmp_path / "summary.json")
-    assert str(e.value) == (f"could not write {tmp_path / 'summary.json'}: {tmp_path / '.summary.json.tmp'}: "
-                            "Is a directory")
+    assert str(e.value) == f"could not write {tmp_path / 'summary.json'}: {tmp}: Is a directory"
+    assert tmp.is_dir()  # not lrtrain's to remove
 
 
 @pytest.mark.slow
