@@ -165,9 +165,9 @@ def test_yamls_non_finite_spellings_are_floats(compose):
 
 @pytest.mark.parametrize("overrides,message", [
     (["warmup.length=5ep"],
-     "warmup.length: unknown key; warmup=none has no keys (options that have: constant, exponential, linear)"),
+     "warmup.length: unknown key; warmup=none has no keys (options that have: constant, exponential, linear, nanogpt)"),
     (["warmup=none", "warmup.start_factor=0.5"],
-     "warmup.start_factor: unknown key; warmup=none has no keys (options that have: constant, exponential, linear)"),
+     "warmup.start_factor: unknown key; warmup=none has no keys (options that have: constant, exponential, linear, nanogpt)"),
     (["scheduler.gamma=0.5"], "scheduler.gamma: unknown key; valid keys here: interval"),
     (["regularization.l2.weight_decay=0.1"],
      "regularization.l2.weight_decay: l2 is not enabled; add it: regularization=[l2]"),
