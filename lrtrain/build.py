@@ -73,8 +73,10 @@ def build_lr_finder(cfg: DictConfig) -> LRFinder:
     return instantiate(cfg.lr_find, _convert_="all")
 
 
-def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_num: Optional[int] = None) -> Run:
-    """The run `cfg` describes, writing into `out_dir` (a job of the sweep in `sweep_dir`, when given)."""
+def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_num: Optional[int] = None,
+          fork: Optional[dict] = None) -> Run:
+    """The run `cfg` describes, writing into `out_dir` (a job of the sweep in `sweep_dir`, when given; a cooldown
+    fork with the lineage `fork`, when given: lrtrain.forks composed its `cfg`)."""
     trainer: TrainerConfig = OmegaConf.to_object(cfg.trainer)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
@@ -162,10 +164,11 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
             pruning = link.connect(trainer.monitor, math.ceil(total_steps / val_steps), val_steps == steps_per_epoch)
         sinks = [*build_loggers(cfg.logger),
                  ProgressDisplay(trainer.progress, total_steps, epochs, data.batch_size * world)]
+    save_at = frozenset(min(total_steps, timeline.steps(at)) for at in trainer.save_at)
     return Run(model=model, optimizer=optimizer, schedule=schedule, data=data, task=task, hooks=hooks,
                stopper=stopper, sinks=sinks, settings=trainer, device=device, timeline=timeline, out_dir=out_dir,
                config=config, resume=resume, resumed_in_place=in_place, dist=dist, sweep_dir=sweep_dir,
-               job_num=job_num, pruning=pruning)
+               job_num=job_num, pruning=pruning, save_at=save_at - {0}, fork=fork)
 
 
 def build_loggers(nodes: DictConfig) -> list[Sink]:

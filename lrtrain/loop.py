@@ -68,6 +68,8 @@ class Run:
     sweep_dir: Optional[Path] = None  # when the run is a job of a sweep: the sweep's dir and the job's number
     job_num: Optional[int] = None
     pruning: Optional[TrialPruning] = None  # a job of a pruned Optuna study: update(index, row) -> reason to stop
+    save_at: frozenset[int] = frozenset()  # trainer.save_at in steps: checkpoints/step_<N>.pt, kept for good
+    fork: Optional[dict[str, Any]] = None  # a cooldown fork's lineage (lrtrain.forks), for summary.json
 
     def step_fn(self, model: Optional[nn.Module] = None) -> TrainStep:
         """The training step over `model` (default: the run's model; the loop passes its ddp wrapper)."""
@@ -218,9 +220,9 @@ class Trainer:
                 if self._boundary():
                     return
                 yield from self._begin_stretch()
-            elif every_ckpt and pos.step % every_ckpt == 0:
+            elif (every_ckpt and pos.step % every_ckpt == 0) or pos.step in run.save_at:
                 self._flush()
-                self.save(step_file=True)
+                self.save(step_file=bool(every_ckpt and pos.step % every_ckpt == 0), mid_stretch=True)
 
     def _begin_stretch(self) -> Generator[None, Any, None]:
         """Before the steps up to the next boundary: train mode, the LRs' rollback scale, the clock."""
@@ -249,7 +251,7 @@ class Trainer:
         if epoch_ended:
             pos.epoch, pos.batch, pos.order_state = pos.epoch + 1, 0, self.order.get_state()
         stop = self.dist.from_main(bool(self.stop_signal)) if self.dist else bool(self.stop_signal)
-        if validating or stop:
+        if validating or stop or pos.step in run.save_at:
             self.save(best=best)
         if stop and pos.step < total:
             self._interrupt(save=False)
@@ -330,13 +332,15 @@ class Trainer:
             self.save()
         self.out.stop(Status.INTERRUPTED, f"{STOP.name} at step {self.pos.step}")
 
-    def save(self, best: bool = False, step_file: bool = False) -> None:
-        """Checkpoint where the run is: last.pt, with best.pt (`best`) or step-<n>.pt (`step_file`) beside it."""
+    def save(self, best: bool = False, step_file: bool = False, mid_stretch: bool = False) -> None:
+        """Checkpoint where the run is: last.pt, with best.pt (`best`), step-<n>.pt (`step_file`) and, at a step
+        of trainer.save_at, step_<n>.pt beside it."""
         self.sync()
         eval_mode(self.run.optimizer)  # every rank: a checkpoint holds the weights a resume evaluates
         if self.main:
-            self.checkpoints.write(snapshot(self.run, self.pos), best, step_file)
-        if step_file:  # mid-stretch: training goes on
+            self.checkpoints.write(snapshot(self.run, self.pos), best, step_file,
+                                   kept=self.pos.step in self.run.save_at)
+        if mid_stretch:  # training goes on
             train_mode(self.run.optimizer)
 
     # ------------------------------------------------------------------------------ start and end
