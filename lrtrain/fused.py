@@ -27,10 +27,11 @@ from torch import nn
 
 from lrtrain.data import TensorData
 from lrtrain.loggers import CSVLogger, TensorBoardLogger
-from lrtrain.loop import Run, Trainer, Want, evaluate_outputs
+from lrtrain.loop import Trainer, Want, evaluate_outputs
 from lrtrain.plots import CurvesPool
 from lrtrain.progress import ProgressDisplay
 from lrtrain.regularization import is_weight
+from lrtrain.run import Run
 from lrtrain.signals import STOP
 from lrtrain.step import StepResult
 

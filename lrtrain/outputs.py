@@ -12,7 +12,7 @@ from lrtrain.position import Position, versions
 from lrtrain.summary import Status, Summary
 
 if TYPE_CHECKING:
-    from lrtrain.loop import Run
+    from lrtrain.run import Run
 
 
 class Outputs:

@@ -16,7 +16,7 @@ import lrtrain
 from lrtrain.checkpoints import load, remove_temporaries, save_copies
 
 if TYPE_CHECKING:
-    from lrtrain.loop import Run
+    from lrtrain.run import Run
 
 
 @dataclass

@@ -1,0 +1,62 @@
+"""`Run`: everything a training run is made of, as `lrtrain.build` makes it from the config; the loop
+(lrtrain.loop), a fused group (lrtrain.fused) and the LR range test take it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from lrtrain.config import TrainerConfig
+from lrtrain.data import FolderData, TensorData
+from lrtrain.distributed import Dist
+from lrtrain.durations import Timeline
+from lrtrain.early_stopping import EarlyStopping
+from lrtrain.loggers import Sink
+from lrtrain.pruning import TrialPruning
+from lrtrain.regularization import StepHooks
+from lrtrain.schedules import Schedule
+from lrtrain.step import TrainStep
+from lrtrain.tasks import Task
+from lrtrain.warmup import Warmup
+
+
+@dataclass
+class Run:
+    """Everything `fit` needs: the objects `lrtrain.build` made from the config, and the trainer's settings."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule | Warmup  # lr(step, base_lr), observe(epoch, metrics), state_dict()
+    data: TensorData | FolderData  # a batch source: train_batches(generator, start), eval_batches(split)
+    task: Task  # the loss and correct predictions of the model's outputs
+    hooks: StepHooks  # what regularization adds to the step
+    stopper: EarlyStopping  # early stopping and the divergence guard
+    sinks: list[Sink]  # outputs; empty on ranks > 0
+    settings: TrainerConfig  # trainer.*, validated
+    device: torch.device
+    timeline: Timeline
+    out_dir: Path
+    config: dict[str, Any]  # the resolved config, saved in every checkpoint
+    resume: Optional[dict[str, Any]] = None  # a loaded checkpoint to continue from
+    resumed_in_place: bool = False  # the checkpoint is this run dir's own: its CSVs continue from it
+    dist: Optional[Dist] = None  # trainer.strategy=ddp: this process's rank among the job's processes
+    lr_find: Optional[dict[str, Any]] = None  # the LR range test's result, when one ran before training
+    sweep_dir: Optional[Path] = None  # when the run is a job of a sweep: the sweep's dir and the job's number
+    job_num: Optional[int] = None
+    pruning: Optional[TrialPruning] = None  # a job of a pruned Optuna study: update(index, row) -> reason to stop
+    save_at: frozenset[int] = frozenset()  # trainer.save_at in steps: checkpoints/step_<N>.pt, kept for good
+    fork: Optional[dict[str, Any]] = None  # a cooldown fork's lineage (lrtrain.forks), for summary.json
+
+    def step_fn(self, model: Optional[nn.Module] = None) -> TrainStep:
+        """The training step over `model` (default: the run's model; the loop passes its ddp wrapper)."""
+        return TrainStep(model or self.model, self.optimizer, self.task, self.data, self.hooks,
+                         self.settings.precision, self.device, compile=self.settings.compile)
+
+    @property
+    def val_steps(self) -> int:
+        """Steps between validation points (`trainer.val_every`); the run's last step is one too."""
+        return self.timeline.every(self.settings.val_every)
