@@ -14,6 +14,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lrtrain.averaging import Averager, averaged_metrics
 from lrtrain.build_schedule import build_schedule
 from lrtrain.checkpoints import check_layout, load
 from lrtrain.config import TrainerConfig
@@ -109,6 +110,8 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
                                f"a list without label_smoothing: {data.name} is a regression data set")
     task = task_for(data.num_classes, reg.label_smoothing.epsilon if reg.label_smoothing is not None else 0.0)
     metrics = task.row_metrics()
+    if cfg.averaging.kind != "none":
+        metrics += averaged_metrics(metrics)
     _check_logged("trainer.monitor", trainer.monitor, metrics)
 
     model_kwargs = {"dropout": reg.dropout.p} if reg.dropout is not None else {}
@@ -164,11 +167,16 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
             pruning = link.connect(trainer.monitor, math.ceil(total_steps / val_steps), val_steps == steps_per_epoch)
         sinks = [*build_loggers(cfg.logger),
                  ProgressDisplay(trainer.progress, total_steps, epochs, data.batch_size * world)]
+    averaging = None
+    if cfg.averaging.kind != "none":
+        averaging = Averager(model, cfg.averaging.kind, timeline.steps(cfg.averaging.start), cfg.averaging.every,
+                             cfg.averaging.get("decay"))
     save_at = frozenset(min(total_steps, timeline.steps(at)) for at in trainer.save_at)
     return Run(model=model, optimizer=optimizer, schedule=schedule, data=data, task=task, hooks=hooks,
                stopper=stopper, sinks=sinks, settings=trainer, device=device, timeline=timeline, out_dir=out_dir,
                config=config, resume=resume, resumed_in_place=in_place, dist=dist, sweep_dir=sweep_dir,
-               job_num=job_num, pruning=pruning, save_at=save_at - {0}, fork=fork)
+               job_num=job_num, pruning=pruning, save_at=save_at - {0}, fork=fork,
+               averaging=averaging)
 
 
 def build_loggers(nodes: DictConfig) -> list[Sink]:

@@ -790,6 +790,34 @@ class LRFindConfig:
         check("diverge_factor", self.diverge_factor, self.diverge_factor > 1, "> 1")
 
 
+# ---------------------------------------------------------------------------------------- weight averaging
+
+
+@dataclass
+class NoAveragingConfig:
+    kind: str = MISSING  # none
+
+
+@dataclass
+class SWAConfig:
+    kind: str = MISSING  # swa
+    start: Any = MISSING  # a duration
+    every: int = MISSING  # steps between updates
+
+    def __post_init__(self) -> None:
+        check_duration(self, "start")
+        check("every", self.every, self.every >= 1, ">= 1")
+
+
+@dataclass
+class EMAConfig(SWAConfig):
+    decay: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("decay", self.decay, 0 < self.decay < 1, "in (0, 1), e.g. 0.999")
+
+
 # ------------------------------------------------------------------------------------------- sweep report
 
 
@@ -821,6 +849,7 @@ class Config:
     trainer: TrainerConfig = MISSING
     lr_find: Any = MISSING
     report: ReportConfig = MISSING
+    averaging: Any = MISSING
     fork: Any = MISSING  # untyped: its key `from` cannot be a dataclass field; check_fork checks it
 
     def __post_init__(self) -> None:
@@ -898,6 +927,9 @@ SCHEMAS = {
     "schema_trainer": TrainerConfig,
     "schema_lr_find": LRFindConfig,
     "schema_report": ReportConfig,
+    "schema_averaging_none": NoAveragingConfig,
+    "schema_averaging_ema": EMAConfig,
+    "schema_averaging_swa": SWAConfig,
 }
 
 

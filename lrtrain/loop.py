@@ -22,6 +22,7 @@ from typing import Any, Callable, Generator, Iterator, NamedTuple, Optional
 import torch
 from torch import nn
 
+from lrtrain.averaging import averaged_metrics, train_inputs
 from lrtrain.data import FolderData, TensorData
 from lrtrain.early_stopping import improved
 from lrtrain.optimizers import eval_mode, train_mode
@@ -167,6 +168,8 @@ class Trainer:
             self.pending.add(result, lrs[0], momentum)  # no host sync: read back at the next flush
             pos.step += 1
             pos.batch += 1
+            if run.averaging is not None:
+                run.averaging.after_step(pos.step, run.model)
             for sink in self.out.live:
                 sink.on_step(pos.step, pos.epoch, lrs[0], result.loss)
             if pos.batch >= spe or pos.step % self.val_steps == 0 or pos.step >= total:
@@ -226,7 +229,9 @@ class Trainer:
             raise Diverged(pos.step, f"the validation loss became {val['loss']}")
         train = {"loss": pos.loss_sum / pos.seen, "acc": pos.correct / pos.seen}  # since the last validation
         row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr}
-        row.update({k: (train if k.startswith("train_") else val)[k.split("_", 1)[1]] for k in self.metric_cols[3:-1]})
+        row.update({k: (train if k.startswith("train_") else val)[k.split("_", 1)[1]] for k in self.row_metrics})
+        if run.averaging is not None:
+            row.update(self._validate_averaged())
         row["seconds"] = time.perf_counter() - self.stretch_started
         self.out.row(row)
         pos.metrics_rows += 1
@@ -240,6 +245,17 @@ class Trainer:
             pos.best_value, pos.best_epoch = row[settings.monitor], pos.epoch
         pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
         return (Status.PRUNED, pruned) if pruned else (Status.EARLY_STOPPED, reason) if reason else None, best
+
+    def _validate_averaged(self) -> dict[str, float]:
+        """The averaged weights' validation metrics (avg_val_*); NaN until the averaging has started."""
+        run, cols = self.run, averaged_metrics(self.row_metrics)
+        if not run.averaging.started:
+            return {k: math.nan for k in cols}
+        model = run.averaging.evaluated(train_inputs(run.data))
+        val = evaluate(model, run.data.val, run.data, self.step.amp, self.task, self.settings.val_batches)
+        if self.dist:
+            val = self.dist.from_main(val)
+        return {k: val[k[len("avg_val_"):]] for k in cols}
 
     def _flush(self) -> None:
         """Read back the pending steps (one host sync), hand their rows to the sinks, check for divergence."""
@@ -310,7 +326,9 @@ class Trainer:
             self.restore(run.resume)
             if not run.resumed_in_place:  # continuing into a new run dir: its CSVs start at the checkpoint
                 self.pos.steps_rows = self.pos.metrics_rows = 0
-        self.metric_cols = ["epoch", "step", "lr", *self.task.row_metrics(), "seconds"]
+        self.row_metrics = self.task.row_metrics()
+        averaged = averaged_metrics(self.row_metrics) if run.averaging is not None else []
+        self.metric_cols = ["epoch", "step", "lr", *self.row_metrics, *averaged, "seconds"]
         if self.main:
             self.checkpoints.prepare()
         self.out = Outputs(run, self.pos, self.pending.columns, self.metric_cols)

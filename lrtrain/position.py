@@ -74,6 +74,7 @@ def snapshot(run: Run, pos: Position) -> dict[str, Any]:
         "rng": rng_state(),
         "config": run.config,
         "versions": versions(),
+        **({"averaged": run.averaging.state_dict()} if run.averaging is not None else {}),
     }
 
 
@@ -84,6 +85,8 @@ def restore(run: Run, ckpt: dict[str, Any], since: Optional[Position] = None) ->
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.schedule.load_state_dict(ckpt["schedule"])
     run.stopper.load_state_dict(ckpt["early_stopping"])
+    if run.averaging is not None and "averaged" in ckpt:  # else (a checkpoint without) it starts afresh
+        run.averaging.load_state_dict(ckpt["averaged"])
     set_rng_state(ckpt["rng"])
     pos = Position(**ckpt["position"])
     if since is not None:

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lrtrain.averaging import Averager
 from lrtrain.config import TrainerConfig
 from lrtrain.data import FolderData, TensorData
 from lrtrain.distributed import Dist
@@ -50,6 +51,7 @@ class Run:
     pruning: Optional[TrialPruning] = None  # a job of a pruned Optuna study: update(index, row) -> reason to stop
     save_at: frozenset[int] = frozenset()  # trainer.save_at in steps: checkpoints/step_<N>.pt, kept for good
     fork: Optional[dict[str, Any]] = None  # a cooldown fork's lineage (lrtrain.forks), for summary.json
+    averaging: Optional[Averager] = None  # averaging=ema|swa: the averaged weights beside run.model
 
     def step_fn(self, model: Optional[nn.Module] = None) -> TrainStep:
         """The training step over `model` (default: the run's model; the loop passes its ddp wrapper)."""
