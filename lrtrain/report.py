@@ -603,11 +603,11 @@ def plot_cooldown(study: Study, path: Path) -> Path:
         ax.errorbar(x, mean, yerr=err, marker="o", ms=4, capsize=3, color=color, label=f"forks: {shape}")
     ax.set(xlabel="optimizer step (the parent's and the cooldown's)", ylabel="val_loss")
     _log(ax, "y")
-    replicates = (f"; bars: {study.settings.confidence:.0%} t-interval over the parents' replicates"
+    replicates = (f"\nbars: the {study.settings.confidence:.0%} t-interval over the parents' replicates"
                   if any(c.n > 1 for c in forks) else "")
-    _title(ax, f"cooldown forks: final val_loss at fork step + cooldown{replicates}")
+    _title(ax, f"cooldown forks: the final val_loss at fork step + cooldown{replicates}")
     ax.legend(fontsize="small", frameon=False)
-    fig.subplots_adjust(left=0.1, right=0.98, top=0.92, bottom=0.1)
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.88, bottom=0.1)
     return _save(fig, path)
 
 
