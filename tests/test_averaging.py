@@ -110,3 +110,14 @@ def test_resume_continues_the_average_bit_for_bit(compose, tmp_path, kind):
                 for r in read_rows(tmp_path / d / "metrics.csv") if r["step"] != "13"]
 
     assert rows("broken") == rows("whole")
+
+
+@pytest.mark.slow
+def test_a_fused_sweep_trains_averaged_jobs_alone_and_says_why(tmp_path):
+    from conftest import run_lrtrain
+
+    r = run_lrtrain("-m", "hydra/launcher=fused", "averaging=none,ema", "trainer.max_steps=6", *QUIET,
+                    f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "solo: job 1 (averaging: the averaged weights are kept per run by torch's AveragedModel" in r.stdout
+    assert "avg_val_loss" in (tmp_path / "s" / "1" / "metrics.csv").read_text().splitlines()[0]

@@ -118,6 +118,17 @@ def test_a_fork_that_cannot_be_is_refused_in_one_line(parent, tmp_path, override
 
 
 @pytest.mark.slow
+def test_forks_under_the_fused_launcher_are_forks_trained_alone(parent, tmp_path):
+    r = run_lrtrain("-m", "hydra/launcher=fused", f"fork.from={parent}", "fork.at=10steps,20steps",
+                    "fork.cooldown=4steps", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "solo: job 1 (fork.from: a fork's config is composed from its parent's" in r.stdout
+    for job, step in ((0, 10), (1, 20)):
+        summary = json.loads((tmp_path / "s" / str(job) / "summary.json").read_text())
+        assert summary["fork"]["step"] == step and summary["steps"] == step + 4
+
+
+@pytest.mark.slow
 def test_a_fork_of_a_run_that_is_not_constant_names_what_exists(tmp_path):
     r = run_lrtrain("scheduler=cosine", "trainer.max_steps=12", "trainer.save_at=[6steps]", *QUIET, cwd=tmp_path,
                     run_dir=tmp_path / "cos")
