@@ -33,7 +33,8 @@ def test_save_at_keeps_checkpoints_that_keep_last_k_never_deletes(train_briefly,
     (["fork.from=somewhere"], "fork.at=None: must be where to fork"),
     (["fork.from=x", "fork.at=10steps", "fork.shape=sqrt"], "fork.shape='sqrt': must be one of linear, cosine, 1-sqrt"),
     (["fork.from=x", "fork.at=10steps", "fork.cooldown=0steps"], "fork.cooldown='0steps': must be a duration above 0"),
-    (["fork.min_lr=-1"], "fork.min_lr=-1"),
+    (["fork.min_lr=-1"], "fork.min_lr=-1: must be a finite number >= 0"),
+    (["trainer.save_at=[10steps,soon]"], "trainer.save_at=['10steps', 'soon']: must be a list of durations: 'soon'"),
 ])
 def test_bad_fork_keys_are_one_line(compose, overrides, message):
     assert message in config_error(compose, *overrides)
