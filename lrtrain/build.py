@@ -171,11 +171,12 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
     if cfg.averaging.kind != "none":
         averaging = Averager(model, cfg.averaging.kind, timeline.steps(cfg.averaging.start), cfg.averaging.every,
                              cfg.averaging.get("decay"))
-    save_at = frozenset(min(total_steps, timeline.steps(at)) for at in trainer.save_at)
+    # step 0 is the start, not a point of training; steps past the end never come (an extending resume builds again)
+    save_at = frozenset(s for s in map(timeline.steps, trainer.save_at) if 0 < s <= total_steps)
     return Run(model=model, optimizer=optimizer, schedule=schedule, data=data, task=task, hooks=hooks,
                stopper=stopper, sinks=sinks, settings=trainer, device=device, timeline=timeline, out_dir=out_dir,
                config=config, resume=resume, resumed_in_place=in_place, dist=dist, sweep_dir=sweep_dir,
-               job_num=job_num, pruning=pruning, save_at=save_at - {0}, fork=fork,
+               job_num=job_num, pruning=pruning, save_at=save_at, fork=fork,
                averaging=averaging)
 
 

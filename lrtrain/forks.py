@@ -76,13 +76,13 @@ def fork_config(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, dict[str, A
         raise ConfigValueError("fork.from", fork["from"], f"a scheduler=constant run (it ran "
                                f"{parent_cfg.scheduler._target_.rsplit('.', 1)[-1]}; {have})")
     at = timeline.steps(fork.at)
-    ckpt = parent / "checkpoints" / kept_name(at)
-    if not ckpt.is_file():
-        raise ConfigValueError("fork.at", fork.at, f"a step of {parent} with a checkpoint ({at} has none; {have})")
     warmup = schedule.length if isinstance(schedule, Warmup) else 0
     if at < warmup:
         raise ConfigValueError("fork.at", fork.at, f"at or after the parent's warmup ({warmup} steps): the LR "
                                f"decays from the constant one")
+    ckpt = parent / "checkpoints" / kept_name(at)
+    if not ckpt.is_file():
+        raise ConfigValueError("fork.at", fork.at, f"a step of {parent} with a checkpoint ({at} has none; {have})")
     cooldown = parse_duration(fork.cooldown)
     length = (round(cooldown.amount / 100 * at) if cooldown.unit == "%" else Timeline(spe, at).steps(cooldown))
     if length < 1:
