@@ -95,7 +95,7 @@ def fork_config(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, dict[str, A
                                "fork.min_lr, its length fork.at + fork.cooldown")
     total = at + length
     # WSD decays over round(decay_fraction * total) steps, which is `length` for this fraction.
-    derived = [f"scheduler=wsd", f"scheduler.decay_fraction={length / total!r}", f"scheduler.decay_type={fork.shape}",
+    derived = ["scheduler=wsd", f"scheduler.decay_fraction={length / total!r}", f"scheduler.decay_type={fork.shape}",
                f"scheduler.min_lr={float(fork.min_lr)!r}", f"trainer.max_steps={total}", f"trainer.resume={ckpt}"]
     if warmup:  # in steps: a % of the parent's run is not the same % of the fork's
         derived.append(f"warmup.length={warmup}steps")

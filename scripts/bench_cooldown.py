@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--shape", default="linear", choices=["linear", "cosine", "1-sqrt"])
     parser.add_argument("--full", default="cosine", choices=["cosine", "wsd"], help="the full runs' schedule")
     parser.add_argument("--seeds", default="0,1,2", help="the full runs' seeds (the parent uses the first)")
+    parser.add_argument("--warmup", type=int, default=20, help="linear warmup steps (forks come after it)")
     parser.add_argument("--ema-decay", default="0.99")
     parser.add_argument("--out", type=Path, default=Path("bench_cooldown"))
     parser.add_argument("overrides", nargs="*", help="extra lrtrain overrides for every run")
@@ -72,10 +73,12 @@ def main() -> None:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=False)
-    base = ([f"+experiment=mnist10k_fast", f"dataset.root={Path(args.root).resolve()}"] if args.root else [])
-    base += ["warmup=linear", "warmup.length=20steps", *args.overrides]
+    base = (["+experiment=mnist10k_fast", f"dataset.root={Path(args.root).resolve()}"] if args.root else [])
+    base += ["warmup=linear", f"warmup.length={args.warmup}steps", *args.overrides]
     seeds = args.seeds.split(",")
     at = [round(float(p) / 100 * args.steps) for p in args.at.split(",")]
+    if min(at) < args.warmup:
+        parser.error(f"--at: the first fork ({min(at)} steps) comes before the end of the warmup ({args.warmup})")
     started = time.perf_counter()
 
     # The parent: validated at every fork's end (S + D), so its EMA there is a row of metrics.csv.
@@ -114,7 +117,7 @@ def main() -> None:
         results.append({"fork_step": s, "end": end, "fork_val_loss": fork["val_loss"], "full_mean": mean,
                         "full_ci": [low, high], "inside": inside, "parent_ema_val_loss": ema})
         print(f"{s:>6} {end:>6}  {fork['val_loss']:>13.4f}  {mean:>10.4f} [{low:.4f}, {high:.4f}]"
-              f"{'':>4}  {str(inside):>6}  {ema:>10.4f}")
+              f"{'':>4}  {inside!s:>6}  {ema:>10.4f}")
     parent_steps = max(args.steps, *ends)
     fork_cost = parent_steps + sum(e - s for s, e in zip(at, ends))
     full_cost = sum(ends)

@@ -62,8 +62,8 @@ def test_no_averaged_metrics_before_the_averaging_starts(train_briefly, tmp_path
 
 
 def test_best_pt_follows_the_averaged_loss_when_monitored(train_briefly, tmp_path):
-    run, _ = train_briefly("averaging=ema", "averaging.decay=0.5", "trainer.monitor=avg_val_loss",
-                           "trainer.val_every=4steps", steps=12)
+    train_briefly("averaging=ema", "averaging.decay=0.5", "trainer.monitor=avg_val_loss",
+                  "trainer.val_every=4steps", steps=12)
     rows = read_rows(tmp_path / "metrics.csv")
     best = min(rows, key=lambda r: float(r["avg_val_loss"]))
     ckpt = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)

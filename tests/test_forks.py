@@ -20,8 +20,8 @@ SHAPES = ["linear", "cosine", "1-sqrt"]
 
 
 def test_save_at_keeps_checkpoints_that_keep_last_k_never_deletes(train_briefly, tmp_path):
-    run, rows = train_briefly("trainer.save_at=[10steps,50%]", "trainer.checkpoint_every_n_steps=7",
-                              "trainer.keep_last_k=1", steps=40)
+    train_briefly("trainer.save_at=[10steps,50%]", "trainer.checkpoint_every_n_steps=7",
+                  "trainer.keep_last_k=1", steps=40)
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.glob("step*.pt")) == ["step-00000035.pt", "step_10.pt", "step_20.pt"]
     for step in (10, 20):
@@ -98,13 +98,16 @@ def test_fork_rows_equal_the_wsd_run_decaying_from_the_same_step(parent, tmp_pat
         assert _config_value(fork_dir, "scheduler.decay_type") == shape
     with open(tmp_path / "forks" / "study_summary.csv", newline="") as f:
         study = list(csv.DictReader(f))
-    assert {(r["fork_step"], r["fork_shape"]) for r in study} == {("20", s) for s in SHAPES}
+    assert {(r["fork_parents"], r["fork_step"], r["fork_cooldown"], r["fork_shape"]) for r in study} == {
+        (str(parent.resolve()), "20", "10", s) for s in SHAPES}
+    assert (tmp_path / "forks" / "cooldown.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "wsd" / "cooldown.png").exists()  # a sweep without forks has none
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides, message", [
-    (["fork.at=15steps"], "fork.at='15steps': must be a step of {parent} with a checkpoint (15 has none; it kept "
-                          "checkpoints at steps 10, 20)"),
+    (["fork.at=15steps"], ("fork.at='15steps': must be a step of {parent} with a checkpoint (15 has none; it kept "
+                           "checkpoints at steps 10, 20)")),
     (["fork.at=3steps"], "at or after the parent's warmup (5 steps)"),
     (["fork.at=10steps", "model=cnn"], "made with model._target_='lrtrain.models.MLP'"),
     (["fork.at=10steps", "trainer.seed=1"], "made with trainer.seed=0, this fork has trainer.seed=1"),
