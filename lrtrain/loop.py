@@ -126,14 +126,13 @@ class Trainer:
         """Back to a checkpoint; `keep_history` (a rollback) keeps the rows and rollbacks made since."""
         self.pos = restore(self.run, ckpt, since=self.pos if keep_history else None)
 
-    # ------------------------------------------------------------------------------------------- loop
-
     def steps(self) -> Steps:
         """The run, from its start (or checkpoint) to its summary, which the generator returns."""
         self.begin()
         yield None  # a fused group stacks its replicas once every one is restored
         try:
-            self.open()
+            self.out.open()
+            self.save()  # this run's own last.pt from its first step (a resume into a new dir too): to roll back to
             while self.running:
                 try:
                     yield from self._epoch()
@@ -313,8 +312,6 @@ class Trainer:
         if mid_stretch:  # training goes on
             train_mode(self.run.optimizer)
 
-    # ------------------------------------------------------------------------------ start and end
-
     @property
     def running(self) -> bool:
         return self.pos.step < self.run.timeline.total_steps and self.out.summary.status == Status.RUNNING
@@ -332,10 +329,6 @@ class Trainer:
         if self.main:
             self.checkpoints.prepare()
         self.out = Outputs(run, self.pos, self.pending.columns, self.metric_cols)
-
-    def open(self) -> None:
-        self.out.open()
-        self.save()  # this run's own last.pt from its first step (a resume into a new dir too): to roll back to
 
     def finish(self) -> None:
         """The run ended (or was interrupted): its final weights, tested when it ended (lrtrain.outputs)."""

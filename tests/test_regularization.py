@@ -24,13 +24,13 @@ def _no_decay(run, rows):
 EFFECTS = {
     "none": lambda run, rows: (_no_decay(run, rows) and run.hooks.augment is None
                                and run.hooks.penalty is None and run.hooks.clip is None
-                               and run.loss_fn.label_smoothing == 0
+                               and run.task.label_smoothing == 0
                                and not any(isinstance(m, nn.Dropout) for m in run.model.modules())
                                and "grad_norm" not in rows[0]),
     "l2": lambda run, rows: [g["weight_decay"] for g in run.optimizer.param_groups] == [0.0005, 0.0],
     "dropout": lambda run, rows: [m.p for m in run.model.modules() if isinstance(m, nn.Dropout)] == [0.1],
     "augment": lambda run, rows: isinstance(run.hooks.augment, BatchAugment),
-    "label_smoothing": lambda run, rows: run.loss_fn.label_smoothing == 0.1,
+    "label_smoothing": lambda run, rows: run.task.label_smoothing == 0.1,
     "grad_clip": lambda run, rows: all(float(r["grad_norm"]) > 0 for r in rows),
     "l1": lambda run, rows: isinstance(run.hooks.penalty, L1Penalty),
 }
