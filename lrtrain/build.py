@@ -15,6 +15,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lrtrain.averaging import Averager, averaged_metrics
 from lrtrain.build_schedule import build_schedule
 from lrtrain.checkpoints import check_layout, load
 from lrtrain.config import TrainerConfig
@@ -74,8 +75,10 @@ def build_lr_finder(cfg: DictConfig) -> LRFinder:
     return instantiate(cfg.lr_find, _convert_="all")
 
 
-def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_num: Optional[int] = None) -> Run:
-    """The run `cfg` describes, writing into `out_dir` (a job of the sweep in `sweep_dir`, when given)."""
+def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_num: Optional[int] = None,
+          fork: Optional[dict] = None) -> Run:
+    """The run `cfg` describes, writing into `out_dir` (a job of the sweep in `sweep_dir`, when given; a cooldown
+    fork with the lineage `fork`, when given: lrtrain.forks composed its `cfg`)."""
     trainer: TrainerConfig = OmegaConf.to_object(cfg.trainer)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
@@ -109,6 +112,8 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
     task = task_for(data.num_classes, reg.label_smoothing.epsilon if reg.label_smoothing is not None else 0.0,
                     block_size=data.block_size if data.kind == "text" else None)
     metrics = task.row_metrics()
+    if cfg.averaging.kind != "none":
+        metrics += averaged_metrics(metrics)
     _check_logged("trainer.monitor", trainer.monitor, metrics)
 
     model_kwargs = {"dropout": reg.dropout.p} if reg.dropout is not None else {}
@@ -171,10 +176,17 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
             pruning = link.connect(trainer.monitor, math.ceil(total_steps / val_steps), val_steps == steps_per_epoch)
         sinks = [*build_loggers(cfg.logger),
                  ProgressDisplay(trainer.progress, total_steps, epochs, data.batch_size * world)]
+    averaging = None
+    if cfg.averaging.kind != "none":
+        averaging = Averager(model, cfg.averaging.kind, timeline.steps(cfg.averaging.start), cfg.averaging.every,
+                             cfg.averaging.get("decay"))
+    # step 0 is the start, not a point of training; steps past the end never come (an extending resume builds again)
+    save_at = frozenset(s for s in map(timeline.steps, trainer.save_at) if 0 < s <= total_steps)
     return Run(model=model, optimizer=optimizer, schedule=schedule, data=data, task=task, hooks=hooks,
                stopper=stopper, sinks=sinks, settings=trainer, device=device, timeline=timeline, out_dir=out_dir,
                config=config, resume=resume, resumed_in_place=in_place, dist=dist, sweep_dir=sweep_dir,
-               job_num=job_num, pruning=pruning)
+               job_num=job_num, pruning=pruning, save_at=save_at, fork=fork,
+               averaging=averaging)
 
 
 def build_loggers(nodes: DictConfig) -> list[Sink]:

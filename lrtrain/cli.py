@@ -134,10 +134,16 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
     try:
         _reset_threads()
         validate(cfg)
+        lineage = None
+        if cfg.fork["from"] is not None:
+            from lrtrain.forks import fork_config
+
+            cfg, lineage = fork_config(cfg, out_dir)
+            validate(cfg)
         _threads_for_parallel_jobs(cfg)
         from lrtrain.build import build
 
-        run = build(cfg, out_dir, *sweep)
+        run = build(cfg, out_dir, *sweep, fork=lineage)
         lr_search = None
         if cfg.mode == "lr_find" or cfg.optimizer.lr == "auto":
             from lrtrain.build import build_lr_finder

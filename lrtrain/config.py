@@ -908,6 +908,7 @@ class TrainerConfig:
     progress: str = MISSING
     checkpoint_every_n_steps: Optional[int] = None
     keep_last_k: int = MISSING
+    save_at: list[Any] = MISSING  # durations
     resume: Optional[str] = None
     overwrite: bool = MISSING
     on_divergence: str = MISSING
@@ -926,6 +927,11 @@ class TrainerConfig:
         check_seed(self, "seed")
         check_positive(self, "max_steps", "num_threads", "log_every_n_steps", "checkpoint_every_n_steps")
         check("keep_last_k", self.keep_last_k, self.keep_last_k >= 0, ">= 0")
+        for at in self.save_at:
+            try:
+                parse_duration(at)
+            except ValueError as e:
+                raise ConfigValueError("save_at", list(self.save_at), f"a list of durations: {at!r} is not {e}") from None
         check_choice(self, "on_divergence", ("stop", "rollback"))
         check("rollback_factor", self.rollback_factor, 0 < self.rollback_factor < 1, "in (0, 1)")
         check("max_rollbacks", self.max_rollbacks, self.max_rollbacks >= 0, ">= 0")
@@ -954,6 +960,34 @@ class LRFindConfig:
         check("num_steps", self.num_steps, self.num_steps >= 2, ">= 2")
         check("beta", self.beta, 0 <= self.beta < 1, "in [0, 1)")
         check("diverge_factor", self.diverge_factor, self.diverge_factor > 1, "> 1")
+
+
+# ---------------------------------------------------------------------------------------- weight averaging
+
+
+@dataclass
+class NoAveragingConfig:
+    kind: str = MISSING  # none
+
+
+@dataclass
+class SWAConfig:
+    kind: str = MISSING  # swa
+    start: Any = MISSING  # a duration
+    every: int = MISSING  # steps between updates
+
+    def __post_init__(self) -> None:
+        check_duration(self, "start")
+        check("every", self.every, self.every >= 1, ">= 1")
+
+
+@dataclass
+class EMAConfig(SWAConfig):
+    decay: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("decay", self.decay, 0 < self.decay < 1, "in (0, 1), e.g. 0.999")
 
 
 # ------------------------------------------------------------------------------------------- sweep report
@@ -987,9 +1021,34 @@ class Config:
     trainer: TrainerConfig = MISSING
     lr_find: Any = MISSING
     report: ReportConfig = MISSING
+    averaging: Any = MISSING
+    fork: Any = MISSING  # untyped: its key `from` cannot be a dataclass field; check_fork checks it
 
     def __post_init__(self) -> None:
         check_choice(self, "mode", ("train", "lr_find"))
+        check_fork(self.fork)
+
+
+def check_fork(fork: dict[str, Any]) -> None:
+    """The fork keys: a parent dir and where to fork when forking, a duration, a shape, an LR."""
+    def bad(key: str, valid: str) -> ConfigValueError:
+        return ConfigValueError(f"fork.{key}", fork[key], valid)
+
+    if fork["from"] is not None and not isinstance(fork["from"], str):
+        raise bad("from", "a run dir (of a run with trainer.save_at)")
+    if fork["from"] is not None and fork["at"] is None:
+        raise bad("at", "where to fork: a duration of the parent's run, such as 500steps or 50%")
+    for key in ("at", "cooldown"):
+        if fork[key] is not None:
+            try:
+                if parse_duration(fork[key]).amount <= 0:
+                    raise bad(key, "a duration above 0")
+            except ValueError as e:
+                raise bad(key, str(e)) from None
+    if fork["shape"] not in ("linear", "cosine", "1-sqrt"):
+        raise bad("shape", "one of linear, cosine, 1-sqrt (scheduler=wsd's decay types)")
+    if isinstance(fork["min_lr"], bool) or not isinstance(fork["min_lr"], (int, float)) or not 0 <= fork["min_lr"] < math.inf:
+        raise bad("min_lr", "a finite number >= 0")
 
 
 SCHEMAS = {
@@ -1050,6 +1109,9 @@ SCHEMAS = {
     "schema_trainer": TrainerConfig,
     "schema_lr_find": LRFindConfig,
     "schema_report": ReportConfig,
+    "schema_averaging_none": NoAveragingConfig,
+    "schema_averaging_ema": EMAConfig,
+    "schema_averaging_swa": SWAConfig,
 }
 
 

@@ -47,6 +47,8 @@ def unfusable(run: Run) -> Optional[str]:
     opt, model = run.optimizer, run.model
     if run.dist is not None:
         return "ddp"
+    if run.averaging is not None:
+        return "averaging: the averaged weights are kept per run by torch's AveragedModel, outside the fused step"
     if run.settings.compile:
         return "trainer.compile: the fused step has its own forward pass, which torch.compile does not compile"
     if run.data.kind == "text":  # the fused step and validation are written for one target per sample

@@ -22,6 +22,7 @@ from typing import Any, Callable, Generator, Iterator, NamedTuple, Optional
 import torch
 from torch import nn
 
+from lrtrain.averaging import averaged_metrics, train_inputs
 from lrtrain.data import FolderData, TensorData, TextData
 from lrtrain.early_stopping import improved
 from lrtrain.optimizers import eval_mode, train_mode
@@ -168,6 +169,8 @@ class Trainer:
             self.pending.add(result, lrs[0], momentum)  # no host sync: read back at the next flush
             pos.step += 1
             pos.batch += 1
+            if run.averaging is not None:
+                run.averaging.after_step(pos.step, run.model)
             for sink in self.out.live:
                 sink.on_step(pos.step, pos.epoch, lrs[0], result.loss)
             if pos.batch >= spe or pos.step % self.val_steps == 0 or pos.step >= total:
@@ -175,9 +178,9 @@ class Trainer:
                 if self._boundary():
                     return
                 yield from self._begin_stretch()
-            elif every_ckpt and pos.step % every_ckpt == 0:
+            elif (every_ckpt and pos.step % every_ckpt == 0) or pos.step in run.save_at:
                 self._flush()
-                self.save(step_file=True)
+                self.save(step_file=bool(every_ckpt and pos.step % every_ckpt == 0), mid_stretch=True)
 
     def _begin_stretch(self) -> Generator[None, Any, None]:
         """Before the steps up to the next boundary: train mode, the LRs' rollback scale, the clock."""
@@ -206,7 +209,7 @@ class Trainer:
         if epoch_ended:
             pos.epoch, pos.batch, pos.order_state = pos.epoch + 1, 0, self.order.get_state()
         stop = self.dist.from_main(bool(self.stop_signal)) if self.dist else bool(self.stop_signal)
-        if validating or stop:
+        if validating or stop or pos.step in run.save_at:
             self.save(best=best)
         if stop and pos.step < total:
             self._interrupt(save=False)
@@ -228,7 +231,9 @@ class Trainer:
         # since the last validation; accuracy over targets (a language model's tokens)
         train = {"loss": pos.loss_sum / pos.seen, "acc": pos.correct / (pos.seen * self.task.targets_per_sample)}
         row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr}
-        row.update({k: (train if k.startswith("train_") else val)[k.split("_", 1)[1]] for k in self.metric_cols[3:-1]})
+        row.update({k: (train if k.startswith("train_") else val)[k.split("_", 1)[1]] for k in self.row_metrics})
+        if run.averaging is not None:
+            row.update(self._validate_averaged())
         row["seconds"] = time.perf_counter() - self.stretch_started
         self.out.row(row)
         pos.metrics_rows += 1
@@ -242,6 +247,17 @@ class Trainer:
             pos.best_value, pos.best_epoch = row[settings.monitor], pos.epoch
         pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
         return (Status.PRUNED, pruned) if pruned else (Status.EARLY_STOPPED, reason) if reason else None, best
+
+    def _validate_averaged(self) -> dict[str, float]:
+        """The averaged weights' validation metrics (avg_val_*); NaN until the averaging has started."""
+        run, cols = self.run, averaged_metrics(self.row_metrics)
+        if not run.averaging.started:
+            return {k: math.nan for k in cols}
+        model = run.averaging.evaluated(train_inputs(run.data))
+        val = evaluate(model, run.data.val, run.data, self.step.amp, self.task, self.settings.val_batches)
+        if self.dist:
+            val = self.dist.from_main(val)
+        return {k: val[k[len("avg_val_"):]] for k in cols}
 
     def _flush(self) -> None:
         """Read back the pending steps (one host sync), hand their rows to the sinks, check for divergence."""
@@ -288,13 +304,15 @@ class Trainer:
             self.save()
         self.out.stop(Status.INTERRUPTED, f"{STOP.name} at step {self.pos.step}")
 
-    def save(self, best: bool = False, step_file: bool = False) -> None:
-        """Checkpoint where the run is: last.pt, with best.pt (`best`) or step-<n>.pt (`step_file`) beside it."""
+    def save(self, best: bool = False, step_file: bool = False, mid_stretch: bool = False) -> None:
+        """Checkpoint where the run is: last.pt, with best.pt (`best`), step-<n>.pt (`step_file`) and, at a step
+        of trainer.save_at, step_<n>.pt beside it."""
         self.sync()
         eval_mode(self.run.optimizer)  # every rank: a checkpoint holds the weights a resume evaluates
         if self.main:
-            self.checkpoints.write(snapshot(self.run, self.pos), best, step_file)
-        if step_file:  # mid-stretch: training goes on
+            self.checkpoints.write(snapshot(self.run, self.pos), best, step_file,
+                                   kept=self.pos.step in self.run.save_at)
+        if mid_stretch:  # training goes on
             train_mode(self.run.optimizer)
 
     @property
@@ -308,7 +326,9 @@ class Trainer:
             self.restore(run.resume)
             if not run.resumed_in_place:  # continuing into a new run dir: its CSVs start at the checkpoint
                 self.pos.steps_rows = self.pos.metrics_rows = 0
-        self.metric_cols = ["epoch", "step", "lr", *self.task.row_metrics(), "seconds"]
+        self.row_metrics = self.task.row_metrics()
+        averaged = averaged_metrics(self.row_metrics) if run.averaging is not None else []
+        self.metric_cols = ["epoch", "step", "lr", *self.row_metrics, *averaged, "seconds"]
         if self.main:
             self.checkpoints.prepare()
         self.out = Outputs(run, self.pos, self.pending.columns, self.metric_cols)

@@ -76,6 +76,7 @@ def snapshot(run: Run, pos: Position) -> dict[str, Any]:
         "versions": versions(),
         # a language model's token ids decode with its vocabulary (None: bytes)
         **({"vocabulary": run.data.vocabulary} if run.data.kind == "text" else {}),
+        **({"averaged": run.averaging.state_dict()} if run.averaging is not None else {}),
     }
 
 
@@ -86,6 +87,8 @@ def restore(run: Run, ckpt: dict[str, Any], since: Optional[Position] = None) ->
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.schedule.load_state_dict(ckpt["schedule"])
     run.stopper.load_state_dict(ckpt["early_stopping"])
+    if run.averaging is not None and "averaged" in ckpt:  # else (a checkpoint without) it starts afresh
+        run.averaging.load_state_dict(ckpt["averaged"])
     set_rng_state(ckpt["rng"])
     pos = Position(**ckpt["position"])
     if since is not None:
@@ -94,7 +97,8 @@ def restore(run: Run, ckpt: dict[str, Any], since: Optional[Position] = None) ->
 
 
 class CheckpointDir:
-    """A run's checkpoints/: last.pt, best.pt, and the `keep` newest step-<n>.pt."""
+    """A run's checkpoints/: last.pt, best.pt, the `keep` newest step-<n>.pt, and the step_<n>.pt of
+    trainer.save_at, which are never deleted (forks start from them)."""
 
     def __init__(self, path: Path, keep: int):
         self.path, self.keep = path, keep
@@ -103,10 +107,11 @@ class CheckpointDir:
         self.path.mkdir(parents=True, exist_ok=True)
         remove_temporaries(self.path)  # what a killed write left
 
-    def write(self, ckpt: dict[str, Any], best: bool = False, step_file: bool = False) -> None:
-        """last.pt, and the same checkpoint as best.pt (`best`) or step-<n>.pt (`step_file`)."""
+    def write(self, ckpt: dict[str, Any], best: bool = False, step_file: bool = False, kept: bool = False) -> None:
+        """last.pt, and the same checkpoint as best.pt (`best`), step-<n>.pt (`step_file`), step_<n>.pt (`kept`)."""
         paths = [self.path / "last.pt"] + [self.path / "best.pt"] * best
         paths += [self.path / f"step-{ckpt['step']:08d}.pt"] * (step_file and self.keep > 0)
+        paths += [self.path / kept_name(ckpt["step"])] * kept
         save_copies(ckpt, paths)
         if step_file:
             for old in sorted(self.path.glob("step-*.pt"))[:-self.keep or None]:
@@ -114,6 +119,16 @@ class CheckpointDir:
 
     def last(self) -> dict[str, Any]:
         return load(self.path / "last.pt")
+
+
+def kept_name(step: int) -> str:
+    """The file name of the checkpoint trainer.save_at keeps at `step`."""
+    return f"step_{step}.pt"
+
+
+def kept_steps(folder: Path) -> list[int]:
+    """The steps at which `folder` (a run's checkpoints/) holds a kept checkpoint, in order."""
+    return sorted(int(p.stem[5:]) for p in folder.glob("step_*.pt") if p.stem[5:].isdigit())
 
 
 def seed_everything(seed: int) -> None:

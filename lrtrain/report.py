@@ -176,6 +176,8 @@ def sweep_rows(dirs: Path | Sequence[Path]) -> list[dict]:
             row["final_lr"] = s["final"]["lr"]
         if s.get("lr_find"):
             row["suggested_lr"] = s["lr_find"]["suggested_lr"]
+        if isinstance(s.get("fork"), dict):
+            row["fork"] = s["fork"]
         rows.append(row)
     return rows
 
@@ -307,7 +309,11 @@ class Study:
 
 
 def analyse(rows: list[dict], settings: ReportConfig, searched: Sequence[str] = ()) -> Study:
-    """Group the jobs into configurations by the keys that vary between them, replicate keys aside."""
+    """Group the jobs into configurations by the keys that vary between them, replicate keys aside. Forks of
+    parents that differ only in a replicate key (one constant run per seed) are replicates of one configuration."""
+    for row in rows:
+        if row.get("fork") and "fork.from" in row["settings"]:
+            row["settings"]["fork.from"] = _parent_configuration(Path(row["fork"]["parent"]), settings.replicate_keys)
     varied = varied_keys([row["settings"] for row in rows])
     keys = [k for k in varied if k not in settings.replicate_keys]
     metrics = list(dict.fromkeys(k for row in rows for k in row["metrics"]))
@@ -316,6 +322,25 @@ def analyse(rows: list[dict], settings: ReportConfig, searched: Sequence[str] = 
     configs = rank_configurations(group(rows, keys, metrics, settings.confidence), "best_value", mode)
     return Study(rows, settings, keys, [k for k in varied if k in settings.replicate_keys], configs, metrics,
                  monitor, mode, [p for p in searched if p in varied])
+
+
+def _parent_configuration(parent: Path, replicate_keys: Sequence[str]) -> str:
+    """A fork's parent as a configuration: its overrides, replicate keys and Hydra's aside."""
+    keep = [o for o in _read_overrides(parent) if parse_override(o)[0] not in replicate_keys
+            and not parse_override(o)[0].startswith(("hydra.", *NOT_CONFIGURATION))]
+    return " ".join(sorted(keep)) or "(defaults)"
+
+
+# The lineage of a configuration of forks, in study_summary.csv: from its jobs' summary.json.
+FORK_COLUMNS = ["fork_parents", "fork_step", "fork_cooldown", "fork_shape", "fork_min_lr"]
+
+
+def _lineage(config: Configuration) -> dict[str, Any]:
+    forks = [job["fork"] for job in config.jobs if job.get("fork")]
+    if not forks:
+        return {}
+    return {"fork_parents": ";".join(sorted({f["parent"] for f in forks})),
+            **{f"fork_{k}": forks[0][k] for k in ("step", "cooldown", "shape", "min_lr")}}
 
 
 def report_settings(node: Any = None) -> ReportConfig:
@@ -410,13 +435,16 @@ def write_study_csv(study: Study, plotted: dict[int, dict], path: Path) -> None:
         if metric == "best_value":
             columns.append("overlaps_best")
     columns += list(dict.fromkeys(k for points in plotted.values() for k in points))
+    if any(row.get("fork") for row in study.rows):
+        columns += FORK_COLUMNS
     rows = []
     for config in study.configs:
         row = {"rank": config.rank, "configuration": study.label(config), "jobs": len(config.jobs),
                "n": config.n, "failed": config.count(Status.FAILED), "diverged": config.count(Status.DIVERGED),
                "incomplete": config.incomplete, "monitor": study.monitor, "monitor_mode": study.mode,
                "confidence": study.settings.confidence, "overlaps_best": config.overlaps_best,
-               **{k: _exact(v) for k, v in config.values.items()}, **plotted.get(id(config), {})}
+               **{k: _exact(v) for k, v in config.values.items()}, **plotted.get(id(config), {}),
+               **_lineage(config)}
         for metric, stat in config.stats.items():
             row.update({f"{metric}_mean": stat.mean, f"{metric}_std": stat.std, f"{metric}_ci_low": stat.low,
                         f"{metric}_ci_high": stat.high})
@@ -565,6 +593,48 @@ def plot_sweep(study: Study, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_cooldown(study: Study, path: Path) -> Path:
+    """cooldown.png: each parent's validation loss against steps, and each configuration of forks' final
+    validation loss at its last step (fork step + cooldown), one line per fork.shape, its replicates' mean with
+    its t-interval. What one constant run and its forks say about loss against training length."""
+    import numpy as np
+
+    forks = [c for c in study.configs if any(job.get("fork") for job in c.jobs)]
+    fig = _figure(figsize=(8, 5))
+    ax = fig.subplots()
+    parents = sorted({job["fork"]["parent"] for c in forks for job in c.jobs if job.get("fork")})
+    for i, parent in enumerate(parents):
+        curve = read_csv(Path(parent) / "metrics.csv", ["step", "val_loss"]) if (
+            Path(parent) / "metrics.csv").is_file() else {}
+        if curve.get("val_loss"):
+            ax.plot(curve["step"], curve["val_loss"], color="0.45", lw=1, alpha=0.8,
+                    label="constant-LR parent" + ("s" if len(parents) > 1 else "") if i == 0 else None)
+    shapes = sorted({job["fork"]["shape"] for c in forks for job in c.jobs if job.get("fork")})
+    for color, shape in zip(_colors(len(shapes)), shapes):
+        points = []
+        for config in forks:
+            lineage = _lineage(config)
+            stat = config.stats.get("final_val_loss")
+            if lineage["fork_shape"] == shape and stat is not None:
+                points.append((lineage["fork_step"] + lineage["fork_cooldown"], stat))
+        points.sort(key=lambda p: p[0])
+        if not points:
+            continue
+        x = np.array([p[0] for p in points])
+        mean = np.array([p[1].mean for p in points])
+        err = np.array([[p[1].mean - p[1].low, p[1].high - p[1].mean] if p[1].low is not None else [0, 0]
+                        for p in points]).T
+        ax.errorbar(x, mean, yerr=err, marker="o", ms=4, capsize=3, color=color, label=f"forks: {shape}")
+    ax.set(xlabel="optimizer step (the parent's and the cooldown's)", ylabel="val_loss")
+    _log(ax, "y")
+    replicates = (f"\nbars: the {study.settings.confidence:.0%} t-interval over the parents' replicates"
+                  if any(c.n > 1 for c in forks) else "")
+    _title(ax, f"cooldown forks: the final val_loss at fork step + cooldown{replicates}")
+    ax.legend(fontsize="small", frameon=False)
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.88, bottom=0.1)
+    return _save(fig, path)
+
+
 def _better(metric: str, study: Study) -> str:
     if metric == "best_value":
         return study.mode
@@ -709,6 +779,8 @@ def report_sweep(dirs: Path | Sequence[Path], settings: Optional[ReportConfig] =
         if len(study.searched) >= 2:
             plot_search(study, out_dir / "search.png")
             written.append(out_dir / "search.png")
+        if any(row.get("fork") for row in rows):
+            written.append(plot_cooldown(study, out_dir / "cooldown.png"))
     write_study_csv(study, plotted, written[1])
 
     if console is None:

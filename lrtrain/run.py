@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lrtrain.averaging import Averager
 from lrtrain.config import TrainerConfig
 from lrtrain.data import FolderData, TensorData, TextData
 from lrtrain.distributed import Dist
@@ -48,6 +49,9 @@ class Run:
     sweep_dir: Optional[Path] = None  # when the run is a job of a sweep: the sweep's dir and the job's number
     job_num: Optional[int] = None
     pruning: Optional[TrialPruning] = None  # a job of a pruned Optuna study: update(index, row) -> reason to stop
+    save_at: frozenset[int] = frozenset()  # trainer.save_at in steps: checkpoints/step_<N>.pt, kept for good
+    fork: Optional[dict[str, Any]] = None  # a cooldown fork's lineage (lrtrain.forks), for summary.json
+    averaging: Optional[Averager] = None  # averaging=ema|swa: the averaged weights beside run.model
 
     def step_fn(self, model: Optional[nn.Module] = None) -> TrainStep:
         """The training step over `model` (default: the run's model; the loop passes its ddp wrapper)."""

@@ -59,12 +59,13 @@ class Summary:
     lr_find: Optional[dict[str, Any]] = None  # the LR range test's result, when one ran
     effective_lr: Optional[float] = None  # the last step size Prodigy or D-Adaptation learned
     fused: Optional[dict[str, Any]] = None  # hydra/launcher=fused: the replicas trained together with this job
+    fork: Optional[dict[str, Any]] = None  # a cooldown fork: its parent's dir, the step it forked at, its cooldown
     versions: Optional[dict[str, str]] = None
 
     # Written even when empty: a reader can always look these up (all but the extras, once training started).
     _ALWAYS = ("status", "stop_reason", "run_dir", "best_value")
     _EXTRAS = ("restored_best_weights_from_epoch", "world_size", "global_batch_size", "rank_weight_hashes",
-               "ranks_in_sync", "lr_find", "effective_lr", "fused")
+               "ranks_in_sync", "lr_find", "effective_lr", "fused", "fork")
 
     def __post_init__(self) -> None:
         if self.status in {s.value for s in Status}:  # read back from a file: the enum member

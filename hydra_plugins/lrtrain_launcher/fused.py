@@ -187,6 +187,8 @@ def _unfusable_config(cfg: DictConfig) -> Optional[str]:
         return f"mode={cfg.mode}"
     if cfg.optimizer.get("lr") == "auto":
         return "optimizer.lr=auto runs the LR range test first"
+    if cfg.fork["from"] is not None:
+        return "fork.from: a fork's config is composed from its parent's (lrtrain.forks), then it trains alone"
     return None
 
 
