@@ -123,9 +123,11 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
     # Config nodes become partials completed with live objects, so Hydra never converts those objects.
     # lr=auto: the LR range test (lrtrain.lr_find) sets the LR before training; until then, any number will do.
     auto_lr = {"lr": cfg.lr_find.min_lr} if cfg.optimizer.lr == "auto" else {}
+    factory = instantiate(cfg.optimizer, _partial_=True, _convert_="all", **auto_lr)
+    if hasattr(model, "mup_dims"):  # model.parametrization=mup: μP's per-parameter LRs as groups' base LRs
+        groups = _mup_groups(model, groups, factory, cfg)
     try:
-        optimizer = make_optimizer(instantiate(cfg.optimizer, _partial_=True, _convert_="all", **auto_lr), groups,
-                                   decoupled=reg.l2 is not None and reg.l2.decoupled)
+        optimizer = make_optimizer(factory, groups, decoupled=reg.l2 is not None and reg.l2.decoupled)
     except OptimizerInputError as e:  # e.g. optimizer=muon on model=linear
         raise ConfigValueError("optimizer", _option(cfg.optimizer), f"an optimizer for this model: {e}") from None
     if dist and trainer.scale_lr_with_world_size:  # the linear scaling rule: LR x world size
@@ -192,6 +194,17 @@ def build_loggers(nodes: DictConfig) -> list[Sink]:
         except ConfigValueError as e:
             raise e.under(f"logger.{name}") from None
     return loggers
+
+
+def _mup_groups(model: nn.Module, groups: list[dict], factory, cfg: DictConfig) -> list[dict]:
+    from lrtrain.parametrization import SUPPORTED, mup_groups, rule_for
+
+    rule = rule_for(factory)
+    if rule is None:
+        raise ConfigValueError("optimizer", _option(cfg.optimizer),
+                               f"one of {SUPPORTED} with model.parametrization=mup (the optimizers whose μP "
+                               "learning-rate rule is known)")
+    return mup_groups(model, groups, factory.keywords["lr"], rule)
 
 
 def _option(node: DictConfig) -> str:

@@ -736,13 +736,24 @@ class LayersConfig(ModelConfig):
         check_choice(self, "norm", ("none", "batch", "layer"))
 
 
+def check_parametrization(obj: Any) -> None:
+    """μP's keys: the parametrization and, for mup, the width it equals the standard one at."""
+    check_choice(obj, "parametrization", ("sp", "mup"))
+    check_positive(obj, "base_width")
+
+
 @dataclass
 class MLPConfig(LayersConfig):
     hidden: list[int] = MISSING
+    parametrization: str = MISSING  # sp | mup (lrtrain/parametrization.py)
+    base_width: int = MISSING  # mup: every hidden layer's width in the model μP equals the standard one at
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check("hidden", self.hidden, all(h > 0 for h in self.hidden), "a list of sizes > 0")
+        check_parametrization(self)
+        check("init", self.init, self.parametrization == "sp" or self.init in ("torch", "kaiming"),
+              "torch or kaiming with parametrization=mup (μP rescales an init whose variance is 1/fan-in)")
 
 
 @dataclass
@@ -779,10 +790,15 @@ class GPTConfig(ModelConfig):
     bias: bool = MISSING  # biases in the Linear layers and LayerNorms
     norm_position: str = MISSING  # pre | post
     block_size: Optional[int] = None  # the longest context (position embeddings); null: dataset.block_size
+    parametrization: str = MISSING  # sp | mup (lrtrain/parametrization.py)
+    base_width: int = MISSING  # mup: the n_embd μP equals the standard parametrization at
 
     def __post_init__(self) -> None:
         check_positive(self, "n_layer", "n_head", "n_embd", "block_size")
         check("n_embd", self.n_embd, self.n_embd % self.n_head == 0, f"a multiple of n_head ({self.n_head})")
+        check_parametrization(self)
+        check("base_width", self.base_width, self.parametrization == "sp" or self.base_width % self.n_head == 0,
+              f"a multiple of n_head ({self.n_head}) with parametrization=mup")
         check("dropout", self.dropout, 0 <= self.dropout < 1, "in [0, 1)")
         check_choice(self, "norm_position", ("pre", "post"))
 
