@@ -1,6 +1,6 @@
 """model.parametrization=mup against the `mup` package (microsoft/mup 1.0.0, the reference implementation of
 μP): the same init, readout multiplier and per-parameter learning rates; μP equals SP at base width; the
-optimizers it refuses; the LR range test keeps its multipliers."""
+optimizers it refuses; fused sweeps and the LR range test keep its multipliers."""
 
 from __future__ import annotations
 
@@ -154,3 +154,23 @@ def test_lr_find_and_its_suggestion_keep_the_multipliers(compose, tmp_path):
                         "optimizer.lr=auto", *QUIET), tmp_path)
     use_lr(run, 0.01)
     assert sorted(g["lr"] for g in run.optimizer.param_groups) == pytest.approx([0.01 / 4, 0.01])
+
+
+def test_mup_jobs_fuse_like_solo_runs(compose, tmp_path):
+    """Per-group LRs in the fused update (AdamW with decoupled decay, and momentum SGD): in-process, against the
+    same runs fitted alone."""
+    from test_fused import assert_same_job
+
+    from lrtrain.fused import fit_fused, unfusable
+    from lrtrain.loop import fit
+
+    jobs = [["optimizer=adamw", "regularization=[l2]", "scheduler=cosine", "scheduler.eta_min=1e-5"],
+            ["optimizer=momentum", "trainer.seed=1"]]
+    settings = ["model.parametrization=mup", "model.base_width=32", "model.hidden=[128,64]",
+                "trainer.max_steps=30", *QUIET]
+    runs = [build(compose(*job, *settings), tmp_path / f"fused{i}") for i, job in enumerate(jobs)]
+    assert [unfusable(run) for run in runs] == [None, None]
+    assert [s.status for s in fit_fused(runs)] == ["completed", "completed"]
+    for i, job in enumerate(jobs):
+        fit(build(compose(*job, *settings), tmp_path / f"solo{i}"))
+        assert_same_job(tmp_path / f"fused{i}", tmp_path / f"solo{i}")
