@@ -588,8 +588,8 @@ def _tokens(raw: bytes, where: str, level: str) -> tuple[torch.Tensor, Optional[
 def _text_data(name: str, where: str, raw: bytes, level: str, block_size: int, batch_size: int,
                eval_batch_size: int, val_fraction: float) -> TextData:
     tokens, vocabulary = _tokens(raw, where, level)
-    n_val = int(len(tokens) * val_fraction)
-    train, val = tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:]
+    n_train = int(len(tokens) * (1 - val_fraction))  # nanoGPT's prepare.py: int(n * 0.9)
+    train, val = tokens[:n_train], tokens[n_train:]
     unit = "characters" if level == "char" else "bytes"
     for split, part in ((train, "training split (the first"), (val, "validation split (the last")):
         if len(split) < block_size + 1:

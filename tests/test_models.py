@@ -18,6 +18,7 @@ from lrtrain.errors import ModelInputError
 
 IMAGE_SHAPES = [(1, 8, 8), (3, 32, 32)]
 TAKES_TABULAR = {"mlp", "linear"}
+TAKES_TOKENS = {"gpt"}  # language models: tests/test_lm.py
 
 
 def make(compose, option, input_shape, num_outputs=10, **kwargs):
@@ -43,6 +44,10 @@ def one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> tup
 @pytest.mark.parametrize("shape", IMAGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("option", group_options("model"))
 def test_every_model_trains_a_step_on_images(compose, option, shape):
+    if option in TAKES_TOKENS:
+        with pytest.raises(ModelInputError, match=r"^gpt reads windows of token ids \(dataset=text or shakespeare\)"):
+            make(compose, option, shape)
+        return
     torch.manual_seed(0)
     model = make(compose, option, shape)
     x, y = torch.randn(8, *shape), torch.arange(8) % 10
@@ -53,6 +58,9 @@ def test_every_model_trains_a_step_on_images(compose, option, shape):
 
 @pytest.mark.parametrize("option", group_options("model"))
 def test_tabular_inputs_train_or_are_refused(compose, option):
+    if option in TAKES_TOKENS:  # a window of 10 token ids has this shape too: build() tells them apart
+        assert getattr(make(compose, option, (10,), num_outputs=1), "takes_tokens")
+        return
     if option not in TAKES_TABULAR:
         with pytest.raises(ModelInputError, match=r"needs images .*\(10,\)"):
             make(compose, option, (10,), num_outputs=1)
@@ -66,10 +74,10 @@ def test_tabular_inputs_train_or_are_refused(compose, option):
 
 @pytest.mark.parametrize("option", group_options("model"))
 def test_dropout_is_applied_when_asked(compose, option):
-    shape = (10,) if option in TAKES_TABULAR else (3, 8, 8)
+    shape = (10,) if option in TAKES_TABULAR | TAKES_TOKENS else (3, 8, 8)
     with_dropout = make(compose, option, shape, dropout=0.3)
     without = make(compose, option, shape)
-    if option == "vit":  # torchvision's blocks always hold Dropout layers: p is the class's `dropout`
+    if option in ("vit", "gpt"):  # their blocks always hold Dropout layers: p is the class's `dropout`
         assert {m.p for m in with_dropout.modules() if isinstance(m, nn.Dropout)} == {0.3}
         assert {m.p for m in without.modules() if isinstance(m, nn.Dropout)} == {0.0}
         return
