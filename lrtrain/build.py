@@ -6,7 +6,7 @@ import inspect
 import math
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from hydra.errors import InstantiationException
@@ -28,6 +28,9 @@ from lrtrain.optimizers import has_modes, make_optimizer, momentum_key, param_gr
 from lrtrain.progress import ProgressDisplay
 from lrtrain.pruning import TrialLink
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, StepHooks
+
+if TYPE_CHECKING:
+    from lrtrain.coord_check import CoordCheck
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,6 +72,33 @@ def load_data(node: DictConfig) -> TensorData | FolderData | TextData:
 
 def build_lr_finder(cfg: DictConfig) -> LRFinder:
     return instantiate(cfg.lr_find, _convert_="all")
+
+
+def build_coord_check(cfg: DictConfig, out_dir: Path) -> "CoordCheck":
+    """mode=coord_check: the widths, steps and seeds, and what builds the configured run at a width and seed."""
+    from lrtrain.config import CoordCheckConfig, validate
+    from lrtrain.coord_check import CoordCheck
+    from lrtrain.parametrization import WIDTH_KEYS
+
+    settings: CoordCheckConfig = OmegaConf.to_object(cfg.coord_check)
+    key = WIDTH_KEYS.get(cfg.model._target_)
+    if key is None:
+        raise ConfigValueError("model", _option(cfg.model).lower(),
+                               "mlp or gpt with mode=coord_check (the models with a width to vary)")
+    if key == "n_embd" and any(w % cfg.model.n_head for w in settings.widths):
+        raise ConfigValueError("coord_check.widths", settings.widths,
+                               f"multiples of model.n_head ({cfg.model.n_head}) for model=gpt")
+
+    def make_run(width: int, seed: int) -> Run:
+        job = cfg.copy()
+        job.model[key] = [width] * len(cfg.model.hidden) if key == "hidden" else width
+        job.trainer.seed = seed
+        validate(job)
+        return build(job, out_dir)
+
+    title = (f"{_option(cfg.model).lower()}, {cfg.model.parametrization}, {_option(cfg.optimizer)} "
+             f"lr={cfg.optimizer.lr:g}")
+    return CoordCheck(settings.widths, settings.steps, settings.seeds, make_run, out_dir, title)
 
 
 def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_num: Optional[int] = None) -> Run:

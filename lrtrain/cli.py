@@ -93,6 +93,13 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
         _reset_threads()
         validate(cfg)
         _threads_for_parallel_jobs(cfg)
+        if cfg.mode == "coord_check":
+            from lrtrain.build import build_coord_check
+
+            build_coord_check(cfg, out_dir).run(plots=plots)
+            summary = Summary(status="completed", run_dir=str(out_dir))
+            summary.write(out_dir / "summary.json")
+            return summary
         from lrtrain.build import build
 
         run = build(cfg, out_dir, *sweep)

@@ -882,8 +882,25 @@ class ReportConfig:
 
 
 @dataclass
+class CoordCheckConfig:
+    """mode=coord_check (lrtrain/coord_check.py): each layer's output size over the first steps, per width."""
+
+    widths: list[int] = MISSING  # model.hidden (every layer) or model.n_embd
+    steps: int = MISSING  # training steps recorded at each width; step 0 is the initialisation
+    seeds: list[int] = MISSING  # trainer.seed of each repetition
+
+    def __post_init__(self) -> None:
+        check("widths", self.widths, len(self.widths) > 0 and all(w > 0 for w in self.widths),
+              "a non-empty list of widths > 0")
+        check("steps", self.steps, self.steps >= 1, ">= 1")
+        check("seeds", self.seeds, len(self.seeds) > 0, "a non-empty list of seeds")
+        for seed in self.seeds:
+            check("seeds", self.seeds, -2**63 <= seed < 2**64, "integers in [-2**63, 2**64 - 1] (torch's seed range)")
+
+
+@dataclass
 class Config:
-    mode: str = MISSING  # train | lr_find
+    mode: str = MISSING  # train | lr_find | coord_check
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     warmup: Any = MISSING
@@ -895,9 +912,10 @@ class Config:
     trainer: TrainerConfig = MISSING
     lr_find: Any = MISSING
     report: ReportConfig = MISSING
+    coord_check: CoordCheckConfig = MISSING
 
     def __post_init__(self) -> None:
-        check_choice(self, "mode", ("train", "lr_find"))
+        check_choice(self, "mode", ("train", "lr_find", "coord_check"))
 
 
 SCHEMAS = {
@@ -952,6 +970,7 @@ SCHEMAS = {
     "schema_trainer": TrainerConfig,
     "schema_lr_find": LRFindConfig,
     "schema_report": ReportConfig,
+    "schema_coord_check": CoordCheckConfig,
 }
 
 

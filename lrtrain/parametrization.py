@@ -43,6 +43,9 @@ ADAM_LIKE = {("torch", "Adam"): "adam, adamw, amsgrad", ("torch", "AdamW"): "ada
 SGD_LIKE = {("torch", "SGD"): "sgd, momentum"}
 SUPPORTED = "adam, adamw, amsgrad, nadam, radam, adamax, rmsprop, adagrad, lion, sgd, momentum"
 
+# The width key of each model with μP (mode=coord_check sets it): MLP's every hidden layer, the GPT's n_embd.
+WIDTH_KEYS = {"lrtrain.models.MLP": "hidden", "lrtrain.models.GPT": "n_embd"}
+
 # Per dimension: its width multiplier (dim / base_dim), or None for a dimension that does not grow with width.
 Dims = tuple[Optional[float], ...]
 

@@ -5,6 +5,7 @@ optimizers it refuses; fused sweeps and the LR range test keep its multipliers."
 from __future__ import annotations
 
 import math
+import re
 
 import mup
 import pytest
@@ -12,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from conftest import QUIET, config_error
+from conftest import QUIET, config_error, read_rows
 from lrtrain.build import build
 from lrtrain.errors import ConfigValueError
 from lrtrain.models import GPT
@@ -174,3 +175,76 @@ def test_mup_jobs_fuse_like_solo_runs(compose, tmp_path):
     for i, job in enumerate(jobs):
         fit(build(compose(*job, *settings), tmp_path / f"solo{i}"))
         assert_same_job(tmp_path / f"fused{i}", tmp_path / f"solo{i}")
+
+
+# ------------------------------------------------------------------------------------- coordinate check
+
+COORD = ["mode=coord_check", "coord_check.widths=[16,64,256]", "coord_check.steps=4", "coord_check.seeds=[0]",
+         "model.hidden=[64,64]", "model.base_width=16", "optimizer=adam", "optimizer.lr=0.01"]
+
+
+def output_growth(path) -> tuple[float, float]:
+    """The output layer's mean |output| at the last step, widest over narrowest; the same for the hidden layer
+    before it."""
+    rows = read_rows(path)
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    last = max(int(r["step"]) for r in rows)
+    at = {(int(r["width"]), r["layer"]): float(r["mean_abs"]) for r in rows if int(r["step"]) == last}
+    widths = sorted({w for w, _ in at})
+    return tuple(at[widths[-1], layer] / at[widths[0], layer] for layer in (layers[-1], layers[-2]))
+
+
+@pytest.mark.parametrize("parametrization", ["sp", "mup"])
+def test_the_coordinate_check_grows_under_sp_and_stays_flat_under_mup(compose, tmp_path, parametrization):
+    """Adam at lr 0.01, widths 16 to 256: after 3 updates SP's logits are about 6x larger at 256 than at 16 and its
+    last hidden layer's 2.4x (measured); μP's stay within 25%."""
+    from lrtrain.build import build_coord_check
+
+    build_coord_check(compose(*COORD, f"model.parametrization={parametrization}", *QUIET), tmp_path).run(plots=False)
+    rows = read_rows(tmp_path / "coord_check.csv")
+    assert list(rows[0]) == ["width", "step", "layer", "seed", "mean_abs"]
+    assert len(rows) == 3 * 4 * 3  # widths x steps x layers (one seed)
+    assert [r["layer"] for r in rows[:3]] == ["1:Linear", "3:Linear", "6:Linear" if parametrization == "mup"
+                                              else "5:Linear"]  # forward order: the output layer last
+    output, hidden = output_growth(tmp_path / "coord_check.csv")
+    if parametrization == "sp":
+        assert output > 3 and hidden > 1.5
+    else:
+        assert 0.8 < output < 1.25 and 0.8 < hidden < 1.25
+
+
+def test_the_coordinate_check_of_a_gpt_ends_on_its_head(compose, tmp_path):
+    from lrtrain.build import build_coord_check
+
+    cfg = compose("mode=coord_check", "model=gpt", "dataset=text", "model.n_layer=1", "model.parametrization=mup",
+                  "model.base_width=32", "coord_check.widths=[32,64]", "coord_check.steps=2", "coord_check.seeds=[0,1]",
+                  "dataset.batch_size=4", *QUIET)
+    build_coord_check(cfg, tmp_path).run(plots=False)
+    rows = read_rows(tmp_path / "coord_check.csv")
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    assert layers[:2] == ["wte:Embedding", "wpe:Embedding"] and layers[-1] == "lm_head:Linear"
+    assert "h.0.attn.c_attn:Linear" in layers
+    assert len(rows) == 2 * 2 * len(layers) * 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=cnn"], "model='cnn': must be mlp or gpt with mode=coord_check"),
+    (["model=gpt", "dataset=text", "coord_check.widths=[64,66]"], "coord_check.widths=[64, 66]: must be multiples of "
+                                                                  "model.n_head (4)"),
+])
+def test_what_has_no_width_is_one_line(compose, tmp_path, overrides, message):
+    from lrtrain.build import build_coord_check
+
+    with pytest.raises(ConfigValueError, match=re.escape(message)):
+        build_coord_check(compose("mode=coord_check", *overrides, *QUIET), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parametrization", ["sp", "mup"])
+def test_lrtrain_mode_coord_check_writes_the_csv_and_the_picture(lrtrain, parametrization):
+    r = lrtrain(*COORD, f"model.parametrization={parametrization}", "trainer.progress=none")
+    assert r.returncode == 0, r.stderr
+    assert (r.run_dir / "coord_check.png").stat().st_size > 10_000
+    assert r.summary()["status"] == "completed"
+    output, _ = output_growth(r.run_dir / "coord_check.csv")
+    assert (output > 3) if parametrization == "sp" else (0.8 < output < 1.25)
