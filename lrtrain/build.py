@@ -231,7 +231,7 @@ def _mup_groups(model: nn.Module, groups: list[dict], factory, cfg: DictConfig) 
 
     rule = rule_for(factory)
     if rule is None:
-        raise ConfigValueError("optimizer", _option(cfg.optimizer),
+        raise ConfigValueError("optimizer", _option(cfg.optimizer).lower(),
                                f"one of {SUPPORTED} with model.parametrization=mup (the optimizers whose μP "
                                "learning-rate rule is known)")
     return mup_groups(model, groups, factory.keywords["lr"], rule)
