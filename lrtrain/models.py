@@ -254,7 +254,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(n_embd, num_outputs, bias=False)
         self.lm_head.weight = self.wte.weight  # tied: one matrix embeds tokens and scores them
         self.readout: Optional[nn.Module] = None
-        scale = lambda p: 1.0  # noqa: E731  (the std's factor; μP's below)
+        factor: dict[int, float] = {}  # a weight's std factor (by id): μP's for hidden matrices, else 1
         if mup:
             from lrtrain.parametrization import Scale, width_dims, width_mult
 
@@ -262,21 +262,20 @@ class GPT(nn.Module):
                 base = GPT(input_shape, num_outputs, n_layer, n_head, base_width, dropout, bias, norm_position,
                            block_size)
             self.mup_dims = width_dims(self, base)
-            names = {id(p): name for name, p in self.named_parameters()}
-
-            def scale(p: torch.Tensor) -> float:  # mup.init.normal_: hidden matrices' std / sqrt(fan-in mult)
-                dims = self.mup_dims[names[id(p)]]
-                return width_mult(dims) ** -0.5 if sum(m is not None for m in dims) == 2 else 1.0
-
+            for name, p in self.named_parameters():  # mup.init.normal_: two width dims, std / sqrt(fan-in mult)
+                dims = self.mup_dims[name]
+                if sum(m is not None for m in dims) == 2:
+                    factor[id(p)] = width_mult(dims) ** -0.5
             self.readout = Scale(1.0 / width_mult(self.mup_dims["wte.weight"]))
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02 * scale(module.weight))
+                nn.init.normal_(module.weight, mean=0.0, std=0.02 * factor.get(id(module.weight), 1.0))
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
         for block in self.h:  # the projections back into the residual stream
             for proj in (block.attn.c_proj, block.mlp[2]):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * n_layer) * scale(proj.weight))
+                nn.init.normal_(proj.weight, mean=0.0,
+                                std=0.02 / math.sqrt(2 * n_layer) * factor.get(id(proj.weight), 1.0))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = idx.shape[1]
