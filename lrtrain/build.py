@@ -185,11 +185,12 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
         if path is not None:
             resume = load(path)
             check_layout(path, resume, {f.name for f in fields(Position)})
-            check_compatible(path, resume, config, model)
-            if isinstance(data, TextData) and resume.get("vocabulary") != data.vocabulary:
+            # before the model's shapes, which a vocabulary of another size changes: this says why
+            if isinstance(data, TextData) and "vocabulary" in resume and resume["vocabulary"] != data.vocabulary:
                 raise CheckpointError(f"{path}: made with another vocabulary than this text's "
-                                      f"({_symbols(resume.get('vocabulary'))} there, {_symbols(data.vocabulary)} "
+                                      f"({_symbols(resume['vocabulary'])} there, {_symbols(data.vocabulary)} "
                                       "here): its token ids would mean other characters")
+            check_compatible(path, resume, config, model)
             in_place = path.resolve().parent.parent == out_dir.resolve()
     sinks: list[Sink] = []
     pruning = None

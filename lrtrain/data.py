@@ -8,7 +8,8 @@ loaders that need it, to keep `lrtrain`'s start-up close to `import torch` alone
 A data set is a batch source for the loop: `train_batches(generator)` yields one epoch of (inputs, targets)
 in an order drawn from `generator` (a generator on the training device, saved in checkpoints), and
 `eval_batches(split)` walks a split in order. `TensorData` does this with an index permutation; `FolderData`
-(a user's own image folders, too big to hold whole) with a DataLoader and worker processes.
+(a user's own image folders, too big to hold whole) with a DataLoader and worker processes; `TextData` (a text
+for a language model) with windows at random offsets, drawn an epoch at a time on the same generator.
 """
 
 from __future__ import annotations

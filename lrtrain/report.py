@@ -235,15 +235,17 @@ def sweep_table(rows: list[dict], title: str):
     from lrtrain.progress import short
 
     monitor = next((r["monitor"] for r in rows if r.get("monitor")), "best")
+    # language models: bits per character says more than next-token accuracy
+    final = "final_val_bpc" if any("final_val_bpc" in r for r in rows) else "final_val_acc"
     table = Table(title=title, title_justify="left")
-    for name in ("#", "job", "overrides", "status", f"best {monitor} (epoch)", "final val_acc", "seconds",
+    for name in ("#", "job", "overrides", "status", f"best {monitor} (epoch)", final.replace("_", " ", 1), "seconds",
                  "cause"):
         table.add_column(name, overflow="fold")
     for i, row in enumerate(rows, 1):
         ok = row["status"] in OK_STATUSES
         best = (f"{short(row['best_value'])} ({row['best_epoch'] + 1})" if row["best_value"] is not None
                 and row["best_epoch"] is not None else "-")
-        acc = row.get("final_val_acc")
+        acc = row.get(final)
         table.add_row(str(i), row["job"], _short_overrides(row["overrides"]) or "-",
                       f"[green]{row['status']}[/]" if ok else f"[yellow]{PRUNED}[/]" if row["status"] == PRUNED
                       else f"[red]{row['status']}[/]", best,
@@ -373,7 +375,7 @@ def study_table(study: Study, title: str):
                   caption=f"± : half the {level} t-interval over {', '.join(study.replicates) or 'replicates'}"
                           f" · ≈ best: its interval overlaps the best one's, not distinguishable from the best "
                           f"at {at_n} · worse: the intervals are apart")
-    extra = [m for m in ("final_val_acc", "test_acc") if m in study.metrics]
+    extra = [m for m in ("final_val_acc", "final_val_bpc", "test_acc") if m in study.metrics]
     for name in ("#", "configuration", "n", f"best {study.monitor}", "std",
                  *(m.replace("_", " ", 1) for m in extra), "not completed", "vs best"):
         table.add_column(name, overflow="fold")

@@ -327,6 +327,9 @@ def test_byte_level_trains_and_reports_the_lm_metrics(train_briefly, corpus, tmp
     assert losses[0] == pytest.approx(math.log(256), rel=0.05)  # a uniform guess over 256 bytes at init
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
     metrics = read_rows(tmp_path / "metrics.csv")[-1]
+    assert list(metrics) == ["epoch", "step", "lr", "train_loss", "val_loss", "train_acc", "val_acc", "val_bpc",
+                             "val_ppl", "seconds"]
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["vocabulary"] is None  # bytes
     val = float(metrics["val_loss"])
     assert float(metrics["val_bpc"]) == pytest.approx(val / math.log(2), rel=1e-12)
     assert float(metrics["val_ppl"]) == pytest.approx(math.exp(val), rel=1e-12)
@@ -352,6 +355,7 @@ def test_validation_is_the_mean_nats_per_token(compose, corpus, tmp_path):
 # ------------------------------------------------------------------------------------ real lrtrain runs
 
 
+@pytest.mark.slow  # one lrtrain process: its start-up alone is several seconds
 def test_a_gpt_run_meets_the_outputs_contract(lrtrain, corpus):
     r = lrtrain("dataset=text", f"dataset.path={corpus}", *TINY, "trainer.max_steps=70", "trainer.monitor=val_bpc",
                 "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false")
@@ -393,6 +397,7 @@ def test_gpt_jobs_of_a_fused_sweep_train_alone_saying_why(lrtrain, corpus, tmp_p
         summary = json.loads((tmp_path / "s" / str(job) / "summary.json").read_text())
         assert summary["status"] == "completed" and "fused" not in summary and "val_bpc" in summary["final"]
     assert "final_val_bpc" in (tmp_path / "s" / "sweep_summary.csv").read_text()  # the report shows the LM metrics
+    assert "final val_bpc" in r.stdout and "final val_acc" not in r.stdout  # its ranking table too
 
 
 RESUME = [*TINY, "model.dropout=0.1", "trainer.max_steps=150", "trainer.checkpoint_every_n_steps=7",
@@ -481,3 +486,54 @@ def test_the_lr_range_test_runs_on_a_gpt(compose, corpus, tmp_path):
     cfg = compose(*TRAIN, f"dataset.path={corpus}", "mode=lr_find", "lr_find.num_steps=20", *QUIET)
     result = build_lr_finder(cfg).run(build(cfg, tmp_path), plots=False)
     assert result["steps"] > 2 and cfg.lr_find.min_lr <= result["suggested_lr"] <= cfg.lr_find.max_lr
+
+
+@pytest.mark.slow
+def test_an_optuna_search_over_a_gpt_minimises_val_bpc(lrtrain, corpus, tmp_path):
+    r = lrtrain("hparams_search=optuna", "hydra.sweeper.n_trials=2", "dataset=text", f"dataset.path={corpus}", *TINY,
+                "trainer.max_steps=40", "trainer.monitor=val_bpc", *QUIET, f"hydra.sweep.dir={tmp_path / 's'}")
+    assert r.returncode == 0, r.stderr
+    for job in (0, 1):
+        summary = json.loads((tmp_path / "s" / str(job) / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["monitor"] == "val_bpc"
+        assert summary["best_value"] <= summary["final"]["val_bpc"]  # the best val_bpc of its epochs
+
+
+@pytest.mark.slow
+def test_a_compiled_gpt_matches_eager(compose, corpus, tmp_path):
+    from lrtrain.loop import fit
+
+    losses = {}
+    for compiled in (False, True):
+        cfg = compose("dataset=text", f"dataset.path={corpus}", *TINY, "trainer.max_steps=5",
+                      f"trainer.compile={str(compiled).lower()}", *QUIET)
+        fit(build(cfg, tmp_path / str(compiled)))
+        losses[compiled] = [float(r["loss"]) for r in read_rows(tmp_path / str(compiled) / "steps.csv")]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_train_one_gpt_in_step(corpus, tmp_path):
+    from conftest import Result
+    from test_ddp import torchrun
+
+    proc = torchrun("dataset=text", f"dataset.path={corpus}", *TINY, "trainer.max_steps=30", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    (run_dir,) = [p.parent for p in (tmp_path / "outputs").rglob(".hydra")]
+    summary = Result(0, out, "", run_dir).summary()
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["ranks_in_sync"]
+    assert summary["global_batch_size"] == 8 and math.isfinite(summary["final"]["val_bpc"])
+
+
+def test_a_resume_on_a_text_with_another_vocabulary_is_refused(train_briefly, compose, corpus, tmp_path, monkeypatch):
+    from lrtrain.errors import CheckpointError
+
+    train_briefly("dataset=text", f"dataset.path={corpus}", *TINY, steps=3)
+    corpus.write_text(corpus.read_text("utf-8") + "{new characters}", encoding="utf-8")
+    monkeypatch.setattr("lrtrain.build._loaded", {})  # as a new process would, read the file again
+    cfg = compose("dataset=text", f"dataset.path={corpus}", *TINY, "trainer.max_steps=6",
+                  f"trainer.resume={tmp_path / 'checkpoints' / 'last.pt'}", *QUIET)
+    with pytest.raises(CheckpointError, match=r"last.pt: made with another vocabulary than this text's \(\d+ characters "
+                                              r"there, \d+ characters here\): its token ids would mean other"):
+        build(cfg, tmp_path / "again")

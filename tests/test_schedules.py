@@ -340,6 +340,17 @@ def test_exponential_warmup_is_geometric(schedule):
     assert s(w, 0.1) == 0.1  # the schedule's first value, exactly
 
 
+@pytest.mark.parametrize("start_factor", [0.0, 0.25])
+def test_linear_warmup_offset_counts_the_step_being_taken(schedule, start_factor):
+    """offset 1: factor = s + (1 - s)(t + 1)/(w + 1); with s = 0, nanoGPT's lr (it + 1)/(warmup + 1): no step at 0."""
+    w = 10
+    s = schedule("scheduler=constant", "warmup=linear", f"warmup.length={w}steps",
+                 f"warmup.start_factor={start_factor}", "warmup.offset=1", spe=45, total=90)
+    expected = [0.1 * (start_factor + (1 - start_factor) * (k + 1) / (w + 1)) for k in range(w)]
+    assert_close(ours_curve(s, w, 0.1), expected)
+    assert s(0, 0.1) > 0 and s(w, 0.1) == 0.1
+
+
 # ------------------------------------------------------------------------ warmup: ends exactly, never at 0
 
 
