@@ -293,10 +293,13 @@ class Study:
             return None
         return next((k for k in WIDTH_KEYS if k in self.keys), None)
 
+    def in_sweep_order(self) -> list[Configuration]:
+        return sorted(self.configs, key=lambda c: self.rows.index(c.jobs[0]))
+
     def transfer(self) -> list[TransferRow]:
         width = self.transfer_key
         others = [k for k in self.keys if k not in (width, self.settings.x)]
-        return transfer(self.configs, width, self.settings.x, others, "best_value", self.mode)
+        return transfer(self.in_sweep_order(), width, self.settings.x, others, "best_value", self.mode)
 
 
 def analyse(rows: list[dict], settings: ReportConfig, searched: Sequence[str] = ()) -> Study:
@@ -665,7 +668,7 @@ def plot_transfer(study: Study, path: Path) -> Path:
     others = [k for k in study.keys if k not in (width, x)]
     best = {(t.panel, t.width): t for t in study.transfer()}
     panels: dict[tuple, list[Configuration]] = {}
-    for config in study.configs:
+    for config in study.in_sweep_order():  # panels in the order the sweep gave the values (sp,mup: sp first)
         panels.setdefault(tuple(hashable(config.values[k]) for k in others), []).append(config)
     widths = sorted({width_of(c.values[width]) for c in study.configs})
     cmap = matplotlib.colormaps["viridis"]
