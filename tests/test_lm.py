@@ -299,6 +299,15 @@ def test_the_recipe_lr_is_nanogpts_step_for_step(compose, max_steps):
         assert schedule(step, cfg.optimizer.lr) == pytest.approx(nanogpt_lr(step, max_steps), rel=1e-12, abs=0)
 
 
+@pytest.mark.parametrize("warmup", ["none", "linear", "exponential"])
+def test_the_recipes_warmup_can_be_swept(compose, warmup):
+    """lrtrain -m +experiment=shakespeare_char warmup=none,linear ...: the recipe's warmup keys live in its option."""
+    cfg = compose("+experiment=shakespeare_char", f"warmup={warmup}", "model.norm_position=post")
+    target = {"none": None, "linear": "lrtrain.warmup.LinearWarmup", "exponential": "lrtrain.warmup.ExponentialWarmup"}
+    assert cfg.warmup._target_ == target[warmup]
+    assert cfg.warmup.get("length") != "100steps"  # the option's own defaults, not the recipe's
+
+
 def test_the_recipe_is_nanogpts_cpu_example(compose, tmp_path, corpus):
     """Model, batch, AdamW and its parameter groups as nanoGPT's configure_optimizers makes them: every >= 2-D
     tensor (the embeddings too) decayed by 0.1, biases and LayerNorms not."""
