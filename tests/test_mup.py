@@ -247,18 +247,26 @@ def test_the_coordinate_check_grows_under_sp_and_stays_flat_under_mup(compose, t
         assert 0.8 < output < 1.25 and 0.8 < hidden < 1.25
 
 
-def test_the_coordinate_check_of_a_gpt_ends_on_its_head(compose, tmp_path):
+@pytest.mark.parametrize("parametrization", ["sp", "mup"])
+def test_the_coordinate_check_of_a_gpt(compose, tmp_path, parametrization):
+    """The GPT's layers in forward order, its head last; Adam at 0.01, width 32 to 128: after 3 updates SP's
+    residual projections are 6x and 12x larger at 128 (measured), μP's layers within 15% (measured; 50% asked)."""
     from lrtrain.build import build_coord_check
 
-    cfg = compose("mode=coord_check", "model=gpt", "dataset=text", "model.n_layer=1", "model.parametrization=mup",
-                  "model.base_width=32", "coord_check.widths=[32,64]", "coord_check.steps=2", "coord_check.seeds=[0,1]",
-                  "dataset.batch_size=4", *QUIET)
+    cfg = compose("mode=coord_check", "model=gpt", "dataset=text", "model.n_layer=1", "model.base_width=32",
+                  f"model.parametrization={parametrization}", "coord_check.widths=[32,128]", "coord_check.steps=4",
+                  "coord_check.seeds=[0]", "optimizer.lr=0.01", *QUIET)
     build_coord_check(cfg, tmp_path).run(plots=False)
     rows = read_rows(tmp_path / "coord_check.csv")
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     assert layers[:2] == ["wte:Embedding", "wpe:Embedding"] and layers[-1] == "lm_head:Linear"
-    assert "h.0.attn.c_attn:Linear" in layers
-    assert len(rows) == 2 * 2 * len(layers) * 2
+    assert "h.0.attn.c_attn:Linear" in layers and len(rows) == 2 * 4 * len(layers)
+    at = {(int(r["width"]), r["layer"]): float(r["mean_abs"]) for r in rows if r["step"] == "3"}
+    growth = {layer: at[128, layer] / at[32, layer] for layer in layers}
+    if parametrization == "sp":
+        assert max(growth.values()) > 3
+    else:
+        assert all(0.5 < g < 1.5 for g in growth.values()), growth
 
 
 @pytest.mark.parametrize("overrides, message", [
