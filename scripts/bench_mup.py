@@ -1,7 +1,7 @@
 """Does the best Adam LR stay put across width under μP and move under SP? The published μP picture, measured.
 
     uv run python scripts/bench_mup.py --root /work/shared/data/mnist10k [--widths 64,128,256,512,1024]
-        [--lrs 1e-4,...] [--seeds 0,1,2] [--epochs 5] [--out bench_mup]
+        [--lrs 1e-4,...] [--seeds 0,1,2] [--epochs 2] [--out bench_mup]
 
 --root is a folder that torchvision.datasets.MNIST reads with download=False (MNIST/raw/*-ubyte). On
 /work/shared/data/mnist10k that is an 8,000-image subset of MNIST; say so wherever the figures are quoted.
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--widths", default="64,128,256,512,1024")
     parser.add_argument("--lrs", default=GRID, help="the Adam LR grid, comma-separated, ascending")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", default="bench_mup", help="where the sweep and bench_mup.csv go")
     parser.add_argument("--quiet", action="store_true", help="hide the sweep's own output")
     args = parser.parse_args()
