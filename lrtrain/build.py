@@ -299,6 +299,8 @@ def check_compatible(path: Path, ckpt: dict, config: dict, model: nn.Module) -> 
     saved = ckpt.get("config") or {}
     for section, free in _MUST_MATCH.items():
         old, new = saved.get(section, {}), config.get(section, {})
+        if section == "model" and "parametrization" not in old and new.get("parametrization") == "sp":
+            free = (*free, "parametrization", "base_width")  # made before μP was an option: SP, as this run
         for key in sorted(set(old) | set(new)):
             if key not in free and old.get(key) != new.get(key):
                 raise CheckpointError(f"{path}: made with {section}.{key}={old.get(key)!r}, this run has "

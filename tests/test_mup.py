@@ -290,3 +290,25 @@ def test_lrtrain_mode_coord_check_writes_the_csv_and_the_picture(lrtrain, parame
     assert r.summary()["status"] == "completed"
     output, _ = output_growth(r.run_dir / "coord_check.csv")
     assert (output > 3) if parametrization == "sp" else (0.8 < output < 1.25)
+
+
+def test_a_checkpoint_from_before_mup_resumes_under_sp_only(compose, tmp_path):
+    """Checkpoints made before model.parametrization existed hold SP models: an SP run continues them, a μP
+    run is refused naming the key."""
+    from lrtrain.build import check_compatible
+    from lrtrain.errors import CheckpointError
+    from omegaconf import OmegaConf
+
+    for parametrization in ("sp", "mup"):
+        cfg = compose(f"model.parametrization={parametrization}", *QUIET)
+        run = build(cfg, tmp_path / parametrization)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        old = {**config, "model": {k: v for k, v in config["model"].items()
+                                   if k not in ("parametrization", "base_width")}}
+        ckpt = {"config": old, "model": run.model.state_dict()}
+        if parametrization == "sp":
+            check_compatible(tmp_path / "last.pt", ckpt, config, run.model)
+        else:
+            with pytest.raises(CheckpointError, match=r"made with model\.base_width=None, this run has "
+                                                      r"model\.base_width=128; resume with the same model"):
+                check_compatible(tmp_path / "last.pt", ckpt, config, run.model)
