@@ -8,10 +8,11 @@ device, which draws no random numbers): a dimension that differs from its base i
 multiplier dim / base_dim, as mup's `set_base_shapes` decides (a dimension equal to its base counts as fixed;
 its multiplier would be 1 either way). With the multipliers:
 
-- init: hidden matrices (two width dimensions) keep a variance of 1/fan-in (torch's and Kaiming's init already
-  do; a fixed std such as the GPT's 0.02 is divided by sqrt(fan-in multiplier)); the output layer's weight
-  and bias, and every hidden bias, are multiplied by sqrt(fan-in multiplier) (mup's `MuReadout` and
-  `rescale_linear_bias`);
+- init: hidden matrices (two width dimensions) keep a variance of 1/fan-in. The MLP, drawn with a fan-in init
+  (torch's, Kaiming's), already has it; its output layer's weight and bias and its hidden biases are then
+  multiplied by sqrt(fan-in multiplier) (set_base_shapes' rescaling: `MuReadout`, `rescale_linear_bias`). The
+  GPT draws each hidden matrix with nanoGPT's std / sqrt(fan-in multiplier) and every other weight (the
+  embeddings, the tied head) with nanoGPT's std (`mup.init.normal_`);
 - forward: the output layer's input is divided by its fan-in multiplier (MuReadout's 1/width readout), and
   attention logits are scaled by 1/d_head instead of 1/sqrt(d_head) (equal at base width);
 - learning rates, per parameter (mup's `MuAdam`, `MuSGD`): Adam-like optimizers divide the LR of hidden
