@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from hydra.errors import InstantiationException
@@ -32,6 +32,9 @@ from lrtrain.pruning import TrialLink
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, StepHooks
 from lrtrain.run import Run
 from lrtrain.tasks import task_for
+
+if TYPE_CHECKING:
+    from lrtrain.coord_check import CoordCheck
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,6 +76,33 @@ def load_data(node: DictConfig) -> TensorData | FolderData | TextData:
 
 def build_lr_finder(cfg: DictConfig) -> LRFinder:
     return instantiate(cfg.lr_find, _convert_="all")
+
+
+def build_coord_check(cfg: DictConfig, out_dir: Path) -> "CoordCheck":
+    """mode=coord_check: the widths, steps and seeds, and what builds the configured run at a width and seed."""
+    from lrtrain.config import CoordCheckConfig, validate
+    from lrtrain.coord_check import CoordCheck
+    from lrtrain.parametrization import WIDTH_KEYS
+
+    settings: CoordCheckConfig = OmegaConf.to_object(cfg.coord_check)
+    key = WIDTH_KEYS.get(cfg.model._target_)
+    if key is None:
+        raise ConfigValueError("model", _option(cfg.model).lower(),
+                               "mlp or gpt with mode=coord_check (the models with a width to vary)")
+    if key == "n_embd" and any(w % cfg.model.n_head for w in settings.widths):
+        raise ConfigValueError("coord_check.widths", settings.widths,
+                               f"multiples of model.n_head ({cfg.model.n_head}) for model=gpt")
+
+    def make_run(width: int, seed: int) -> Run:
+        job = cfg.copy()
+        job.model[key] = [width] * len(cfg.model.hidden) if key == "hidden" else width
+        job.trainer.seed = seed
+        validate(job)
+        return build(job, out_dir)
+
+    title = (f"{_option(cfg.model).lower()}, {cfg.model.parametrization}, {_option(cfg.optimizer)} "
+             f"lr={cfg.optimizer.lr:g}")
+    return CoordCheck(settings.widths, settings.steps, settings.seeds, make_run, out_dir, title)
 
 
 def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_num: Optional[int] = None,
@@ -135,9 +165,11 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
     # Config nodes become partials completed with live objects, so Hydra never converts those objects.
     # lr=auto: the LR range test (lrtrain.lr_find) sets the LR before training; until then, any number will do.
     auto_lr = {"lr": cfg.lr_find.min_lr} if cfg.optimizer.lr == "auto" else {}
+    factory = instantiate(cfg.optimizer, _partial_=True, _convert_="all", **auto_lr)
+    if hasattr(model, "mup_dims"):  # model.parametrization=mup: μP's per-parameter LRs as groups' base LRs
+        groups = _mup_groups(model, groups, factory, cfg)
     try:
-        optimizer = make_optimizer(instantiate(cfg.optimizer, _partial_=True, _convert_="all", **auto_lr), groups,
-                                   decoupled=reg.l2 is not None and reg.l2.decoupled)
+        optimizer = make_optimizer(factory, groups, decoupled=reg.l2 is not None and reg.l2.decoupled)
     except OptimizerInputError as e:  # e.g. optimizer=muon on model=linear
         raise ConfigValueError("optimizer", _option(cfg.optimizer), f"an optimizer for this model: {e}") from None
     if dist and trainer.scale_lr_with_world_size:  # the linear scaling rule: LR x world size
@@ -209,6 +241,17 @@ def build_loggers(nodes: DictConfig) -> list[Sink]:
     return loggers
 
 
+def _mup_groups(model: nn.Module, groups: list[dict], factory, cfg: DictConfig) -> list[dict]:
+    from lrtrain.parametrization import SUPPORTED, mup_groups, rule_for
+
+    rule = rule_for(factory)
+    if rule is None:
+        raise ConfigValueError("optimizer", _option(cfg.optimizer).lower(),
+                               f"one of {SUPPORTED} with model.parametrization=mup (the optimizers whose μP "
+                               "learning-rate rule is known)")
+    return mup_groups(model, groups, factory.keywords["lr"], rule)
+
+
 def _option(node: DictConfig) -> str:
     return node._target_.rsplit(".", 1)[-1]
 
@@ -270,6 +313,8 @@ def check_compatible(path: Path, ckpt: dict, config: dict, model: nn.Module) -> 
     saved = ckpt.get("config") or {}
     for section, free in _MUST_MATCH.items():
         old, new = saved.get(section, {}), config.get(section, {})
+        if section == "model" and "parametrization" not in old and new.get("parametrization") == "sp":
+            free = (*free, "parametrization", "base_width")  # made before μP was an option: SP, as this run
         for key in sorted(set(old) | set(new)):
             if key not in free and old.get(key) != new.get(key):
                 raise CheckpointError(f"{path}: made with {section}.{key}={old.get(key)!r}, this run has "

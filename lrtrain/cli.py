@@ -141,6 +141,13 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
             cfg, lineage = fork_config(cfg, out_dir)
             validate(cfg)
         _threads_for_parallel_jobs(cfg)
+        if cfg.mode == "coord_check":
+            from lrtrain.build import build_coord_check
+
+            build_coord_check(cfg, out_dir).run(plots=plots)
+            summary = Summary(status="completed", run_dir=str(out_dir))
+            summary.write(out_dir / "summary.json")
+            return summary
         from lrtrain.build import build
 
         run = build(cfg, out_dir, *sweep, fork=lineage)

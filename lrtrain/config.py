@@ -839,13 +839,24 @@ class LayersConfig(ModelConfig):
         check_choice(self, "norm", ("none", "batch", "layer"))
 
 
+def check_parametrization(obj: Any) -> None:
+    """μP's keys: the parametrization and, for mup, the width it equals the standard one at."""
+    check_choice(obj, "parametrization", ("sp", "mup"))
+    check_positive(obj, "base_width")
+
+
 @dataclass
 class MLPConfig(LayersConfig):
     hidden: list[int] = MISSING
+    parametrization: str = MISSING  # sp | mup (lrtrain/parametrization.py)
+    base_width: int = MISSING  # mup: every hidden layer's width in the model μP equals the standard one at
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check("hidden", self.hidden, all(h > 0 for h in self.hidden), "a list of sizes > 0")
+        check_parametrization(self)
+        check("init", self.init, self.parametrization == "sp" or self.init in ("torch", "kaiming"),
+              "torch or kaiming with parametrization=mup (μP rescales an init whose variance is 1/fan-in)")
 
 
 @dataclass
@@ -882,10 +893,15 @@ class GPTConfig(ModelConfig):
     bias: bool = MISSING  # biases in the Linear layers and LayerNorms
     norm_position: str = MISSING  # pre | post
     block_size: Optional[int] = None  # the longest context (position embeddings); null: dataset.block_size
+    parametrization: str = MISSING  # sp | mup (lrtrain/parametrization.py)
+    base_width: int = MISSING  # mup: the n_embd μP equals the standard parametrization at
 
     def __post_init__(self) -> None:
         check_positive(self, "n_layer", "n_head", "n_embd", "block_size")
         check("n_embd", self.n_embd, self.n_embd % self.n_head == 0, f"a multiple of n_head ({self.n_head})")
+        check_parametrization(self)
+        check("base_width", self.base_width, self.parametrization == "sp" or self.base_width % self.n_head == 0,
+              f"a multiple of n_head ({self.n_head}) with parametrization=mup")
         check("dropout", self.dropout, 0 <= self.dropout < 1, "in [0, 1)")
         check_choice(self, "norm_position", ("pre", "post"))
 
@@ -1008,8 +1024,25 @@ class ReportConfig:
 
 
 @dataclass
+class CoordCheckConfig:
+    """mode=coord_check (lrtrain/coord_check.py): each layer's output size over the first steps, per width."""
+
+    widths: list[int] = MISSING  # model.hidden (every layer) or model.n_embd
+    steps: int = MISSING  # training steps recorded at each width; step 0 is the initialisation
+    seeds: list[int] = MISSING  # trainer.seed of each repetition
+
+    def __post_init__(self) -> None:
+        check("widths", self.widths, len(self.widths) > 0 and all(w > 0 for w in self.widths),
+              "a non-empty list of widths > 0")
+        check("steps", self.steps, self.steps >= 1, ">= 1")
+        check("seeds", self.seeds, len(self.seeds) > 0, "a non-empty list of seeds")
+        for seed in self.seeds:
+            check("seeds", self.seeds, -2**63 <= seed < 2**64, "integers in [-2**63, 2**64 - 1] (torch's seed range)")
+
+
+@dataclass
 class Config:
-    mode: str = MISSING  # train | lr_find
+    mode: str = MISSING  # train | lr_find | coord_check
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     warmup: Any = MISSING
@@ -1023,9 +1056,10 @@ class Config:
     report: ReportConfig = MISSING
     averaging: Any = MISSING
     fork: Any = MISSING  # untyped: its key `from` cannot be a dataclass field; check_fork checks it
+    coord_check: CoordCheckConfig = MISSING
 
     def __post_init__(self) -> None:
-        check_choice(self, "mode", ("train", "lr_find"))
+        check_choice(self, "mode", ("train", "lr_find", "coord_check"))
         check_fork(self.fork)
 
 
@@ -1112,6 +1146,7 @@ SCHEMAS = {
     "schema_averaging_none": NoAveragingConfig,
     "schema_averaging_ema": EMAConfig,
     "schema_averaging_swa": SWAConfig,
+    "schema_coord_check": CoordCheckConfig,
 }
 
 

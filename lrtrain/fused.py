@@ -27,6 +27,7 @@ from torch import nn
 from lrtrain.data import TensorData
 from lrtrain.loggers import CSVLogger, TensorBoardLogger
 from lrtrain.loop import Trainer, Want, evaluate_outputs
+from lrtrain.parametrization import Scale
 from lrtrain.plots import CurvesPool
 from lrtrain.progress import ProgressDisplay
 from lrtrain.regularization import is_weight
@@ -38,8 +39,8 @@ from lrtrain.step import StepResult
 FUSED_OPTIMIZERS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
 # Sinks that do not read a run's files when it ends: beside them, its curves.png can be drawn after it ended.
 _CURVES_UNREAD = (CSVLogger, TensorBoardLogger, ProgressDisplay)
-# Elementwise modules the batched-matmul forward applies as they are.
-_ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Identity)
+# Elementwise modules the batched-matmul forward applies as they are (Scale: μP's readout multiplier).
+_ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Identity, Scale)
 
 
 def unfusable(run: Run) -> Optional[str]:
@@ -61,8 +62,6 @@ def unfusable(run: Run) -> Optional[str]:
     for group in opt.param_groups:
         if group.get("maximize") or group.get("differentiable") or group.get("fused"):
             return "an optimizer option the fused update does not implement (maximize, differentiable, fused)"
-    if len({g["lr"] for g in opt.param_groups}) > 1:
-        return "parameter groups with different LRs"
     if run.hooks.augment is not None:
         return "augmentation draws its random numbers from the job's own global RNG"
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
@@ -135,6 +134,12 @@ class Segment:
             coupled = [[g["weight_decay"] for g in gs] for gs in groups]
             decay = [[g.get("decoupled_decay", 0.0) for g in gs] for gs in groups]
         self.coupled = _spread(coupled, sizes, device, torch.float32)
+        # parameter groups with LRs of their own (μP's): each parameter's group, per replica, to spread each
+        # step's group LRs over the elements; None when every replica has one LR for all its parameters
+        own_lrs = any(len({g["lr"] for g in run.optimizer.param_groups}) > 1 for run in runs)
+        self.group_index = [[next(i for i, h in enumerate(run.optimizer.param_groups) if h is g) for g in gs]
+                            for run, gs in zip(runs, groups)] if own_lrs else None
+        self.sizes = torch.tensor(sizes, device=device)
         # p <- p * (1 - lr * wd) with 1 - lr * wd in double, as torch.optim computes it from Python floats
         self.decay = _spread(decay, sizes, device, torch.float64)
 
@@ -146,6 +151,12 @@ def _spread(per_param: list[list[float]], sizes: list[int], device: torch.device
         return None
     return torch.stack([torch.cat([torch.full((size,), v, dtype=dtype) for v, size in zip(row, sizes)])
                         for row in per_param]).to(device)
+
+
+def _elements(seg: Segment, per_param: list[list[float]], dtype: torch.dtype) -> torch.Tensor:
+    """[replica][parameter] values as an [n, D] tensor over the parameters' elements, made in one kernel."""
+    values = torch.tensor(per_param, dtype=dtype, device=seg.sizes.device)
+    return values.repeat_interleave(seg.sizes, dim=1)
 
 
 def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, Any]:
@@ -439,18 +450,32 @@ class Replicas:
             if all(self.done[seg.a:seg.b]):
                 continue
             lr = list(lrs[seg.a:seg.b])
+            per_param = self._param_lrs(seg)
             p, g = self.flat[seg.a:seg.b], self.grad[seg.a:seg.b]
             if seg.decay is not None:  # decoupled: p <- p * (1 - lr * wd), before the update
-                lr64 = torch.tensor(lr, dtype=torch.float64, device=self.device).view(-1, 1)
+                lr64 = (torch.tensor(lr, dtype=torch.float64, device=self.device).view(-1, 1) if per_param is None
+                        else _elements(seg, per_param, torch.float64))
                 p.mul_((1 - lr64 * seg.decay).to(p.dtype))
             if seg.coupled is not None:  # coupled: g <- g + wd * p
                 g = g + p * seg.coupled
             if seg.kind[0] == "adam":
-                self._adam(seg, lr, p, g)
+                self._adam(seg, lr, p, g, per_param)
             else:
-                self._sgd(seg, lr, p, g)
+                self._sgd(seg, lr, p, g, per_param)
 
-    def _adam(self, seg: Segment, lr: list[float], p: torch.Tensor, g: torch.Tensor) -> None:
+    def _param_lrs(self, seg: Segment) -> Optional[list[list[float]]]:
+        """[replica][parameter] LRs of this step, from each replica's group LRs (`last_lrs`); None when each
+        replica has one LR for all its parameters (its column of `lrs` then)."""
+        if seg.group_index is None:
+            return None
+        rows = []
+        for j, k in enumerate(range(seg.a, seg.b)):
+            group_lrs = self.last_lrs[k]
+            rows.append([0.0 if self.done[k] else group_lrs[i] for i in seg.group_index[j]])
+        return rows
+
+    def _adam(self, seg: Segment, lr: list[float], p: torch.Tensor, g: torch.Tensor,
+              per_param: Optional[list[list[float]]] = None) -> None:
         """torch.optim.Adam / AdamW's single-tensor update (the one used on the CPU), per replica."""
         a, b = seg.a, seg.b
         for k in range(a, b):
@@ -460,7 +485,8 @@ class Replicas:
         steps = [max(s, 1) for s in self.steps[a:b]]
         bc1 = [1 - b1 ** s for b1, s in zip(seg.beta1, steps)]
         bc2_sqrt = _column([(1 - b2 ** s) ** 0.5 for b2, s in zip(seg.beta2, steps)], self.device)
-        step_size = _column([-(lr_k / c) for lr_k, c in zip(lr, bc1)], self.device)
+        step_size = (_column([-(lr_k / c) for lr_k, c in zip(lr, bc1)], self.device) if per_param is None else
+                     _elements(seg, [[-(v / c) for v in row] for row, c in zip(per_param, bc1)], torch.float32))
         m, v = self.state["exp_avg"][a:b], self.state["exp_avg_sq"][a:b]
         m.lerp_(g, seg.one_minus_b1)
         if isinstance(seg.one_minus_b2, float):
@@ -477,7 +503,8 @@ class Replicas:
         else:
             p.addcdiv_(m * step_size, denom)
 
-    def _sgd(self, seg: Segment, lr: list[float], p: torch.Tensor, g: torch.Tensor) -> None:
+    def _sgd(self, seg: Segment, lr: list[float], p: torch.Tensor, g: torch.Tensor,
+             per_param: Optional[list[list[float]]] = None) -> None:
         """torch.optim.SGD's single-tensor update (the one used on the CPU), per replica."""
         a, b = seg.a, seg.b
         if seg.kind[1]:  # momentum
@@ -500,7 +527,8 @@ class Replicas:
                 g = g.add(buf, alpha=mu) if isinstance(mu, float) else g + buf * mu
             else:
                 g = buf
-        rate = _column([-lr_k for lr_k in lr], self.device)
+        rate = (_column([-lr_k for lr_k in lr], self.device) if per_param is None else
+                _elements(seg, [[-v for v in row] for row in per_param], torch.float32))
         if isinstance(rate, float):
             p.add_(g, alpha=rate)
         else:

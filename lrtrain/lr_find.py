@@ -60,7 +60,7 @@ class LRFinder:
                     batches = data.train_batches(generator)
                     stored, y = next(batches)
                 lr = self.lr(i)
-                value = step(stored, y, [lr] * len(opt.param_groups)).loss.item()
+                value = step(stored, y, [lr * g.get("lr_multiplier", 1.0) for g in opt.param_groups]).loss.item()
                 avg = self.beta * avg + (1 - self.beta) * value
                 smooth = avg / (1 - self.beta ** (i + 1))
                 lrs.append(lr), losses.append(value), smoothed.append(smooth)
@@ -102,9 +102,10 @@ def suggest(lrs: list[float], smoothed: list[float]) -> float:
 
 
 def use_lr(run: Run, lr: float) -> None:
-    """Train with `lr` (the suggestion): every parameter group's base LR, and the config saved in checkpoints."""
+    """Train with `lr` (the suggestion): every parameter group's base LR (times its μP multiplier, under
+    model.parametrization=mup), and the config saved in checkpoints."""
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_multiplier", 1.0)
     run.config.setdefault("optimizer", {})["lr"] = lr
 
 

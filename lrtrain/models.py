@@ -60,10 +60,15 @@ def initialise(model: nn.Module, init: str, activation: str) -> None:
 
 
 class MLP(nn.Sequential):
-    """Flatten, then Linear(-Norm)-Activation(-Dropout) for each hidden size, then a Linear head."""
+    """Flatten, then Linear(-Norm)-Activation(-Dropout) for each hidden size, then a Linear head.
+
+    `parametrization="mup"`: μP (lrtrain.parametrization) against the same MLP with every hidden layer
+    `base_width` wide: the hidden biases and the head rescaled, and the head's input divided by its width
+    multiplier (a `Scale` in front of it). Its init must scale with fan-in (torch's or Kaiming's)."""
 
     def __init__(self, input_shape: tuple[int, ...], num_outputs: int, hidden: list[int], activation: str,
-                 init: str, norm: str, dropout: float = 0.0):
+                 init: str, norm: str, dropout: float = 0.0, parametrization: str = "sp",
+                 base_width: Optional[int] = None):
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for h in hidden:
@@ -72,9 +77,22 @@ class MLP(nn.Sequential):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = h
+        mup = parametrization == "mup"
+        if mup:
+            from lrtrain.parametrization import Scale
+
+            layers.append(Scale(1.0))  # the readout multiplier, set below
         layers.append(nn.Linear(width, num_outputs))
         super().__init__(*layers)
         initialise(self, init, activation)
+        if mup:
+            from lrtrain.parametrization import rescale_fan_in_init, width_dims, width_mult
+
+            with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+                base = MLP(input_shape, num_outputs, [base_width] * len(hidden), activation, "torch", norm)
+            self.mup_dims = width_dims(self, base)
+            rescale_fan_in_init(self, readout=self[-1])
+            self[-2].factor = 1.0 / width_mult(self.mup_dims[f"{len(self) - 1}.weight"])
 
 
 class Linear(nn.Sequential):
@@ -156,19 +174,20 @@ class CausalSelfAttention(nn.Module):
     """Multi-head self-attention in which each position sees itself and the positions before it (torch's
     scaled_dot_product_attention with is_causal=True, which picks a fused kernel where one fits)."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, scale: Optional[float] = None):
         super().__init__()
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # query, key and value in one matmul
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.n_head, self.dropout = n_head, dropout
+        self.scale = scale  # of the attention logits; None: 1/sqrt(head size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
                    for z in self.c_attn(x).split(c, dim=2))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=True)
+                                           is_causal=True, scale=self.scale)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)))
 
 
@@ -176,10 +195,11 @@ class GPTBlock(nn.Module):
     """Attention then a 4x GELU MLP, each in a residual branch: normalised before the branch (`pre`, GPT-2 and
     nanoGPT) or after the sum (`post`, the original Transformer, which needs warmup to train)."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, norm_position: str):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, norm_position: str,
+                 attn_scale: Optional[float] = None):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, attn_scale)
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd, bias=bias), nn.GELU(),
                                  nn.Linear(4 * n_embd, n_embd, bias=bias), nn.Dropout(dropout))
@@ -201,12 +221,18 @@ class GPT(nn.Module):
     Initialisation is nanoGPT's (GPT-2's): every Linear and Embedding weight N(0, 0.02), biases 0, and the
     projections that end a residual branch N(0, 0.02 / sqrt(2 n_layer)), so the residual stream's variance does
     not grow with depth.
+
+    `parametrization="mup"`: μP (lrtrain.parametrization) against the same GPT `base_width` wide (n_embd, with
+    the same heads): hidden matrices drawn with std / sqrt(fan-in multiplier) (mup.init.normal_), attention
+    logits scaled by sqrt(base head size) / head size (1/d, equal to 1/sqrt(d) at base width), and the tied
+    head's input divided by the width multiplier (mup's MuSharedReadout).
     """
 
     takes_tokens = True
 
     def __init__(self, input_shape: tuple[int, ...], num_outputs: int, n_layer: int, n_head: int, n_embd: int,
-                 dropout: float, bias: bool, norm_position: str, block_size: Optional[int] = None):
+                 dropout: float, bias: bool, norm_position: str, block_size: Optional[int] = None,
+                 parametrization: str = "sp", base_width: Optional[int] = None):
         super().__init__()
         if len(input_shape) != 1:
             raise ModelInputError(f"gpt reads windows of token ids (dataset=text or shakespeare), not inputs of "
@@ -216,22 +242,40 @@ class GPT(nn.Module):
         if block_size < window:
             raise ModelInputError(f"model.block_size={block_size} is shorter than the data's windows "
                                   f"(dataset.block_size={window}): set model.block_size >= {window}, or null")
+        mup = parametrization == "mup"
+        attn_scale = math.sqrt(base_width // n_head) / (n_embd // n_head) if mup else None
         self.block_size = block_size
         self.wte = nn.Embedding(num_outputs, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
-        self.h = nn.ModuleList(GPTBlock(n_embd, n_head, dropout, bias, norm_position) for _ in range(n_layer))
+        self.h = nn.ModuleList(GPTBlock(n_embd, n_head, dropout, bias, norm_position, attn_scale)
+                               for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd, bias=bias) if norm_position == "pre" else nn.Identity()
         self.lm_head = nn.Linear(n_embd, num_outputs, bias=False)
         self.lm_head.weight = self.wte.weight  # tied: one matrix embeds tokens and scores them
+        self.readout: Optional[nn.Module] = None
+        factor: dict[int, float] = {}  # a weight's std factor (by id): μP's for hidden matrices, else 1
+        if mup:
+            from lrtrain.parametrization import Scale, width_dims, width_mult
+
+            with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+                base = GPT(input_shape, num_outputs, n_layer, n_head, base_width, dropout, bias, norm_position,
+                           block_size)
+            self.mup_dims = width_dims(self, base)
+            for name, p in self.named_parameters():  # mup.init.normal_: two width dims, std / sqrt(fan-in mult)
+                dims = self.mup_dims[name]
+                if sum(m is not None for m in dims) == 2:
+                    factor[id(p)] = width_mult(dims) ** -0.5
+            self.readout = Scale(1.0 / width_mult(self.mup_dims["wte.weight"]))
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.normal_(module.weight, mean=0.0, std=0.02 * factor.get(id(module.weight), 1.0))
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
         for block in self.h:  # the projections back into the residual stream
             for proj in (block.attn.c_proj, block.mlp[2]):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+                nn.init.normal_(proj.weight, mean=0.0,
+                                std=0.02 / math.sqrt(2 * n_layer) * factor.get(id(proj.weight), 1.0))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = idx.shape[1]
@@ -239,7 +283,10 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.h:
             x = block(x)
-        return self.lm_head(self.ln_f(x))
+        x = self.ln_f(x)
+        if self.readout is not None:
+            x = self.readout(x)
+        return self.lm_head(x)
 
 
 # ---------------------------------------------------------------------------------------- sizes before building

@@ -17,7 +17,8 @@ from lrtrain.loggers import summary_metrics
 from lrtrain.plots import figure, plot_curves, read_csv
 from lrtrain.summary import SUCCEEDED, Status, Summary
 from lrtrain.writers import atomic_path
-from lrtrain.study import Configuration, Estimate, group, hashable, varied_keys
+from lrtrain.study import (WIDTH_KEYS, Configuration, Estimate, TransferRow, group, hashable, transfer, varied_keys,
+                           width_of)
 from lrtrain.study import rank as rank_configurations
 
 if TYPE_CHECKING:
@@ -306,6 +307,21 @@ class Study:
         several parameters has search.png instead (its trials share no other key to draw lines by)."""
         x = self.settings.x
         return x if x in self.keys and len(self.searched) < 2 else None
+
+    @property
+    def transfer_key(self) -> Optional[str]:
+        """The width key, when the sweep varies one and report.x (the LR): lr_transfer.png and transfer.csv."""
+        if self.sensitivity_key is None:
+            return None
+        return next((k for k in WIDTH_KEYS if k in self.keys), None)
+
+    def in_sweep_order(self) -> list[Configuration]:
+        return sorted(self.configs, key=lambda c: self.rows.index(c.jobs[0]))
+
+    def transfer(self) -> list[TransferRow]:
+        width = self.transfer_key
+        others = [k for k in self.keys if k not in (width, self.settings.x)]
+        return transfer(self.in_sweep_order(), width, self.settings.x, others, "best_value", self.mode)
 
 
 def analyse(rows: list[dict], settings: ReportConfig, searched: Sequence[str] = ()) -> Study:
@@ -708,6 +724,71 @@ def plot_sensitivity(study: Study, path: Path) -> dict[int, dict[str, Any]]:
     return plotted
 
 
+def write_transfer_csv(study: Study, path: Path) -> Path:
+    """transfer.csv: per width (and value of every other varied key), the best LR, its monitored metric's mean
+    and interval over replicates, and how many steps of the swept LR grid it moved from the smallest width's."""
+    width, x = study.transfer_key, study.settings.x
+    others = [k for k in study.keys if k not in (width, x)]
+    rows = []
+    for t in study.transfer():
+        stat = t.best.stats["best_value"]
+        rows.append({**{k: _exact(t.best.values[k]) for k in others}, "width": t.width, width: _exact(t.best.values[width]),
+                     f"best_{x}": _exact(t.lr), "monitor": study.monitor, "mean": stat.mean, "ci_low": stat.low,
+                     "ci_high": stat.high, "n": stat.n, "grid_steps_from_smallest": t.shift})
+    _write_csv(path, [*others, "width", width, f"best_{x}", "monitor", "mean", "ci_low", "ci_high", "n",
+                      "grid_steps_from_smallest"], rows)
+    return path
+
+
+def plot_transfer(study: Study, path: Path) -> Path:
+    """lr_transfer.png: the monitored metric against the LR, one curve per width (mean and t-interval over
+    replicates), each width's best LR starred; one panel per value of the other varied keys (sp and mup side
+    by side when the sweep varies model.parametrization). Where the LR transfers, the stars line up."""
+    import matplotlib
+
+    width, x = study.transfer_key, study.settings.x
+    others = [k for k in study.keys if k not in (width, x)]
+    best = {(t.panel, t.width): t for t in study.transfer()}
+    panels: dict[tuple, list[Configuration]] = {}
+    for config in study.in_sweep_order():  # panels in the order the sweep gave the values (sp,mup: sp first)
+        panels.setdefault(tuple(hashable(config.values[k]) for k in others), []).append(config)
+    widths = sorted({width_of(c.values[width]) for c in study.configs})
+    cmap = matplotlib.colormaps["viridis"]
+    colors = {w: cmap(0.85 * i / max(1, len(widths) - 1)) for i, w in enumerate(widths)}
+    fig = _figure(figsize=(5.6 * len(panels) + 0.4, 4.6))
+    fig.subplots_adjust(left=0.6 / (5.6 * len(panels) + 0.4), right=0.98, top=0.85, bottom=0.12, wspace=0.12)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    ys: list[float] = []
+    for ax, (panel, configs) in zip(axes, panels.items()):
+        for w in widths:
+            line = sorted((c for c in configs if width_of(c.values[width]) == w and "best_value" in c.stats),
+                          key=lambda c: c.values[x])
+            if not line:
+                continue
+            stats = [c.stats["best_value"] for c in line]
+            low = [s.mean - s.low if s.low is not None else math.nan for s in stats]
+            high = [s.high - s.mean if s.high is not None else math.nan for s in stats]
+            t = best[panel, w]
+            ax.errorbar([c.values[x] for c in line], [s.mean for s in stats], yerr=[low, high], marker="o", ms=3,
+                        capsize=2, color=colors[w], label=f"{w:g}: best {_show(t.lr)} ({t.shift:+d})")
+            ax.plot([t.lr], [t.best.stats["best_value"].mean], marker="*", ms=16, color=colors[w], mec="black",
+                    ls="none", zorder=5)
+            ys += [s.mean for s in stats]
+        _log(ax, "x")
+        ax.set_xlabel(x)
+        _title(ax, " ".join(f"{k}={_show(v)}" for k, v in zip(others, panel)) or f"best {study.monitor} vs {x}")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize="small", title=f"{width}: best {x} (grid steps)", title_fontsize="small")
+    if study.monitor.endswith("loss"):
+        _scale(axes[0], "y", ys)
+    axes[0].set_ylabel(f"best {study.monitor}")
+    ns = sorted({c.n for c in study.configs if c.n})
+    note = (f"mean over {', '.join(study.replicates) or 'replicates'} (n = {ns[-1]}), "
+            f"{study.settings.confidence:.0%} t-interval" if ns and ns[-1] > 1 else "one job per point")
+    fig.suptitle(f"LR transfer across {width}: {note}; stars: each width's best", fontsize="medium")
+    return _save(fig, path)
+
+
 def plot_search(study: Study, path: Path) -> dict[str, list[tuple[Any, float]]]:
     """search.png: an Optuna search's objective against each searched parameter, one panel each, the trials
     coloured by their order and the best one starred. Returns each panel's (value, objective) points, read
@@ -781,7 +862,11 @@ def report_sweep(dirs: Path | Sequence[Path], settings: Optional[ReportConfig] =
             written.append(out_dir / "search.png")
         if any(row.get("fork") for row in rows):
             written.append(plot_cooldown(study, out_dir / "cooldown.png"))
+        if study.transfer_key:
+            written.append(plot_transfer(study, out_dir / "lr_transfer.png"))
     write_study_csv(study, plotted, written[1])
+    if study.transfer_key:
+        written.append(write_transfer_csv(study, out_dir / "transfer.csv"))
 
     if console is None:
         console = Console()

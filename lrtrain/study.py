@@ -142,3 +142,48 @@ def difference(a: Iterable[Optional[float]], b: Iterable[Optional[float]], confi
     df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))  # Welch-Satterthwaite
     half = float(stdtrit(df, (1 + confidence) / 2)) * math.sqrt(vx + vy)
     return Estimate(len(x), mean, math.sqrt(vx + vy), mean - half, mean + half)
+
+
+# ------------------------------------------------------------------------------------ LR transfer across width
+
+# Keys that set a model's width (a list of layer sizes counts as its widest layer).
+WIDTH_KEYS = ("model.hidden", "model.n_embd", "model.width", "model.channels")
+
+
+def width_of(value: Value) -> float:
+    return max(value) if isinstance(value, (list, tuple)) else value
+
+
+@dataclass(frozen=True)
+class TransferRow:
+    """One width's best LR within a panel (one value of every other varied key)."""
+
+    panel: tuple  # the other varied keys' values
+    width: float
+    best: Configuration  # the configuration with the best mean at this width
+    lr: Value
+    shift: int  # grid steps from the smallest width's best LR (+: a larger LR); the grid: the panel's LRs
+
+
+def transfer(configs: Sequence[Configuration], width_key: str, x_key: str, others: Sequence[str],
+             metric: str, mode: str) -> list[TransferRow]:
+    """Per panel (the values of `others`) and width, the configuration whose mean `metric` is best and where its
+    `x_key` (the LR) sits in the panel's grid of LRs against the smallest width's, in steps of that grid."""
+    sign = -1.0 if mode == "max" else 1.0
+    panels: dict[tuple, list[Configuration]] = {}
+    for config in configs:
+        panels.setdefault(tuple(hashable(config.values[k]) for k in others), []).append(config)
+    rows = []
+    for panel, members in panels.items():
+        grid = sorted({c.values[x_key] for c in members})
+        widths: dict[float, list[Configuration]] = {}
+        for config in members:
+            if metric in config.stats:
+                widths.setdefault(width_of(config.values[width_key]), []).append(config)
+        first = None
+        for width in sorted(widths):
+            best = min(widths[width], key=lambda c: sign * c.stats[metric].mean)
+            index = grid.index(best.values[x_key])
+            first = index if first is None else first
+            rows.append(TransferRow(panel, width, best, best.values[x_key], index - first))
+    return rows

@@ -100,7 +100,7 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("mode=fit", "mode='fit': must be one of train, lr_find"),
+    ("mode=fit", "mode='fit': must be one of train, lr_find, coord_check"),
     ("optimizer.lr=fast", "optimizer.lr='fast': must be a finite number > 0, or auto"),
     ("lr_find.max_lr=1e-7", "lr_find.max_lr=1e-07: must be > lr_find.min_lr (1e-06)"),
     ("lr_find.diverge_factor=1", "lr_find.diverge_factor=1.0: must be > 1"),

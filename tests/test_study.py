@@ -240,3 +240,53 @@ def test_report_settings_come_from_the_composed_config_or_the_yaml(compose):
     settings = report_settings(cfg.report)
     assert (settings.x, settings.replicate_keys) == ("scheduler.gamma", ["trainer.seed", "dataset.split_seed"])
     assert report_settings() == report_settings(compose().report)
+
+
+# ---------------------------------------------------------------------------------- LR transfer across width
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_each_widths_best_lr_and_its_grid_steps_from_the_smallest(mode):
+    """Two panels (sp, mup) of three widths: the best mean LR per width, and its shift in steps of the LR grid."""
+    from lrtrain.study import group, transfer
+
+    sign = 1 if mode == "min" else -1
+    best = {("sp", 64): 1e-2, ("sp", 256): 3e-3, ("sp", 1024): 1e-3, ("mup", 64): 1e-2, ("mup", 256): 1e-2,
+            ("mup", 1024): 3e-2}
+    grid = [1e-3, 3e-3, 1e-2, 3e-2]
+    jobs = []
+    for (p, width), lr_best in best.items():
+        for lr in grid:
+            for seed in range(3):  # the loss grows with the distance from the best LR in grid steps
+                loss = 1.0 + abs(grid.index(lr) - grid.index(lr_best)) + 0.01 * seed
+                jobs.append({"settings": {"p": p, "hidden": [width, width], "lr": lr, "seed": seed},
+                             "status": "completed", "best_value": sign * loss})
+    configs = group(jobs, ["p", "hidden", "lr"], ["best_value"], 0.95)
+    rows = transfer(configs, "hidden", "lr", ["p"], "best_value", mode)
+    assert [(r.panel, r.width, r.lr, r.shift) for r in rows] == [
+        (("sp",), 64, 1e-2, 0), (("sp",), 256, 3e-3, -1), (("sp",), 1024, 1e-3, -2),
+        (("mup",), 64, 1e-2, 0), (("mup",), 256, 1e-2, 0), (("mup",), 1024, 3e-2, 1)]
+    assert rows[0].best.stats["best_value"].mean == pytest.approx(sign * 1.01)
+
+
+@pytest.mark.slow
+def test_a_sweep_over_width_and_lr_reports_the_transfer_with_fused_widths(lrtrain, tmp_path):
+    """A fused sweep over two widths, two LRs and two seeds: each width's jobs fuse into one model, and the
+    report adds lr_transfer.png and transfer.csv, whose best LR per width is study_summary.csv's."""
+    sweep = tmp_path / "sweep"
+    r = lrtrain("-m", "hydra/launcher=fused", "model.parametrization=mup", "model.base_width=16",
+                "model.hidden=[16,16],[64,64]", "optimizer.lr=1e-3,1e-2", "trainer.seed=0,1", *TINY,
+                f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr
+    assert "fused: jobs 0, 1, 2, 3 as one model of 4 replicas" in r.stdout
+    assert "fused: jobs 4, 5, 6, 7 as one model of 4 replicas" in r.stdout
+    assert (sweep / "lr_transfer.png").read_bytes().startswith(PNG)
+    rows = read_csv(sweep / "transfer.csv")
+    assert [row["width"] for row in rows] == ["16", "64"]
+    study = read_csv(sweep / "study_summary.csv")
+    for row in rows:
+        mine = [s for s in study if s["model.hidden"] == row["model.hidden"]]
+        top = min(mine, key=lambda s: float(s["best_value_mean"]))
+        assert row["best_optimizer.lr"] == top["optimizer.lr"]
+        assert float(row["mean"]) == float(top["best_value_mean"]) and row["n"] == "2"
+    assert rows[0]["grid_steps_from_smallest"] == "0"
