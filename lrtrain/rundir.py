@@ -42,10 +42,12 @@ RECORD = ".lrtrain-run"  # a run's record of itself, and the file its lock is on
 SWEEP_RECORD = ".lrtrain-sweep"
 # What a run writes into its dir (besides Hydra's `.hydra/` and `<job name>.log`, named by the config).
 RUN_NAMES = (RECORD, "summary.json", "steps.csv", "metrics.csv", "checkpoints", "tensorboard", "curves.png",
-             "lr_find.csv", "lr_find.png", "lr_find.json", ".mlflow_run_id", ".wandb_run_id", "wandb")
+             "lr_find.csv", "lr_find.png", "lr_find.json", ".mlflow_run_id", ".wandb_run_id", "wandb",
+             "coord_check.csv", "coord_check.png")
 # What a sweep writes into its own dir besides the job dirs (lrtrain.report, Hydra, lrtrain.search, submitit).
 SWEEP_NAMES = (SWEEP_RECORD, "multirun.yaml", "sweep_summary.csv", "study_summary.csv", "sweep.png",
-               "lr_sensitivity.png", "optuna.db", "optimization_results.yaml", "search.png", ".submitit")
+               "lr_sensitivity.png", "optuna.db", "optimization_results.yaml", "search.png", ".submitit",
+               "cooldown.png", "lr_transfer.png", "transfer.csv")
 # Statuses of a run that is a result: never replaced without trainer.overwrite=true.
 RESULTS = FINISHED
 # Keys that do not change a job's result: a sweep run again with other values of them is the same sweep.
