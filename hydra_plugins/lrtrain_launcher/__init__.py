@@ -27,14 +27,17 @@ class ComposedOnce:
     next request for the same overrides. Everything else goes to the loader it wraps."""
 
     def __init__(self, loader: Any):
+        from lrtrain.compose import SweepComposer
+
         self.loader = loader
+        self.composer = SweepComposer(loader)
         self.composed: dict[tuple[str, ...], list[DictConfig]] = {}
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         key = tuple(sweep_overrides)
         if self.composed.get(key):
             return self.composed[key].pop()
-        cfg = self.loader.load_sweep_config(master_config, sweep_overrides)
+        cfg = self.composer.load_sweep_config(master_config, sweep_overrides)
         if sum(map(len, self.composed.values())) < REMEMBER:
             # the caller may change the config it gets (the launcher sets the job's number): keep a copy
             self.composed.setdefault(key, []).append(copy.deepcopy(cfg))
@@ -49,6 +52,7 @@ class ComposedOnce:
 
     def forget(self) -> None:
         self.composed.clear()
+        self.composer.forget()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
