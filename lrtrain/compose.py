@@ -35,7 +35,8 @@ class SweepComposer:
         self.repo: Any = None  # the config repository Hydra's composition sees, for group_exists
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        split = self.split(master_config, sweep_overrides)
+        hydras = hasattr(self.loader, "_parse_overrides_and_create_caching_repo")  # Hydra's loader (or a wrapper)
+        split = self.split(master_config, sweep_overrides) if hydras else None
         if split is None:
             return self.loader.load_sweep_config(master_config, sweep_overrides)
         groups, values, parsed = split
