@@ -3,7 +3,8 @@
 Hydra's sweepers compose every job of a batch to check it before launching any (a typo fails the sweep
 before the first job trains), and the basic launcher then composes each job again: on a 2-core CPU that is
 about 0.17 s per job, twice. This launcher hands the sweeper's config loader a memory of what it composed, and runs
-each job with the config composed for its check. Hydra finds it here (plugins live in `hydra_plugins`);
+each job with the config composed for its check; that check composes once per distinct set of config-group
+choices (lrtrain.compose). Hydra finds it here (plugins live in `hydra_plugins`);
 `hydra/launcher=lrtrain` selects it, as `configs/config.yaml` does by default.
 """
 
