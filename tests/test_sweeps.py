@@ -150,6 +150,16 @@ def test_default_launcher_composes_each_job_once(tmp_path, launcher, composition
     for job in "012":
         hydra_cfg = OmegaConf.load(sweep / job / ".hydra" / "hydra.yaml").hydra
         assert hydra_cfg.job.num == int(job) and hydra_cfg.runtime.output_dir == str(sweep / job)
+    from omegaconf import open_dict
+
+    for job, lr in zip("012", ["0.01", "0.01", "0.001"]):
+        # each job's .hydra/ files are what Hydra's own composition of its overrides writes
+        overrides = OmegaConf.to_container(OmegaConf.load(sweep / job / ".hydra" / "overrides.yaml"))
+        assert overrides[0] == f"optimizer.lr={lr}" and len(overrides) == 1 + len(TINY)
+        cfg = compose_with_hydra(*overrides)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        assert (sweep / job / ".hydra" / "config.yaml").read_text() == OmegaConf.to_yaml(cfg)
 
 
 def test_remembered_configs_are_handed_out_once_as_copies():
