@@ -3,7 +3,8 @@
 Hydra's sweepers compose every job of a batch to check it before launching any (a typo fails the sweep
 before the first job trains), and the basic launcher then composes each job again: on a 2-core CPU that is
 about 0.17 s per job, twice. This launcher hands the sweeper's config loader a memory of what it composed, and runs
-each job with the config composed for its check. Hydra finds it here (plugins live in `hydra_plugins`);
+each job with the config composed for its check; that check composes once per distinct set of config-group
+choices (lrtrain.compose). Hydra finds it here (plugins live in `hydra_plugins`);
 `hydra/launcher=lrtrain` selects it, as `configs/config.yaml` does by default.
 """
 
@@ -27,14 +28,17 @@ class ComposedOnce:
     next request for the same overrides. Everything else goes to the loader it wraps."""
 
     def __init__(self, loader: Any):
+        from lrtrain.compose import SweepComposer
+
         self.loader = loader
+        self.composer = SweepComposer(loader)
         self.composed: dict[tuple[str, ...], list[DictConfig]] = {}
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         key = tuple(sweep_overrides)
         if self.composed.get(key):
             return self.composed[key].pop()
-        cfg = self.loader.load_sweep_config(master_config, sweep_overrides)
+        cfg = self.composer.load_sweep_config(master_config, sweep_overrides)
         if sum(map(len, self.composed.values())) < REMEMBER:
             # the caller may change the config it gets (the launcher sets the job's number): keep a copy
             self.composed.setdefault(key, []).append(copy.deepcopy(cfg))
@@ -49,6 +53,7 @@ class ComposedOnce:
 
     def forget(self) -> None:
         self.composed.clear()
+        self.composer.forget()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
