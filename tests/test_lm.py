@@ -546,3 +546,12 @@ def test_a_resume_on_a_text_with_another_vocabulary_is_refused(train_briefly, co
     with pytest.raises(CheckpointError, match=r"last.pt: made with another vocabulary than this text's \(\d+ characters "
                                               r"there, \d+ characters here\): its token ids would mean other"):
         build(cfg, tmp_path / "again")
+
+
+def test_model_gpt_alone_takes_the_text_data_set_and_an_explicit_one_wins(compose):
+    """`lrtrain model=gpt` trains on text (configs/model/gpt.yaml overrides the dataset choice); a dataset given
+    on the command line is still the one used, and a wrong one is refused in one line (above)."""
+    assert compose("model=gpt").dataset._target_ == "lrtrain.data.text"
+    assert compose("model=gpt", "dataset=shakespeare").dataset._target_ == "lrtrain.data.shakespeare"
+    assert compose("dataset=digits", "model=gpt").dataset._target_ == "lrtrain.data.digits"
+    assert compose("model=mlp").dataset._target_ == "lrtrain.data.digits"
