@@ -24,6 +24,7 @@ from torch import nn
 
 from lrtrain.averaging import averaged_metrics, train_inputs
 from lrtrain.data import FolderData, TensorData, TextData
+from lrtrain.durations import parse_duration
 from lrtrain.early_stopping import improved
 from lrtrain.optimizers import eval_mode, train_mode
 from lrtrain.outputs import Outputs
@@ -99,6 +100,10 @@ class Trainer:
         self.checkpoints = CheckpointDir(run.out_dir / "checkpoints", run.settings.keep_last_k)
         self.cycles_momentum = run.schedule.momentum(0) is not None
         self.val_steps = run.val_steps
+        # whole epochs (the default, 1ep): validate at epoch ends, also when a resume (e.g. of a ddp run by one
+        # process) made them fall between multiples of val_steps; other durations: every val_steps steps
+        every = parse_duration(run.settings.val_every)
+        self.val_epochs = int(every.amount) if every.unit == "ep" and every.amount.is_integer() else None
         self.dist = run.dist
         self.main = run.dist is None or run.dist.main  # rank 0 alone writes checkpoints
         self.world = run.dist.world_size if run.dist else 1
@@ -173,7 +178,7 @@ class Trainer:
                 run.averaging.after_step(pos.step, run.model)
             for sink in self.out.live:
                 sink.on_step(pos.step, pos.epoch, lrs[0], result.loss)
-            if pos.batch >= spe or pos.step % self.val_steps == 0 or pos.step >= total:
+            if pos.batch >= spe or (not self.val_epochs and pos.step % self.val_steps == 0) or pos.step >= total:
                 yield None  # a group takes every replica's step before any validates
                 if self._boundary():
                     return
@@ -203,9 +208,12 @@ class Trainer:
         and checkpoint when one is due. True when the epoch or the run ended."""
         run, pos, total = self.run, self.pos, self.run.timeline.total_steps
         self._end_stretch()
-        validating = pos.step % self.val_steps == 0 or pos.step >= total
-        reason, best = self._validation() if validating else (None, False)
         epoch_ended = pos.batch >= run.timeline.steps_per_epoch
+        if self.val_epochs:
+            validating = (epoch_ended and (pos.epoch + 1) % self.val_epochs == 0) or pos.step >= total
+        else:
+            validating = pos.step % self.val_steps == 0 or pos.step >= total
+        reason, best = self._validation() if validating else (None, False)
         if epoch_ended:
             pos.epoch, pos.batch, pos.order_state = pos.epoch + 1, 0, self.order.get_state()
         stop = self.dist.from_main(bool(self.stop_signal)) if self.dist else bool(self.stop_signal)

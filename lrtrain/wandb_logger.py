@@ -66,7 +66,7 @@ class WandbLogger(Sink):
     def on_end(self, summary: Summary) -> None:
         if self.run is None:
             return
-        self.run.summary.update({"status": summary.status, **summary_metrics(summary)})
+        self.run.summary.update({"status": str(summary.status), **summary_metrics(summary)})
         self._finish(0 if summary.status in (*SUCCEEDED, Status.PRUNED) else 1)
 
     def close(self) -> None:

@@ -37,10 +37,12 @@ def test_a_folder_named_like_a_temporary_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_folder_named_like_a_temporary_is_refused_by_the_cli(lrtrain, tmp_path):
-    hostile = tmp_path / "run" / "checkpoints" / ".last.pt.1.tmp"
-    hostile.mkdir(parents=True)
-    r = lrtrain("trainer.max_steps=3", "trainer.progress=none", "logger=[csv]", "logger.csv.plots=false",
-                "trainer.resume=auto")
+    args = ("trainer.progress=none", "logger=[csv]", "logger.csv.plots=false")
+    first = lrtrain("trainer.max_steps=3", *args)
+    assert first.returncode == 0, first.stderr
+    hostile = first.run_dir / "checkpoints" / ".last.pt.1.tmp"  # in a real run's dir, which is then resumed
+    hostile.mkdir()
+    r = lrtrain("trainer.max_steps=6", *args, "trainer.resume=auto")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith(f"lrtrain: error: {hostile}: a folder named like a checkpoint's temporary file")
     assert hostile.is_dir()

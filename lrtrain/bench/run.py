@@ -66,10 +66,12 @@ def run(plan: Plan, out: Path) -> None:
     start = time.monotonic()
     for i, (sub, workload) in enumerate(pairs, 1):
         sweep_dir = out / sub.name / workload.name
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        # the log beside the sweep dir, not in it: the sweep claims its dir, which holds only a sweep's files
+        log_path = out / sub.name / f"{workload.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "lrtrain", *launch_args(plan, sub, workload, sweep_dir)]
         began = time.monotonic()
-        with open(sweep_dir / "bench.log", "w") as log:
+        with open(log_path, "w") as log:
             log.write(" ".join(cmd) + "\n")
             log.flush()
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -79,11 +81,11 @@ def run(plan: Plan, out: Path) -> None:
                 proc.terminate()
                 proc.wait()
                 raise
-        note = "" if code == 0 else f", exit {code}: {_last_line(sweep_dir / 'bench.log')}"
+        note = "" if code == 0 else f", exit {code}: {_last_line(log_path)}"
         print(f"[{i}/{len(pairs)}] {sub.name} on {workload.name}: {time.monotonic() - began:.1f} s{note}", flush=True)
         if code == 2:  # a config error is the same for every study: say it instead of scoring nothing
-            raise BenchInputError(f"{sub.name} on {workload.name}: {_last_line(sweep_dir / 'bench.log')} "
-                                  f"(the command is in {sweep_dir / 'bench.log'})")
+            raise BenchInputError(f"{sub.name} on {workload.name}: {_last_line(log_path)} "
+                                  f"(the command is in {log_path})")
     print(f"ran {len(pairs)} sweeps in {time.monotonic() - start:.0f} s")
     report(out)
 
