@@ -1156,6 +1156,9 @@ def register() -> None:
     cs = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         cs.store(name=name, node=node)
+    from lrtrain.sweep.ray_tune import RayTuneConfig  # the module imports Ray only when a search runs
+
+    cs.store(name="schema_sweeper_ray_tune", node=RayTuneConfig)
     if not OmegaConf.has_resolver("lrtrain_run_dir"):
         OmegaConf.register_new_resolver("lrtrain_run_dir", run_dir_for)
 

@@ -219,6 +219,8 @@ class Trainer:
         stop = self.dist.from_main(bool(self.stop_signal)) if self.dist else bool(self.stop_signal)
         if validating or stop or pos.step in run.save_at:
             self.save(best=best)
+        if validating:
+            reason = self._pruned() or reason
         if stop and pos.step < total:
             self._interrupt(save=False)
         elif reason is not None:
@@ -247,14 +249,23 @@ class Trainer:
         pos.metrics_rows += 1
         run.schedule.observe(pos.epoch, row)
         reason = run.stopper.update(pos.epoch, row, run.model)
-        pruned = run.pruning.update((pos.step - 1) // self.val_steps, row) if run.pruning else None
         if self.dist:
-            reason, pruned = self.dist.from_main((reason, pruned))
+            reason = self.dist.from_main(reason)
         best = improved(row[settings.monitor], pos.best_value, settings.monitor_mode)
         if best:
             pos.best_value, pos.best_epoch = row[settings.monitor], pos.epoch
         pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
-        return (Status.PRUNED, pruned) if pruned else (Status.EARLY_STOPPED, reason) if reason else None, best
+        self.last_row = row
+        return (Status.EARLY_STOPPED, reason) if reason else None, best
+
+    def _pruned(self) -> Optional[tuple[Status, str]]:
+        """After a validation and its checkpoint (a Ray Tune trial reports that last.pt): whether the sweeper's
+        pruner or scheduler stops the run, and as what (pruned; a PBT trial paused to exploit: interrupted)."""
+        run = self.run
+        pruned = run.pruning.update((self.pos.step - 1) // self.val_steps, self.last_row) if run.pruning else None
+        if self.dist:
+            pruned = self.dist.from_main(pruned)
+        return (getattr(run.pruning, "stop_status", Status.PRUNED), pruned) if pruned else None
 
     def _validate_averaged(self) -> dict[str, float]:
         """The averaged weights' validation metrics (avg_val_*); NaN until the averaging has started."""
@@ -334,6 +345,10 @@ class Trainer:
             self.restore(run.resume)
             if not run.resumed_in_place:  # continuing into a new run dir: its CSVs start at the checkpoint
                 self.pos.steps_rows = self.pos.metrics_rows = 0
+        if run.pbt is not None:  # PBT's values for this trial (after a restore: the donor's are in the optimizer)
+            self.base_lrs = run.pbt.apply(run.optimizer)
+            if run.pbt.rows is not None:  # an exploit: this job's rows up to the donor's step, then the donor's
+                self.pos.steps_rows, self.pos.metrics_rows = run.pbt.rows
         self.row_metrics = self.task.row_metrics()
         averaged = averaged_metrics(self.row_metrics) if run.averaging is not None else []
         self.metric_cols = ["epoch", "step", "lr", *self.row_metrics, *averaged, "seconds"]
