@@ -209,6 +209,7 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
         ray_link = _ray_link()  # set by lrtrain's Ray Tune sweeper for its jobs
         if ray_link is not None:
             pruning = ray_link
+            ray_link.validations = math.ceil(total_steps / timeline.every(trainer.val_every))
             if ray_link.restore is not None:  # PBT's exploit: continue from another trial's checkpoint, in place
                 path = Path(ray_link.restore)
                 resume = load(path)

@@ -383,10 +383,10 @@ def trainable_class(function: Any) -> type:
     class LrtrainTrial(base):
         def cleanup(self) -> None:
             session = get_session()
-            if session is not None and session.training_thread.is_alive():
+            while session is not None and session.training_thread.is_alive():
                 session.stop_event.set()
                 session.continue_lock.release()  # a report waiting on it raises SystemExit: the job is told to stop
-                session.training_thread.join(timeout=600)
+                session.training_thread.join(timeout=1)
             super().cleanup()
 
     LrtrainTrial.__name__ = "lrtrain"
@@ -419,7 +419,9 @@ def trial(config: dict[str, Any], spec: JobSpec) -> None:
         job = Job(spec, index, str(index), [*spec.fixed, *params], link)
         reported = job.run(report=True)
         summary = job.summary()
-        if job.stopped or summary.get("status") == Status.PRUNED:
+        if job.stopped:
+            raise SystemExit(0)  # as Tune's own report raised it: the trial ends without a last report
+        if summary.get("status") == Status.PRUNED:
             return
         _check(summary, job.dir, job.stderr)
         if not reported:  # a finished job of a search run again: its result, read back
@@ -567,6 +569,7 @@ class RayLink:
         self.restore: Optional[str] = data.get("restore")
         self.exploit: Optional[dict] = data.get("exploit")
         self.values: dict[str, Any] = data.get("values") or {}
+        self.validations: Optional[int] = None  # the run's validation points (set by lrtrain.build)
 
     @classmethod
     def from_environment(cls) -> Optional["RayLink"]:
@@ -578,7 +581,8 @@ class RayLink:
                                     "row": {k: v for k, v in row.items() if isinstance(v, (int, float))}}) + "\n")
         self.rows.flush()
         decision = self.decisions.readline().strip()
-        if decision == "continue":
+        # Tune stops a trial at its last validation too (ASHA's max_t): the run is complete, not pruned
+        if decision == "continue" or (self.validations is not None and index + 1 >= self.validations):
             return None
         if self.stop_status == Status.PRUNED:
             return f"stopped by Ray Tune's scheduler after validation {index + 1}"
