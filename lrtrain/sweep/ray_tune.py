@@ -111,16 +111,14 @@ def tune_domain(dim: Any) -> Any:
     d, kind = dim.distribution, type(dim.distribution).__name__
     if kind == "CategoricalDistribution":
         return tune.choice(list(d.choices))
-    if kind == "IntDistribution":
+    if kind == "IntDistribution" and d.step == 1:
         if d.log:
-            return tune.lograndint(d.low, d.high + 1)  # Tune's integer upper bounds are exclusive ...
-        if d.step != 1:
-            return tune.qrandint(d.low, d.high, d.step)  # ... but qrandint's is inclusive
+            return tune.lograndint(d.low, d.high + 1)  # Tune's integer upper bounds are exclusive
         return tune.randint(d.low, d.high + 1)
+    if d.step is not None:  # a range: Tune's q-domains round to multiples of q from 0, not from the range's start
+        return tune.choice(list(dim.values))
     if d.log:
         return tune.loguniform(d.low, d.high)
-    if d.step is not None:
-        return tune.quniform(d.low, d.high, d.step)
     return tune.uniform(d.low, d.high)
 
 
@@ -148,14 +146,10 @@ def check_settings(s: DictConfig, space: dict[str, Any], mutations: dict[str, An
                                    "e.g. {optimizer.lr: 'tag(log, interval(1e-4, 1e-1))'}")
         for key in mutations:
             if not key.startswith("optimizer.") or key.count(".") != 1:
-                raise ConfigValueError(f"hydra.sweeper.pbt.hyperparam_mutations.{key}", mutations[key].text,
-                                       "under a key of the optimizer (optimizer.lr, optimizer.weight_decay, ...): "
-                                       "PBT changes it in a running trial")
-        for key, dim in space.items():
-            if key not in mutations:
-                raise ConfigValueError(f"hydra.sweeper.params.{key}", dim.text, "also in hydra.sweeper.pbt."
-                                       "hyperparam_mutations, or fixed: PBT copies a trial's weights into another, "
-                                       "which must train the same configuration but for the values it mutates")
+                raise ConfigValueError(mutations[key].where, mutations[key].text,
+                                       "a search over an optimizer key (optimizer.lr, optimizer.weight_decay, ...) "
+                                       "with scheduler=pbt, which changes them in running trials and copies the "
+                                       "rest of a trial's configuration with its weights")
 
 
 # ------------------------------------------------------------------------------------------------- driver
@@ -200,6 +194,8 @@ class RaySearch:
         if not space and not mutations:
             raise ConfigValueError("hydra.sweeper.params", dict(s.params),
                                    f"a search space with at least one dimension: {SYNTAX}")
+        if s.scheduler == "pbt":  # a searched key is one PBT mutates: it copies a trial's config with its weights
+            mutations, space = {**mutations, **space}, {}
         check_settings(s, space, mutations if s.scheduler == "pbt" else {})
         if s.scheduler != "pbt":
             mutations = {}
@@ -318,7 +314,11 @@ class RaySearch:
         rows = []
         for r in results:
             index = _trial_index(r.metrics.get("trial_id") or "")
-            value = r.metrics.get(spec.metric) if r.metrics else None
+            if spec.seeds > 1:  # the mean of the seeds' best values, as the trial reported it
+                value = r.metrics.get(spec.metric) if r.metrics and not r.error else None
+            else:  # the job's best monitored value, as the sweep report ranks it (Tune's is the last reported)
+                summary = _read_json(Path(spec.sweep_dir) / str(index) / "summary.json")
+                value = summary.get("best_value") if summary.get("status") in SUCCEEDED else None
             rows.append({"trial": index, "value": value, "error": str(r.error).splitlines()[0] if r.error else None,
                          "params": {k: r.config.get(k) for k in spec.dims} if r.config else {}})
         good = [r for r in rows if isinstance(r["value"], (int, float)) and math.isfinite(r["value"])
@@ -331,8 +331,13 @@ class RaySearch:
             command = " ".join(map(shlex.quote, ["lrtrain", *overrides, "hydra.mode=RUN"]))
             out.update(best_trial=best["trial"], best_value=best["value"], best_params=best["params"],
                        best_run_dir=str(Path(spec.sweep_dir) / str(best["trial"])), command=command)
-            log.info(f"Best trial {best['trial']} of {len(rows)}: {spec.metric} {best['value']:.6g} (last reported)")
-            log.info(f"Run it alone: {command}")
+            log.info(f"Best trial {best['trial']} of {len(rows)}: {spec.metric} {best['value']:.6g}")
+            if spec.mutations:  # its values changed as it trained: summary.json's pbt, pbt_lr.png
+                out.pop("command")
+                log.info(f"Its values changed with its exploits: {out['best_run_dir']}/summary.json (pbt), "
+                         "pbt_lr.png")
+            else:
+                log.info(f"Run it alone: {command}")
         else:
             log.warning("No trial of the search reported a value")
         with atomic_path(self.sweep_dir / "optimization_results.yaml") as tmp:
