@@ -179,16 +179,16 @@ def test_a_random_search_writes_its_trials_as_sweep_jobs_and_a_rerun_resumes_it(
 def test_asha_stops_a_bad_lr_early_and_its_job_ends_pruned(lrtrain, tmp_path):
     sweep = tmp_path / "sweep"
     r = lrtrain("hparams_search=ray_asha", "hydra.sweeper.params.scheduler=constant",
-                "optimizer.lr=choice(0.05, 0.000001)", "hydra.sweeper.num_samples=5",
+                "optimizer.lr=choice(0.05, 0.0003, 0.000001)", "hydra.sweeper.num_samples=6",
                 "hydra.sweeper.max_concurrent_trials=1", "hydra.sweeper.asha.reduction_factor=2",
                 "trainer.max_epochs=4", *RAY, *TINY, f"hydra.sweep.dir={sweep}", timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = {t: summary(t) for t in trial_dirs(sweep)}
-    assert len(jobs) == 5
+    assert len(jobs) == 6
     pruned = [t for t, s in jobs.items() if s["status"] == "pruned"]
     assert pruned, {t.name: s["status"] for t, s in jobs.items()}
     for t in pruned:
-        assert float(rows(t / "steps.csv")[0]["lr"]) == 1e-6  # only the bad LR is stopped
+        assert float(rows(t / "steps.csv")[0]["lr"]) < 0.05  # a bad LR is stopped, never the good one
         assert len(rows(t / "metrics.csv")) < 4 and "Ray Tune's scheduler" in jobs[t]["stop_reason"]
     assert any(s["status"] == "completed" and s["epochs"] == 4 for s in jobs.values())
     assert {row["status"] for row in rows(sweep / "sweep_summary.csv")} <= {"completed", "pruned"}
