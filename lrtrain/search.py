@@ -368,6 +368,9 @@ class Search:
         self.seed = seed
         return study
 
+    def _check_jobs_compose(self, space: dict[str, Dimension], fixed: dict[str, str]) -> None:
+        check_jobs_compose(self.config, self.hydra_context.config_loader, space, fixed)
+
     # ------------------------------------------------------------------------------------------- trials
 
     @staticmethod
@@ -482,7 +485,7 @@ class Search:
             self._declare_link()
         if str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler"):
             self.n_trials = min(self.n_trials, math.prod(map(len, grid_of(space).values())))  # each point once
-        check_jobs_compose(self.config, self.hydra_context.config_loader, space, fixed)
+        self._check_jobs_compose(space, fixed)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         study = self._open(space)
         self._log_dead(fail_dead_workers(study))

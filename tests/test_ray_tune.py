@@ -235,7 +235,7 @@ def test_seeds_train_each_trial_twice_and_tune_gets_the_mean(lrtrain, tmp_path):
 
     analysis = ExperimentAnalysis(str(sweep / "ray_tune"))
     for trial in analysis.trials:
-        t = sweep / trial.trial_id.rsplit("_", 1)[1]
+        t = sweep / str(int(trial.trial_id.rsplit("_", 1)[1]))
         jobs = sorted(p for p in t.iterdir() if p.is_dir())
         assert [p.name for p in jobs] == ["0", "1"]
         assert [summary(p)["seed"] for p in jobs] == [0, 1]
@@ -296,3 +296,39 @@ def test_ctrl_c_stops_the_search_writes_the_report_exits_130_and_a_rerun_finishe
     assert r.returncode == 0, r.stderr[-3000:]
     assert summary(sweep / "0")["status"] == "completed" and summary(sweep / "0")["resumed_from_step"] > 0
     assert len(trial_dirs(sweep)) == 3
+
+
+@pytest.mark.slow
+def test_an_existing_cluster_started_with_ray_start_runs_the_search(lrtrain, tmp_path):
+    """hydra.sweeper.address: a `ray start --head` on this machine stands in for a cluster's head node."""
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = Path(sys.executable).with_name("ray")
+    temp = tempfile.mkdtemp(prefix="lrt-ray-", dir="/tmp")  # Ray's sockets need a short path
+    head = subprocess.Popen([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2", "--block",
+                             "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+                            env=lrtrain_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        sweep = tmp_path / "sweep"
+        deadline = time.time() + 120
+        r = None
+        while time.time() < deadline:  # the head takes seconds to listen
+            r = lrtrain("-m", "hydra/sweeper=ray_tune", "optimizer.lr=choice(0.01, 0.03)",
+                        "hydra.sweeper.num_samples=2", f"hydra.sweeper.address=127.0.0.1:{port}",
+                        "trainer.max_epochs=1", *TINY, f"hydra.sweep.dir={sweep}", timeout=600)
+            if "must be a Ray cluster this process can join" not in r.stderr:
+                break
+            time.sleep(3)
+        assert r is not None and r.returncode == 0, r.stderr[-3000:]
+        assert f"the Ray cluster at 127.0.0.1:{port}" in r.stdout + r.stderr
+        assert [summary(t)["status"] for t in trial_dirs(sweep)] == ["completed", "completed"]
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block: the head stops the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
