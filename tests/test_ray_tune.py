@@ -241,9 +241,11 @@ def test_seeds_train_each_trial_twice_and_tune_gets_the_mean(lrtrain, tmp_path):
         assert [summary(p)["seed"] for p in jobs] == [0, 1]
         values = [summary(p)["best_value"] for p in jobs]
         assert trial.last_result["val_loss"] == pytest.approx(sum(values) / 2, rel=1e-12)
-    report = rows(sweep / "sweep_summary.csv")  # the report sees the 4 jobs, as 2 configurations of 2 seeds
+    report = rows(sweep / "sweep_summary.csv")  # the report sees the 4 jobs, one configuration per LR drawn
     assert len(report) == 4
-    assert len(rows(sweep / "study_summary.csv")) == 2
+    configurations = rows(sweep / "study_summary.csv")
+    assert len(configurations) == len({trial.config["optimizer.lr"] for trial in analysis.trials})
+    assert sum(int(c["n"]) for c in configurations) == 4
 
 
 @pytest.mark.slow
