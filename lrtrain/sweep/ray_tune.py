@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 ENV = "LRTRAIN_RAY_TRIAL"  # a job's link to its trial (RayLink): the pipes' file descriptors and what to restore
 INSTALL = "pip install 'lrtrain[ray]' (or uv sync --extra ray)"
 EXPERIMENT = "ray_tune"  # Tune's experiment folder in the sweep dir: its state (a re-run restores it) and results
+INTERRUPTED = ".lrtrain-interrupted"  # in the experiment folder while a signal ends the search: trials stop as such
 SCHEDULERS = ("fifo", "asha", "pbt")
 SEARCH_ALGS = ("random", "optuna")
 
@@ -246,6 +247,10 @@ class RaySearch:
         trainable = tune.with_resources(trainable_class(tune.with_parameters(trial, spec=spec)),
                                         {"cpu": s.resources_per_trial.cpu, "gpu": s.resources_per_trial.gpu})
         experiment = self.sweep_dir.resolve() / EXPERIMENT
+        (experiment / INTERRUPTED).unlink(missing_ok=True)
+        # lrtrain's own SIGINT/SIGTERM handler stays (Tune's would replace it): the stopper above reads it, and
+        # the sweep ends with the signal's exit code
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         if tune.Tuner.can_restore(str(experiment)):
             log.info(f"Ray Tune: resuming the search in {experiment}")
             tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
@@ -361,6 +366,8 @@ def tune_hooks(spec: JobSpec) -> tuple[Any, Any]:
             return False
 
         def stop_all(self) -> bool:
+            if STOP:  # first the mark that tells the trials Tune is about to stop why: their jobs end `interrupted`
+                (Path(spec.sweep_dir) / EXPERIMENT / INTERRUPTED).touch()
             return bool(STOP)
 
     class TrialLog(Callback):
@@ -475,6 +482,7 @@ class Job:
         self.overrides = [*overrides, f"hydra.sweep.subdir={subdir}"]
         self.dir = Path(spec.sweep_dir) / subdir
         self.stopped = False  # Tune stopped the trial (ASHA, PBT's pause, the end of the search)
+        self.interrupted = False  # ... because a signal ended the search
         self.stderr: deque[str] = deque(maxlen=20)
 
     def run(self, report: bool) -> int:
@@ -527,7 +535,7 @@ class Job:
         from ray import tune
 
         if self.stopped:
-            return "stop"
+            return "interrupt" if self.interrupted else "stop"
         staging = Path(tempfile.mkdtemp(prefix="lrtrain-ckpt-"))
         try:
             last = self.dir / "checkpoints" / "last.pt"
@@ -544,7 +552,8 @@ class Job:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
             except SystemExit:  # Tune's way of ending a function trainable it stops
                 self.stopped = True
-                return "stop"
+                self.interrupted = (Path(self.spec.sweep_dir) / EXPERIMENT / INTERRUPTED).exists()
+                return "interrupt" if self.interrupted else "stop"
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return "continue"
@@ -589,6 +598,9 @@ class RayLink:
         # Tune stops a trial at its last validation too (ASHA's max_t): the run is complete, not pruned
         if decision == "continue" or (self.validations is not None and index + 1 >= self.validations):
             return None
+        if decision == "interrupt":  # a signal ended the search: the job is resumed when the search is run again
+            self.stop_status = Status.INTERRUPTED
+            return f"the search was interrupted; stopped after validation {index + 1}"
         if self.stop_status == Status.PRUNED:
             return f"stopped by Ray Tune's scheduler after validation {index + 1}"
         return f"paused by Ray Tune's PBT after validation {index + 1} (to continue from another trial)"
