@@ -270,7 +270,8 @@ def test_a_failed_trial_does_not_stop_the_search(lrtrain, tmp_path):
     """A trial whose job fails (an LR that diverges at once) is an errored trial; the others complete."""
     sweep = tmp_path / "sweep"
     # hydra.sweeper.seed=0 draws the second value three times, then the first: both come up in 4 samples
-    r = lrtrain("-m", "hydra/sweeper=ray_tune", "optimizer.lr=choice(0.01, 1e9)", "hydra.sweeper.num_samples=4",
+    r = lrtrain("-m", "hydra/sweeper=ray_tune", "optimizer=sgd", "optimizer.lr=choice(0.01, 1e9)",
+                "hydra.sweeper.num_samples=4",
                 "trainer.max_epochs=1", *RAY, *TINY, f"hydra.sweep.dir={sweep}", timeout=900)
     statuses = {t.name: summary(t)["status"] for t in trial_dirs(sweep)}
     assert len(statuses) == 4 and "completed" in statuses.values(), statuses

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -248,8 +249,8 @@ class RaySearch:
                                         {"cpu": s.resources_per_trial.cpu, "gpu": s.resources_per_trial.gpu})
         experiment = self.sweep_dir.resolve() / EXPERIMENT
         (experiment / INTERRUPTED).unlink(missing_ok=True)
-        # lrtrain's own SIGINT/SIGTERM handler stays (Tune's would replace it): the stopper above reads it, and
-        # the sweep ends with the signal's exit code
+        # lrtrain's own SIGINT/SIGTERM handler stays (Tune's would replace it): the stopper (tune_hooks) reads it,
+        # and the sweep ends with the signal's exit code
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         if tune.Tuner.can_restore(str(experiment)):
             log.info(f"Ray Tune: resuming the search in {experiment}")
@@ -362,13 +363,20 @@ def tune_hooks(spec: JobSpec) -> tuple[Any, Any]:
     from lrtrain.signals import STOP
 
     class StopOnSignal(Stopper):
+        """Tune's own interruption (its SIGUSR1 handler) saves the experiment with its trials resumable, where a
+        stopper's `stop_all` would end them for good: on lrtrain's signal, mark the experiment, then raise it."""
+
+        sent = False
+
         def __call__(self, trial_id: str, result: dict) -> bool:
             return False
 
         def stop_all(self) -> bool:
-            if STOP:  # first the mark that tells the trials Tune is about to stop why: their jobs end `interrupted`
+            if STOP and not self.sent:  # the mark tells the trials why Tune stops them: their jobs end `interrupted`
                 (Path(spec.sweep_dir) / EXPERIMENT / INTERRUPTED).touch()
-            return bool(STOP)
+                os.kill(os.getpid(), signal.SIGUSR1)
+                self.sent = True
+            return False
 
     class TrialLog(Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
