@@ -60,8 +60,6 @@ def run(plan: Plan, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(plan.to_dict()), out / PLAN_FILE)
-    for name, why in plan.skipped.items():
-        print(f"workload {name}: skipped, {why}")
     pairs = [(s, w) for s in plan.submissions for w in plan.workloads]
     start = time.monotonic()
     for i, (sub, workload) in enumerate(pairs, 1):
