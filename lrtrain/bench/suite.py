@@ -1,6 +1,6 @@
-"""A benchmark's plan, from configs/bench.yaml, configs/suite/<name>.yaml and configs/submission/<name>.yaml:
-the workloads (data set and model, length, validation target), the submissions (lrtrain overrides, a search
-space for external tuning, one configuration for self-tuning) and the ruleset."""
+"""A benchmark's plan, from configs/bench.yaml and configs/bench/{suite,submission}/<name>.yaml: the workloads
+(data set and model, length, validation target), the submissions (lrtrain overrides, a search space for external
+tuning, one configuration for self-tuning) and the ruleset."""
 
 from __future__ import annotations
 
@@ -109,11 +109,14 @@ def load_plan(overrides: list[str], config_dir: Optional[Path] = None) -> tuple[
     mine, extra = split_overrides(overrides)
     for o in mine:
         if o.startswith("suite="):
-            suites = _options(config_dir, "suite")
+            suites = _options(config_dir, "bench/suite")
             _check(o[6:] in suites, "suite", o[6:], "one of " + ", ".join(suites))
+    # The suites live in configs/bench/ (lrtrain's own groups are the other folders of configs/), chosen by
+    # bench.yaml's `bench/suite@suite`: Hydra's name for that choice, which `suite=` stands for.
+    hydra_overrides = ["bench/suite@suite=" + o[6:] if o.startswith("suite=") else o for o in mine]
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name="bench", overrides=mine)
+            cfg = compose(config_name="bench", overrides=hydra_overrides)
         bench = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
@@ -129,13 +132,14 @@ def load_plan(overrides: list[str], config_dir: Optional[Path] = None) -> tuple[
            bench["confidence"], "in (0, 1), e.g. 0.95")
     workloads = _workloads(bench["suite"])
     names = bench["submissions"]
-    valid = _options(config_dir, "submission")
+    valid = _options(config_dir, "bench/submission")
     _check(isinstance(names, list) and names and len(set(names)) == len(names), "submissions", names,
            "a list of distinct names, e.g. submissions=[adamw_cosine,schedulefree_adamw]")
     for name in names:
         _check(name in valid, "submissions", name, "one of " + ", ".join(valid))
-    submissions = [_submission(name, OmegaConf.to_container(OmegaConf.load(config_dir / "submission" / f"{name}.yaml"),
-                                                            resolve=True), bench["ruleset"]) for name in names]
+    submissions = [_submission(name, OmegaConf.to_container(OmegaConf.load(config_dir / "bench" / "submission" /
+                                                                            f"{name}.yaml"), resolve=True),
+                               bench["ruleset"]) for name in names]
     plan = Plan(bench["suite"]["name"], workloads, submissions, bench["ruleset"], bench["trials"],
                 bench["studies"], float(bench["self_tuning_budget"]), bench["seed"], bench["time"],
                 bench["confidence"], list(bench["run_overrides"]), extra)
@@ -163,7 +167,7 @@ def _workloads(suite: dict[str, Any]) -> list[Workload]:
 
 
 def _submission(name: str, node: dict[str, Any], ruleset: str) -> Submission:
-    where = f"configs/submission/{name}.yaml"
+    where = f"configs/bench/submission/{name}.yaml"
     _check(isinstance(node.get("overrides"), list), f"{where}: overrides", node.get("overrides"),
            "a list of lrtrain overrides")
     space, default = node.get("space") or {}, node.get("default") or {}
