@@ -145,7 +145,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> Summary:
             from lrtrain.build import build_coord_check
 
             build_coord_check(cfg, out_dir).run(plots=plots)
-            summary = Summary(status="completed", run_dir=str(out_dir))
+            summary = Summary(status=Status.COMPLETED, run_dir=str(out_dir))
             summary.write(out_dir / "summary.json")
             return summary
         from lrtrain.build import build
