@@ -289,6 +289,10 @@ def test_report_of_a_dir_that_is_not_a_benchmark_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr == f"lrtrain-bench: {tmp_path}: not a benchmark's output dir (no bench.yaml; `lrtrain-bench " \
                        "run` writes one)\n"
+    (tmp_path / "bench.yaml").write_text("suite: mini\nskipped: {}\n")  # a plan of another version
+    r = bench("report", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"lrtrain-bench: {tmp_path / 'bench.yaml'}: not a plan this lrtrain-bench reads (")
 
 
 # ------------------------------------------------------------------------------------------- significance

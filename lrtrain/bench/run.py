@@ -212,7 +212,10 @@ def report(out: Path) -> None:
     path = out / PLAN_FILE
     if not path.is_file():
         raise BenchInputError(f"{out}: not a benchmark's output dir (no {PLAN_FILE}; `lrtrain-bench run` writes one)")
-    plan = Plan.from_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    try:
+        plan = Plan.from_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    except (TypeError, KeyError) as e:  # another version's plan (e.g. an older one with skipped workloads)
+        raise BenchInputError(f"{path}: not a plan this lrtrain-bench reads ({e}); run the benchmark again") from None
     results = collect(plan, out)
     names = [w.name for w in plan.workloads]
     times = Times(names, {s.name: [results[s.name, w].time for w in names] for s in plan.submissions})
