@@ -49,7 +49,7 @@ def trial_dirs(sweep: Path) -> list[Path]:
 def test_intervals_map_to_tune_domains_with_the_same_bounds_and_scale(text, kind, low, high, log):
     from ray.tune.search.sample import LogUniform
 
-    from lrtrain.search import parse_space
+    from lrtrain.sweep.search import parse_space
     from lrtrain.sweep.ray_tune import tune_domain
 
     space, _ = parse_space({"k": text}, [])
@@ -70,7 +70,7 @@ def test_intervals_map_to_tune_domains_with_the_same_bounds_and_scale(text, kind
     ("range(2, 10, 4)", {2, 6}),
 ])
 def test_finite_spaces_draw_exactly_their_values(text, values):
-    from lrtrain.search import parse_space
+    from lrtrain.sweep.search import parse_space
     from lrtrain.sweep.ray_tune import tune_domain
 
     space, _ = parse_space({"k": text}, [])
@@ -79,7 +79,7 @@ def test_finite_spaces_draw_exactly_their_values(text, values):
 
 
 def test_a_drawn_value_is_written_back_as_the_override_hydra_reads():
-    from lrtrain.search import parse_space
+    from lrtrain.sweep.search import parse_space
     from lrtrain.sweep.ray_tune import tune_domain
 
     space, fixed = parse_space({"optimizer.lr": "tag(log, interval(1e-4, 1e-1))", "scheduler": "cosine,wsd"},

@@ -60,8 +60,6 @@ def run(plan: Plan, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(plan.to_dict()), out / PLAN_FILE)
-    for name, why in plan.skipped.items():
-        print(f"workload {name}: skipped, {why}")
     pairs = [(s, w) for s in plan.submissions for w in plan.workloads]
     start = time.monotonic()
     for i, (sub, workload) in enumerate(pairs, 1):
@@ -170,10 +168,10 @@ def collect(plan: Plan, out: Path) -> dict[tuple[str, str], Result]:
 
 def differences(plan: Plan, results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
     """For each workload, each submission against the fastest: the difference of their per-study times with a
-    Welch t-interval (lrtrain/study.py), or, where either median time is inf, of their per-study best values of
+    Welch t-interval (lrtrain/sweep/study.py), or, where either median time is inf, of their per-study best values of
     the target's metric (how close each came). `noise`: the interval holds 0, or there are too few studies with
     a value to tell."""
-    from lrtrain.study import difference
+    from lrtrain.sweep.study import difference
 
     rows = []
     for workload in plan.workloads:
@@ -214,7 +212,10 @@ def report(out: Path) -> None:
     path = out / PLAN_FILE
     if not path.is_file():
         raise BenchInputError(f"{out}: not a benchmark's output dir (no {PLAN_FILE}; `lrtrain-bench run` writes one)")
-    plan = Plan.from_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    try:
+        plan = Plan.from_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    except (TypeError, KeyError) as e:  # another version's plan (e.g. an older one with skipped workloads)
+        raise BenchInputError(f"{path}: not a plan this lrtrain-bench reads ({e}); run the benchmark again") from None
     results = collect(plan, out)
     names = [w.name for w in plan.workloads]
     times = Times(names, {s.name: [results[s.name, w].time for w in names] for s in plan.submissions})

@@ -107,7 +107,7 @@ def import_ray() -> Any:
 
 
 def tune_domain(dim: Any) -> Any:
-    """Tune's search domain for one dimension of lrtrain's search space (lrtrain.search.Dimension)."""
+    """Tune's search domain for one dimension of lrtrain's search space (lrtrain.sweep.search.Dimension)."""
     from ray import tune
 
     d, kind = dim.distribution, type(dim.distribution).__name__
@@ -186,7 +186,7 @@ class RaySearch:
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
     def run(self, arguments: list[str]) -> None:
-        from lrtrain.search import SYNTAX, check_jobs_compose, parse_space
+        from lrtrain.sweep.search import SYNTAX, check_jobs_compose, parse_space
 
         s = self.s
         space, fixed = parse_space(dict(s.params), arguments)
@@ -469,7 +469,7 @@ def _check(summary: dict, job_dir: Path, stderr: Any) -> None:
 def _job_values(job_dir: Path, spec: JobSpec) -> Optional[dict[str, Any]]:
     """The searched values the trial's job started with, from its `.hydra/overrides.yaml` (Tune's config holds
     the ones PBT changed since)."""
-    from lrtrain.report import parse_override
+    from lrtrain.sweep.report import parse_override
 
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
