@@ -214,13 +214,15 @@ class RaySearch:
                        str(self.sweep_dir.resolve()), os.getcwd(), list(fixed.values()), {**mutations, **space},
                        list(mutations), metric, mode, trainer.monitor, int(s.seeds), int(trainer.seed),
                        str(Status.INTERRUPTED if s.scheduler == "pbt" else Status.PRUNED))
-        if not ray.is_initialized():
+        started = not ray.is_initialized()
+        if started:
             self._init(ray)
         try:
-            results = self._tune(spec, {**{k: tune_domain(d) for k, d in space.items()}},
+            results = self._tune(spec, {k: tune_domain(d) for k, d in space.items()},
                                  {k: tune_domain(d) for k, d in mutations.items()})
         finally:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
         self._log_best(results, spec)
 
     def _init(self, ray: Any) -> None:
