@@ -193,14 +193,14 @@ class RaySearch:
         mutations = parse_space({k: v for k, v in s.pbt.hyperparam_mutations.items()}, [])[0]
         for dim in mutations.values():
             dim.where = f"hydra.sweeper.pbt.hyperparam_mutations.{dim.where.rsplit('.params.', 1)[-1]}"
+        if s.scheduler == "pbt":  # a searched key is one PBT mutates: it copies a trial's config with its weights
+            mutations, space = {**mutations, **space}, {}
+        else:
+            mutations = {}
         if not space and not mutations:
             raise ConfigValueError("hydra.sweeper.params", dict(s.params),
                                    f"a search space with at least one dimension: {SYNTAX}")
-        if s.scheduler == "pbt":  # a searched key is one PBT mutates: it copies a trial's config with its weights
-            mutations, space = {**mutations, **space}, {}
-        check_settings(s, space, mutations if s.scheduler == "pbt" else {})
-        if s.scheduler != "pbt":
-            mutations = {}
+        check_settings(s, space, mutations)
         ray = import_ray()
         trainer = self.config.trainer
         metric = s.metric or trainer.monitor
