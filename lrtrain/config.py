@@ -1,9 +1,10 @@
 """Typed schemas behind the YAML configs.
 
-Every option file in `configs/<group>/` names one of these dataclasses in its defaults list, so Hydra checks
-keys and types while it composes. Ranges are checked in `__post_init__`, which runs when `validate` turns the
-composed config into objects, before anything is built. The values themselves live in the YAML files only:
-the fields here are `MISSING` unless the field is a switch that is off unless a file turns it on.
+Every option file in `configs/<group>/` names one of these dataclasses by its class name in its defaults list
+(`- /AdamConfig@_here_`: `register` stores each under its name), so Hydra checks keys and types while it
+composes. Ranges are checked in `__post_init__`, which runs when `validate` turns the composed config into
+objects, before anything is built. The values themselves live in the YAML files only: the fields here are
+`MISSING` unless the field is a switch that is off unless a file turns it on.
 """
 
 from __future__ import annotations
@@ -1085,76 +1086,17 @@ def check_fork(fork: dict[str, Any]) -> None:
         raise bad("min_lr", "a finite number >= 0")
 
 
-SCHEMAS = {
-    "schema_config": Config,
-    "schema_optimizer": OptimizerConfig,
-    "schema_optimizer_sgd": SGDConfig,
-    "schema_optimizer_adam": AdamConfig,
-    "schema_optimizer_nadam": NAdamConfig,
-    "schema_optimizer_radam": AdamLikeConfig,
-    "schema_optimizer_rmsprop": RMSpropConfig,
-    "schema_optimizer_adagrad": AdagradConfig,
-    "schema_optimizer_adamax": AdamLikeConfig,
-    "schema_optimizer_adadelta": AdadeltaConfig,
-    "schema_optimizer_adafactor": AdafactorConfig,
-    "schema_optimizer_lion": LionConfig,
-    "schema_optimizer_schedulefree_adamw": ScheduleFreeAdamWConfig,
-    "schema_optimizer_schedulefree_sgd": ScheduleFreeSGDConfig,
-    "schema_optimizer_dadapt_adam": DAdaptAdamConfig,
-    "schema_optimizer_prodigy": ProdigyConfig,
-    "schema_optimizer_muon": MuonConfig,
-    "schema_optimizer_soap": SOAPConfig,
-    "schema_optimizer_kron": KronConfig,
-    "schema_optimizer_adopt": ADOPTConfig,
-    "schema_optimizer_mars": MARSConfig,
-    "schema_optimizer_ademamix": AdEMAMixConfig,
-    "schema_optimizer_shampoo": ShampooConfig,
-    "schema_scheduler": ScheduleConfig,
-    "schema_scheduler_step": StepScheduleConfig,
-    "schema_scheduler_multistep": MultiStepScheduleConfig,
-    "schema_scheduler_exponential": ExponentialScheduleConfig,
-    "schema_scheduler_polynomial": PolynomialScheduleConfig,
-    "schema_scheduler_linear": LinearScheduleConfig,
-    "schema_scheduler_cosine": CosineScheduleConfig,
-    "schema_scheduler_cosine_restarts": CosineRestartsScheduleConfig,
-    "schema_scheduler_cyclic": CyclicScheduleConfig,
-    "schema_scheduler_onecycle": OneCycleScheduleConfig,
-    "schema_scheduler_inverse_sqrt": InverseSqrtScheduleConfig,
-    "schema_scheduler_plateau": PlateauScheduleConfig,
-    "schema_scheduler_wsd": WSDScheduleConfig,
-    "schema_warmup": WarmupConfig,
-    "schema_warmup_linear": LinearWarmupConfig,
-    "schema_warmup_exponential": ExponentialWarmupConfig,
-    "schema_warmup_none": NoWarmupConfig,
-    "schema_early_stopping_none": EarlyStoppingConfig,
-    "schema_early_stopping_patience": PatienceConfig,
-    "schema_early_stopping_target": TargetConfig,
-    "schema_dataset": DatasetConfig,
-    "schema_dataset_torchvision": TorchvisionDatasetConfig,
-    "schema_dataset_regression": RegressionDatasetConfig,
-    "schema_dataset_folder": FolderDatasetConfig,
-    "schema_dataset_text": TextFileConfig,
-    "schema_dataset_shakespeare": ShakespeareConfig,
-    "schema_model": ModelConfig,
-    "schema_model_mlp": MLPConfig,
-    "schema_model_cnn": CNNConfig,
-    "schema_model_vit": ViTConfig,
-    "schema_model_gpt": GPTConfig,
-    "schema_trainer": TrainerConfig,
-    "schema_lr_find": LRFindConfig,
-    "schema_report": ReportConfig,
-    "schema_averaging_none": NoAveragingConfig,
-    "schema_averaging_ema": EMAConfig,
-    "schema_averaging_swa": SWAConfig,
-    "schema_coord_check": CoordCheckConfig,
-}
+def schemas() -> dict[str, type]:
+    """Every schema, by its class name: the name a YAML's defaults list gives it (`- /AdamConfig@_here_`)."""
+    return {name: obj for name, obj in globals().items()
+            if isinstance(obj, type) and is_dataclass(obj) and obj.__module__ == __name__}
 
 
 def register() -> None:
-    """Store the schemas at the root of Hydra's ConfigStore (not as groups, so `--help` lists only options),
-    and the resolvers the configs use."""
+    """Store the schemas at the root of Hydra's ConfigStore under their class names (not as groups, so `--help`
+    lists only options), and the resolvers the configs use."""
     cs = ConfigStore.instance()
-    for name, node in SCHEMAS.items():
+    for name, node in schemas().items():
         cs.store(name=name, node=node)
     if not OmegaConf.has_resolver("lrtrain_run_dir"):
         OmegaConf.register_new_resolver("lrtrain_run_dir", run_dir_for)
