@@ -1041,6 +1041,55 @@ class CoordCheckConfig:
             check("seeds", self.seeds, -2**63 <= seed < 2**64, "integers in [-2**63, 2**64 - 1] (torch's seed range)")
 
 
+# ---------------------------------------------------------------------------- Hydra's sweeper and launchers
+# The settings of lrtrain's Hydra plugins (hydra_plugins/), `hydra.sweeper.*` and `hydra.launcher.*`: each YAML in
+# configs/hydra/ names its schema as the options above do, and the plugin's `setup` checks them
+# (`validate_settings`): Hydra builds a plugin from the keys, and no `validate` runs on the `hydra` node.
+
+
+@dataclass
+class OptunaSweeperConfig:
+    """hydra/sweeper=optuna (hydra_plugins/lrtrain_sweeper, lrtrain/sweep/search.py)."""
+
+    _target_: str = MISSING
+    _recursive_: bool = MISSING
+    direction: str = MISSING
+    study_name: str = MISSING
+    storage: Optional[str] = None
+    n_trials: int = MISSING
+    n_jobs: int = MISSING
+    failed_value: Optional[float] = None
+    heartbeat_interval: Optional[int] = None
+    params: dict[str, Any] = MISSING  # the search space: key -> Hydra's sweep syntax (checked by the search)
+    sampler: Any = MISSING  # an Optuna sampler's _target_ and arguments (hydra/sweeper/sampler)
+    pruner: Any = MISSING  # an Optuna pruner's, or an option's name (hydra/sweeper/pruner)
+
+    def __post_init__(self) -> None:
+        check_choice(self, "direction", ("minimize", "maximize"))
+        check("n_trials", self.n_trials, self.n_trials >= 1, "an integer >= 1")
+        check("n_jobs", self.n_jobs, self.n_jobs >= 1, "an integer >= 1")
+        check("heartbeat_interval", self.heartbeat_interval,
+              self.heartbeat_interval is None or self.heartbeat_interval >= 1, "null or seconds >= 1")
+
+
+@dataclass
+class LrtrainLauncherConfig:
+    """hydra/launcher=lrtrain (hydra_plugins/lrtrain_launcher): no settings of its own."""
+
+    choice: ClassVar[str] = "hydra/launcher=lrtrain"  # named by the error for a key it does not have
+    _target_: str = MISSING
+
+
+@dataclass
+class FusedLauncherConfig(LrtrainLauncherConfig):
+    """hydra/launcher=fused (hydra_plugins/lrtrain_launcher/fused.py)."""
+
+    curve_workers: int = MISSING  # processes drawing the fused jobs' curves.png; 0: this process draws them
+
+    def __post_init__(self) -> None:
+        check("curve_workers", self.curve_workers, self.curve_workers >= 0, "an integer >= 0")
+
+
 @dataclass
 class Config:
     mode: str = MISSING  # train | lr_find | coord_check
@@ -1128,6 +1177,24 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
             OmegaConf.to_object(cfg)
         except ConfigValueError as e:
             raise e.under(prefix[:-1]) from None
+
+
+def validate_settings(node: DictConfig, prefix: str) -> None:
+    """A Hydra plugin's settings (`hydra.sweeper`, `hydra.launcher`) against their schema: its range checks, and
+    no key the schema lacks (`+hydra.sweeper.n_trails=5` adds one past the schema, and Hydra would hand it to
+    the plugin's constructor: ignored, or a TypeError)."""
+    from omegaconf.errors import ConfigKeyError
+
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return
+    names = {f.name for f in fields(schema)}
+    for key in node:
+        if key not in names:
+            e = ConfigKeyError(f"Key '{key}' not in '{schema.__name__}'")
+            e.full_key, e.object_type = f"{prefix}{key}", schema  # as OmegaConf's own refusal names them
+            raise e
+    validate(node, prefix)
 
 
 def float_fields(schema: type) -> dict[str, str]:

@@ -104,8 +104,8 @@ def _omegaconf_error(e: Any) -> str:
     if type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError") and key and is_dataclass(obj_type):
         valid = ", ".join(f.name for f in fields(obj_type) if not f.name.startswith("_"))
         if not valid:  # an option without keys (warmup=none): name the options that have them
-            group = key.split(".")[0]
-            choice = getattr(obj_type, "choice", group)
+            choice = getattr(obj_type, "choice", key.split(".")[0])
+            group = choice.split("=")[0]
             others = [o for o in _options(group) if f"{group}={o}" != choice]
             return f"{key}: unknown key; {choice} has no keys (options that have: {', '.join(others)})"
         return f"{key}: unknown key; valid keys here: {valid}"

@@ -65,6 +65,24 @@ def test_seeds_torch_cannot_take_are_refused(compose, key, value):
         f"{key}={value}: must be an integer in [-2**63, 2**64 - 1] (torch's seed range)")
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["hydra/launcher=fused", "hydra.launcher.curve_wrokers=1"],
+     "hydra.launcher.curve_wrokers: unknown key; valid keys here: curve_workers"),
+    (["hydra/launcher=fused", "+hydra.launcher.curve_wrokers=1"],  # past the schema: once a TypeError
+     "hydra.launcher.curve_wrokers: unknown key; valid keys here: curve_workers"),
+    (["hydra/launcher=fused", "hydra.launcher.curve_workers=-1"],
+     "hydra.launcher.curve_workers=-1: must be an integer >= 0"),
+    (["hydra/launcher=fused", "hydra.launcher.curve_workers=two"],
+     "hydra.launcher.curve_workers: Value 'two' of type 'str' could not be converted to Integer"),
+    (["+hydra.launcher.n_jobs=2"],
+     "hydra.launcher.n_jobs: unknown key; hydra/launcher=lrtrain has no keys (options that have: fused, slurm)"),
+])
+def test_a_bad_launcher_setting_is_one_line_before_any_job(lrtrain, tmp_path, overrides, message):
+    r = lrtrain("-m", *overrides, "optimizer.lr=0.1,0.01", *QUIET, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert (r.returncode, r.stderr.strip()) == (2, f"lrtrain: error: {message}")
+    assert not (tmp_path / "sweep" / "0").exists()
+
+
 def test_a_worker_error_names_the_file(tmp_path):
     """A corrupt PNG decoded in a DataLoader worker: the worker's error reaches the main process as text."""
     root = write_image_folder(tmp_path / "images")
