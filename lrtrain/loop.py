@@ -242,7 +242,10 @@ class Trainer:
         pos.metrics_rows += 1
         run.schedule.observe(pos.epoch, row)
         reason = run.stopper.update(pos.epoch, row, run.model)
-        pruned = run.pruning.update((pos.step - 1) // self.val_steps, row) if run.pruning else None
+        # the trial's step: this validation's index, counted in epochs when validating at epoch ends (a resume
+        # of a ddp run by one process has epoch ends between multiples of val_steps)
+        index = pos.epoch // self.val_epochs if self.val_epochs else (pos.step - 1) // self.val_steps
+        pruned = run.pruning.update(index, row) if run.pruning else None
         if self.dist:
             reason, pruned = self.dist.from_main((reason, pruned))
         best = pos.track_best(row[settings.monitor], settings.monitor_mode)
