@@ -30,8 +30,14 @@ import sys
 import time
 from pathlib import Path
 
+RESUME = False  # --resume
+
 
 def lrtrain(*overrides: str, cwd: Path) -> None:
+    sweep = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("hydra.sweep.dir=")), None)
+    if RESUME and sweep is not None and sweep.exists():
+        print(f"{sweep} exists: not run again", flush=True)
+        return
     flags = [o for o in overrides if o == "-m"]  # Hydra's multirun flag goes before the overrides
     overrides = tuple(o for o in overrides if o != "-m")
     subprocess.run([sys.executable, "-m", "lrtrain", *flags, "trainer.progress=none", "logger=[csv]", *overrides],
@@ -81,15 +87,19 @@ def main() -> None:
     parser.add_argument("--val-batches", type=int, help="trainer.val_batches; default: 16 for shakespeare, else all")
     parser.add_argument("--ema-decay", default="0.99")
     parser.add_argument("--out", type=Path, default=Path("bench_cooldown"))
+    parser.add_argument("--resume", action="store_true", help="an existing --out: its stages (parents, forks, full) "
+                        "whose sweep dir exists are not run again (delete an unfinished one first)")
     parser.add_argument("overrides", nargs="*", help="extra lrtrain overrides for every run")
     args = parser.parse_args()
+    global RESUME
+    RESUME = args.resume
     from lrtrain.durations import parse_duration
 
     workload = args.workload or ("mnist10k" if args.root else "shakespeare" if args.path else "digits")
     if workload == "mnist10k" and not args.root or workload == "shakespeare" and not args.path:
         parser.error(f"--workload {workload} needs {'--root' if workload == 'mnist10k' else '--path'}")
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=False)
+    out.mkdir(parents=True, exist_ok=args.resume)
     if workload == "shakespeare":
         warmup = 100 if args.warmup is None else args.warmup  # the recipe's warmup=nanogpt
         base = ["+experiment=shakespeare_char", f"dataset.path={Path(args.path).resolve()}",
