@@ -28,7 +28,7 @@ from lrtrain.lr_find import LRFinder
 from lrtrain.optimizers import has_modes, make_optimizer, momentum_key, param_groups
 from lrtrain.position import Position, seed_everything
 from lrtrain.progress import ProgressDisplay
-from lrtrain.pruning import TrialLink
+from lrtrain.sweep.pruning import TrialLink
 from lrtrain.regularization import BatchAugment, GradClip, L1Penalty, StepHooks
 from lrtrain.run import Run
 from lrtrain.tasks import task_for

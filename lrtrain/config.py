@@ -1011,7 +1011,7 @@ class EMAConfig(SWAConfig):
 
 @dataclass
 class ReportConfig:
-    """How a sweep's report (lrtrain/report.py) groups, summarises and plots its jobs."""
+    """How a sweep's report (lrtrain/sweep/report.py) groups, summarises and plots its jobs."""
 
     replicate_keys: list[str] = MISSING  # jobs differing only in these keys are one configuration's replicates
     x: str = MISSING  # the key lr_sensitivity.png plots the monitored metric against

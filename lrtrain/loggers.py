@@ -72,7 +72,7 @@ class CSVLogger(Sink):
     def __init__(self, plots: bool):
         self.plots = plots
         # what draws curves.png when the run ends (None: lrtrain.plots.plot_curves, here and now); a fused group
-        # queues it for worker processes instead (lrtrain.fused)
+        # queues it for worker processes instead (lrtrain.sweep.fused)
         self.draw: Optional[Callable[[Path], Any]] = None
         self.steps: Optional[CSVLog] = None
         self.metrics: Optional[CSVLog] = None

@@ -2,7 +2,7 @@
 
 `Trainer.steps` is one run's whole control flow, written once, as a generator: it yields what the next optimizer
 step needs (`Want`) and is sent what the step gave (`StepResult`). `fit` drives one with `TrainStep`; a fused
-sweep (lrtrain.fused) drives K in lock-step with its vectorized step. A `None` yielded is a pause: a driver of
+sweep (lrtrain.sweep.fused) drives K in lock-step with its vectorized step. A `None` yielded is a pause: a driver of
 several runs resumes the others first, so that no run's clock holds another's validation or outputs.
 
 Per step it does only what a bare hand-written loop does, plus keeping the loss tensor and the LR float
@@ -115,7 +115,7 @@ class Trainer:
         self.pending = Pending(run.hooks.clip is not None, run.settings.on_divergence == "rollback",
                                self.step.learns_lr, self.cycles_momentum)
 
-    # What a fused replica (lrtrain.fused) does its own way: where its batches, weights and validation live.
+    # What a fused replica (lrtrain.sweep.fused) does its own way: where its batches, weights and validation live.
 
     def batches(self, start: int) -> Iterator[Any]:
         """The epoch's batches from batch `start` on, in the order `self.order` draws."""

@@ -1,5 +1,5 @@
 """`Run`: everything a training run is made of, as `lrtrain.build` makes it from the config; the loop
-(lrtrain.loop), a fused group (lrtrain.fused) and the LR range test take it."""
+(lrtrain.loop), a fused group (lrtrain.sweep.fused) and the LR range test take it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from lrtrain.distributed import Dist
 from lrtrain.durations import Timeline
 from lrtrain.early_stopping import EarlyStopping
 from lrtrain.loggers import Sink
-from lrtrain.pruning import TrialPruning
+from lrtrain.sweep.pruning import TrialPruning
 from lrtrain.regularization import StepHooks
 from lrtrain.schedules import Schedule
 from lrtrain.step import TrainStep

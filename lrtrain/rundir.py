@@ -44,7 +44,7 @@ SWEEP_RECORD = ".lrtrain-sweep"
 RUN_NAMES = (RECORD, "summary.json", "steps.csv", "metrics.csv", "checkpoints", "tensorboard", "curves.png",
              "lr_find.csv", "lr_find.png", "lr_find.json", ".mlflow_run_id", ".wandb_run_id", "wandb",
              "coord_check.csv", "coord_check.png")
-# What a sweep writes into its own dir besides the job dirs (lrtrain.report, Hydra, lrtrain.search, submitit).
+# What a sweep writes into its own dir besides the job dirs (lrtrain.sweep.report, Hydra, lrtrain.sweep.search, submitit).
 SWEEP_NAMES = (SWEEP_RECORD, "multirun.yaml", "sweep_summary.csv", "study_summary.csv", "sweep.png",
                "lr_sensitivity.png", "optuna.db", "optimization_results.yaml", "search.png", ".submitit",
                "cooldown.png", "lr_transfer.png", "transfer.csv")

@@ -16,7 +16,7 @@ class Status(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     EARLY_STOPPED = "early_stopped"
-    PRUNED = "pruned"  # stopped by an Optuna pruner (lrtrain/pruning.py): a result, not a failure
+    PRUNED = "pruned"  # stopped by an Optuna pruner (lrtrain/sweep/pruning.py): a result, not a failure
     DIVERGED = "diverged"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # a signal stopped it; a resume continues it

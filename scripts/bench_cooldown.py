@@ -54,8 +54,8 @@ def jobs(sweep: Path) -> list[dict]:
 
 
 def interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student's t-interval (the sweep report's, lrtrain.study.estimate)."""
-    from lrtrain.study import estimate
+    """Mean and Student's t-interval (the sweep report's, lrtrain.sweep.study.estimate)."""
+    from lrtrain.sweep.study import estimate
 
     e = estimate(values, confidence)
     return e.mean, (e.low if e.low is not None else math.nan), (e.high if e.high is not None else math.nan)

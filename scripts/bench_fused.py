@@ -97,7 +97,7 @@ def _child(k: int, epochs: int, extra: list[str]) -> None:
 
     from lrtrain.build import build
     from lrtrain.config import register, validate
-    from lrtrain.fused import fit_fused
+    from lrtrain.sweep.fused import fit_fused
     from lrtrain.paths import config_dir
 
     register()

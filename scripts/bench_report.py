@@ -10,7 +10,7 @@ schedule), one job failed and one diverged, so the report reads exactly what a s
 
 Then, alternating, `repeats` times each: the full report (`lrtrain-report DIR`: tables, CSVs, sweep.png,
 lr_sensitivity.png), the same without figures (`--no-plots`), and the reference, a bare start-up
-(`python -c "import lrtrain.report"`). Prints the median wall time of each.
+(`python -c "import lrtrain.sweep.report"`). Prints the median wall time of each.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def main() -> None:
         sweep, configurations = build_sweep(Path(tmp), args.lrs, args.seeds)
         jobs = len([p for p in sweep.iterdir() if p.is_dir()])
         variants = {"report": [REPORT, str(sweep)], "report --no-plots": [REPORT, "--no-plots", str(sweep)],
-                    "start-up (import lrtrain.report)": [sys.executable, "-c", "import lrtrain.report"]}
+                    "start-up (import lrtrain.sweep.report)": [sys.executable, "-c", "import lrtrain.sweep.report"]}
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):
             for name, cmd in variants.items():

@@ -297,7 +297,7 @@ def test_report_of_a_dir_that_is_not_a_benchmark_is_one_line(tmp_path):
 def test_the_difference_of_two_submissions_has_welchs_interval():
     from scipy import stats
 
-    from lrtrain.study import difference
+    from lrtrain.sweep.study import difference
 
     a, b = [10.0, 12.0, 14.0], [20.0, 21.0, 25.0, 22.0]
     d = difference(a, b, 0.95)

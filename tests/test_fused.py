@@ -150,7 +150,7 @@ def test_ddp_is_refused_in_one_line(lrtrain, tmp_path):
 
 def test_a_compiled_job_runs_alone(compose, tmp_path):
     from lrtrain.build import build
-    from lrtrain.fused import unfusable
+    from lrtrain.sweep.fused import unfusable
 
     run = build(compose("trainer.compile=true", "trainer.device=cpu", "logger=[csv]"), tmp_path / "run")
     assert unfusable(run).startswith("trainer.compile")
@@ -180,7 +180,7 @@ def test_the_fused_update_is_torch_optims_per_replica(compose, tmp_path):
     by a Python float (torch's add(alpha=) may fuse the multiply-add); a wrong LR, beta, decay or bias correction
     moves the weights by 1e-4 or more in 5 steps."""
     from lrtrain.build import build
-    from lrtrain.fused import Replicas, order_replicas
+    from lrtrain.sweep.fused import Replicas, order_replicas
 
     runs = [build(compose(*o, "trainer.device=cpu", "trainer.progress=none", "logger=[csv]"), tmp_path / str(i))
             for i, o in enumerate(UPDATES)]
@@ -269,7 +269,7 @@ def test_other_models_and_bf16_fuse_like_solo_runs(compose, tmp_path, model, tol
     """The CNN (convolutions, batch norm statistics per replica) and a layer-norm MLP go through
     torch.func.vmap, and bf16 autocast wraps either path: in-process, against the same runs fitted alone."""
     from lrtrain.build import build
-    from lrtrain.fused import fit_fused, unfusable
+    from lrtrain.sweep.fused import fit_fused, unfusable
     from lrtrain.loop import fit
 
     jobs = [["optimizer.lr=1e-3"], ["optimizer=momentum", "trainer.seed=1"]]
@@ -314,7 +314,7 @@ def test_replicas_resumed_at_different_steps_go_on_bit_for_bit(compose, tmp_path
     epochs: job 0, resumed at step 40, takes its epoch's short last batch (step 44) beside job 1's full one
     (step 64). Each goes on exactly as in the group that was never stopped: files, losses and weights."""
     from lrtrain.build import build
-    from lrtrain.fused import fit_fused
+    from lrtrain.sweep.fused import fit_fused
 
     jobs = [["optimizer.lr=1e-3"], ["optimizer.lr=3e-3", "trainer.seed=1"]]
     settings = [*model, "trainer.max_epochs=2", "trainer.checkpoint_every_n_steps=20", "trainer.keep_last_k=4",

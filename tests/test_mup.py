@@ -162,7 +162,7 @@ def test_mup_jobs_fuse_like_solo_runs(compose, tmp_path):
     same runs fitted alone."""
     from test_fused import assert_same_job
 
-    from lrtrain.fused import fit_fused, unfusable
+    from lrtrain.sweep.fused import fit_fused, unfusable
     from lrtrain.loop import fit
 
     jobs = [["optimizer=adamw", "regularization=[l2]", "scheduler=cosine", "scheduler.eta_min=1e-5"],

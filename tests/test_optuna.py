@@ -186,7 +186,7 @@ def test_a_bad_search_space_is_one_line_naming_the_parameter_and_creates_no_stud
     ("shuffle(range(1, 4))", "CategoricalDistribution", {}),
 ])
 def test_search_space_syntax_becomes_optuna_distributions(text, kind, expect):
-    from lrtrain.search import parse_space
+    from lrtrain.sweep.search import parse_space
 
     space, fixed = parse_space({"a.b": text}, ["trainer.max_epochs=3"])
     d = space["a.b"].distribution
@@ -198,7 +198,7 @@ def test_search_space_syntax_becomes_optuna_distributions(text, kind, expect):
 
 
 def test_command_line_wins_over_the_preset_and_a_fixed_value_leaves_the_space():
-    from lrtrain.search import parse_space
+    from lrtrain.sweep.search import parse_space
 
     space, fixed = parse_space({"optimizer.lr": "interval(0.1, 0.2)", "scheduler.gamma": "interval(0.1, 0.9)"},
                                ["optimizer.lr=choice(1e-3, 1e-2)", "scheduler.gamma=0.5", "optimizer=sgd"])
@@ -229,7 +229,7 @@ def test_command_line_wins_over_the_preset_and_a_fixed_value_leaves_the_space():
 ])
 def test_bad_search_space_names_the_parameter(text, message):
     from lrtrain.errors import ConfigValueError
-    from lrtrain.search import parse_space
+    from lrtrain.sweep.search import parse_space
 
     with pytest.raises(ConfigValueError) as e:
         parse_space({"optimizer.lr": text}, [])
@@ -237,7 +237,7 @@ def test_bad_search_space_names_the_parameter(text, message):
 
 
 def tiny_space():
-    from lrtrain.search import parse_space
+    from lrtrain.sweep.search import parse_space
 
     return parse_space({"x": "interval(0.0, 1.0)", "n": "range(1, 4)", "c": "a,b"}, [])[0]
 
@@ -249,7 +249,7 @@ def test_every_sampler_option_samples_the_space_seeded(name):
     from omegaconf import OmegaConf
 
     from conftest import CONFIGS
-    from lrtrain.search import build_sampler
+    from lrtrain.sweep.search import build_sampler
 
     cfg = OmegaConf.load(CONFIGS / "hydra" / "sweeper" / "sampler" / f"{name}.yaml")
     space = {k: v for k, v in tiny_space().items() if name != "grid" or k != "x"}  # a grid is finite
@@ -269,7 +269,7 @@ def test_cmaes_without_its_package_is_a_one_line_error(monkeypatch):
     from omegaconf import OmegaConf
 
     from lrtrain.errors import ConfigValueError
-    from lrtrain.search import check_installed
+    from lrtrain.sweep.search import check_installed
 
     monkeypatch.setitem(sys.modules, "cmaes", None)  # as if not installed
     with pytest.raises(ConfigValueError, match=r"pip install 'lrtrain\[cmaes\]'"):
@@ -281,8 +281,8 @@ def test_every_pruner_option_stops_trials_far_behind_the_others_but_none(name):
     import optuna
     from hydra.utils import instantiate
 
-    from lrtrain.pruning import TrialPruning
-    from lrtrain.search import _pruner_config
+    from lrtrain.sweep.pruning import TrialPruning
+    from lrtrain.sweep.search import _pruner_config
 
     # a named study: Hyperband puts trials into brackets by a hash of the study name and trial number
     study = optuna.create_study(study_name="s", pruner=instantiate(_pruner_config(name)))  # the shorthand form
@@ -306,7 +306,7 @@ def test_every_pruner_option_stops_trials_far_behind_the_others_but_none(name):
 
 def test_an_unknown_pruner_name_lists_the_valid_ones():
     from lrtrain.errors import ConfigValueError
-    from lrtrain.search import _pruner_config
+    from lrtrain.sweep.search import _pruner_config
 
     with pytest.raises(ConfigValueError) as e:
         _pruner_config("medain")
@@ -322,8 +322,8 @@ def test_running_trials_of_dead_processes_fail_but_live_ones_stay(tmp_path, monk
     import optuna
     from optuna.trial import TrialState
 
-    from lrtrain import search
-    from lrtrain.pruning import open_storage
+    from lrtrain.sweep import search
+    from lrtrain.sweep.pruning import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1)
     study = optuna.create_study(storage=storage, study_name="s")
@@ -348,7 +348,7 @@ def test_running_trials_of_dead_processes_fail_but_live_ones_stay(tmp_path, monk
 OPEN_AT = """
 import sys, time
 import optuna, sqlalchemy
-from lrtrain.pruning import open_storage
+from lrtrain.sweep.pruning import open_storage
 start = float(sys.argv[2])
 while time.time() < start:
     pass
@@ -369,7 +369,7 @@ def test_workers_started_together_on_a_new_database_both_open_it(tmp_path):
 def test_pruning_never_reports_a_non_finite_value():
     import optuna
 
-    from lrtrain.pruning import TrialPruning
+    from lrtrain.sweep.pruning import TrialPruning
 
     study = optuna.create_study()
     pruning = TrialPruning(study.ask(), "val_loss", epochs=3)
@@ -382,7 +382,7 @@ def test_direction_and_grid_sampler_are_checked_before_any_job(tmp_path):
 
     from conftest import CONFIGS, config_error
     from lrtrain.config import register
-    from lrtrain.search import Search
+    from lrtrain.sweep.search import Search
 
     register()
 

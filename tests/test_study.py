@@ -164,7 +164,7 @@ def test_optuna_search_plots_the_objective_against_each_parameter(lrtrain, tmp_p
     assert "lrtrain sweep · 3 jobs" in r.stdout and "configurations" not in r.stdout and "±" not in r.stdout
     assert [row["n"] for row in read_csv(sweep / "study_summary.csv")] == ["1"] * 3
 
-    from lrtrain import report
+    from lrtrain.sweep import report
 
     rows = report.sweep_rows(sweep)
     study = report.analyse(rows, report.settings_of(rows), report.searched_params([sweep], rows))
@@ -182,7 +182,7 @@ def test_optuna_search_plots_the_objective_against_each_parameter(lrtrain, tmp_p
 @pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
 @pytest.mark.parametrize("values", [[0.3], [0.3, 0.5], [0.2, 0.25, 0.4], list(np.linspace(0.1, 1.0, 10))])
 def test_estimate_is_scipys_t_interval(values, confidence):
-    from lrtrain.study import estimate
+    from lrtrain.sweep.study import estimate
 
     e = estimate(values + [None, math.nan], confidence)  # unset and non-finite values are not data
     assert e.n == len(values) and e.mean == pytest.approx(np.mean(values), rel=1e-12)
@@ -194,7 +194,7 @@ def test_estimate_is_scipys_t_interval(values, confidence):
 
 
 def test_identical_replicates_have_an_interval_of_width_zero():
-    from lrtrain.study import estimate
+    from lrtrain.sweep.study import estimate
 
     e = estimate([0.5, 0.5, 0.5], 0.95)
     assert (e.n, e.mean, e.std, e.low, e.high) == (3, 0.5, 0.0, 0.5, 0.5)
@@ -203,7 +203,7 @@ def test_identical_replicates_have_an_interval_of_width_zero():
 
 @pytest.mark.parametrize("mode", ["min", "max"])
 def test_configurations_rank_by_mean_and_overlap_with_the_best(mode):
-    from lrtrain.study import group, rank
+    from lrtrain.sweep.study import group, rank
 
     sign = 1 if mode == "min" else -1
     jobs = []
@@ -234,7 +234,7 @@ def test_bad_report_settings_name_the_key(compose, override, message):
 
 def test_report_settings_come_from_the_composed_config_or_the_yaml(compose):
     """The `report` node as SweepReport reads it; a sweep run without one gets configs/report/default.yaml."""
-    from lrtrain.report import report_settings
+    from lrtrain.sweep.report import report_settings
 
     cfg = compose("report.x=scheduler.gamma", "report.replicate_keys=[trainer.seed,dataset.split_seed]")
     settings = report_settings(cfg.report)
@@ -248,7 +248,7 @@ def test_report_settings_come_from_the_composed_config_or_the_yaml(compose):
 @pytest.mark.parametrize("mode", ["min", "max"])
 def test_each_widths_best_lr_and_its_grid_steps_from_the_smallest(mode):
     """Two panels (sp, mup) of three widths: the best mean LR per width, and its shift in steps of the LR grid."""
-    from lrtrain.study import group, transfer
+    from lrtrain.sweep.study import group, transfer
 
     sign = 1 if mode == "min" else -1
     best = {("sp", 64): 1e-2, ("sp", 256): 3e-3, ("sp", 1024): 1e-3, ("mup", 64): 1e-2, ("mup", 256): 1e-2,

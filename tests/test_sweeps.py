@@ -130,7 +130,7 @@ main()
 def test_default_launcher_composes_each_job_once(tmp_path, launcher, compositions):
     """Hydra's sweeper composes each job to check the batch and the basic launcher composes it again; lrtrain's
     launcher runs the checked config, and Hydra composes the group choices the jobs share once
-    (lrtrain.compose). A repeated job gets its own config and trains to the same result."""
+    (lrtrain.sweep.compose). A repeated job gets its own config and trains to the same result."""
     import subprocess
     import sys
 
@@ -163,7 +163,7 @@ def test_default_launcher_composes_each_job_once(tmp_path, launcher, composition
 
 
 def test_remembered_configs_are_handed_out_once_as_copies():
-    from hydra_plugins.lrtrain_launcher import REMEMBER, ComposedOnce
+    from lrtrain.sweep.compose import REMEMBER, ComposedOnce
     from omegaconf import OmegaConf
 
     class Loader:
@@ -215,7 +215,7 @@ def resolved(cfg) -> dict:
 
 
 def test_sweep_jobs_are_composed_as_hydra_composes_them():
-    """lrtrain.compose.SweepComposer gives each job the config Hydra's full composition gives it (the same YAML,
+    """lrtrain.sweep.compose.SweepComposer gives each job the config Hydra's full composition gives it (the same YAML,
     `hydra` section included, the same flags, the same error), composing once per set of group choices."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -223,7 +223,7 @@ def test_sweep_jobs_are_composed_as_hydra_composes_them():
     from omegaconf import OmegaConf
 
     from conftest import CONFIGS
-    from lrtrain.compose import SweepComposer
+    from lrtrain.sweep.compose import SweepComposer
     from lrtrain.config import register
 
     register()

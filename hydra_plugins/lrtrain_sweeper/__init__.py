@@ -2,7 +2,7 @@
 
 Hydra finds it here (plugins live in `hydra_plugins`) and `hydra/sweeper=optuna` (configs/hydra/sweeper/optuna.yaml,
 selected by `hparams_search=optuna`) names it. It stays a thin shell: Hydra imports every plugin module at each
-start, so Optuna is imported only when a search runs, and the search itself is lrtrain/search.py.
+start, so Optuna is imported only when a search runs, and the search itself is lrtrain/sweep/search.py.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class OptunaSweeper(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: List[str]) -> None:
-        from lrtrain.search import Search
+        from lrtrain.sweep.search import Search
 
         assert self.config is not None, "setup() first"
         Search(self.settings, self.config, self.hydra_context, self.launcher).run(arguments)

@@ -170,10 +170,10 @@ def collect(plan: Plan, out: Path) -> dict[tuple[str, str], Result]:
 
 def differences(plan: Plan, results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
     """For each workload, each submission against the fastest: the difference of their per-study times with a
-    Welch t-interval (lrtrain/study.py), or, where either median time is inf, of their per-study best values of
+    Welch t-interval (lrtrain/sweep/study.py), or, where either median time is inf, of their per-study best values of
     the target's metric (how close each came). `noise`: the interval holds 0, or there are too few studies with
     a value to tell."""
-    from lrtrain.study import difference
+    from lrtrain.sweep.study import difference
 
     rows = []
     for workload in plan.workloads:

@@ -1,7 +1,7 @@
 """A sweep job's link to its Optuna trial: report the monitored value at every validation point (every epoch
 unless `trainer.val_every` says otherwise), stop when the pruner says so.
 
-lrtrain's Optuna sweeper (lrtrain/search.py) hands each job of a pruned study its trial through one environment
+lrtrain's Optuna sweeper (lrtrain/sweep/search.py) hands each job of a pruned study its trial through one environment
 variable, set with Hydra's `hydra.job.env_set` (so it reaches the job in any launcher's process, and shows only
 in the job's `.hydra/hydra.yaml`). A run without it, e.g. a solo `lrtrain`, never touches Optuna.
 """

@@ -4,7 +4,7 @@ The study lives in Optuna's own storage (SQLite in the sweep dir unless `hydra.s
 so the same command continues it after a crash and several processes, on one machine or many, share it. Each
 process claims trials from the study until it holds `n_trials` in total, runs them as jobs of the sweep (in the
 sweep dir, one folder per trial number), and tells Optuna how each ended: its best monitored value, pruned (the
-job stopped itself, lrtrain/pruning.py), or failed.
+job stopped itself, lrtrain/sweep/pruning.py), or failed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lrtrain.config import validate
 from lrtrain.errors import ConfigValueError
-from lrtrain.pruning import ENV, TrialLink, open_storage
+from lrtrain.sweep.pruning import ENV, TrialLink, open_storage
 from lrtrain.summary import SUCCEEDED as OK, Status
 from lrtrain.signals import STOP
 from lrtrain.writers import atomic_path

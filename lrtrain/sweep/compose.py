@@ -97,3 +97,43 @@ class SweepComposer:
     def forget(self) -> None:
         self.bases.clear()
         self.repo = None
+
+
+# At most this many composed configs are kept (about 0.2 MB each); jobs past it are composed again.
+REMEMBER = 256
+
+
+class ComposedOnce:
+    """A config loader that remembers each sweep config it composes and hands it out once more, to the
+    next request for the same overrides. Everything else goes to the loader it wraps."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self.composer = SweepComposer(loader)
+        self.composed: dict[tuple[str, ...], list[DictConfig]] = {}
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        key = tuple(sweep_overrides)
+        if self.composed.get(key):
+            return self.composed[key].pop()
+        cfg = self.composer.load_sweep_config(master_config, sweep_overrides)
+        if sum(map(len, self.composed.values())) < REMEMBER:
+            # the caller may change the config it gets (the launcher sets the job's number): keep a copy
+            self.composed.setdefault(key, []).append(copy.deepcopy(cfg))
+        return cfg
+
+    def peek(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """The config `load_sweep_config` will hand out for these overrides, composed now and kept for it."""
+        cfg = self.load_sweep_config(master_config, sweep_overrides)
+        # at the front: the next peek at the same overrides (a job repeated in the batch) gets another copy
+        self.composed.setdefault(tuple(sweep_overrides), []).insert(0, cfg)
+        return cfg
+
+    def forget(self) -> None:
+        self.composed.clear()
+        self.composer.forget()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
