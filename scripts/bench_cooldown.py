@@ -15,9 +15,9 @@ weights) and keeps checkpoints at `--at` (percentages of `--steps`); it runs on 
 EMA there can be read. Each fork decays over `--cooldown` of the steps before it (`--shape`). The full runs train
 S + D steps from scratch with `--full` (cosine to 0, or wsd decaying over the same D steps), one per seed.
 Printed: each fork's final val_loss (mean and t-interval over the parents) against its full runs' mean and
-t-interval, the parents' EMA at S + D, and the cost in optimizer steps of one seed: the parent up to the last fork
-point plus the cooldowns, against the full runs. Everything lands in `--out`: the runs, cooldown.png (the fork
-sweep's report) and results.json.
+t-interval (how many forks fall below, inside, above it), the parents' raw and EMA val_loss at S + D (means), and
+the cost in optimizer steps of one seed: the parent up to the last fork point plus the cooldowns, against the full
+runs. Everything lands in `--out`: the runs, cooldown.png (the fork sweep's report) and results.json.
 """
 
 from __future__ import annotations
@@ -61,12 +61,13 @@ def interval(values: list[float], confidence: float = 0.95) -> tuple[float, floa
     return e.mean, (e.low if e.low is not None else math.nan), (e.high if e.high is not None else math.nan)
 
 
-def ema_at(parent: Path, step: int) -> float:
+def parent_at(parent: Path, step: int, column: str) -> float:
+    """A parent's metrics.csv value at `step` (val_loss: its raw weights; avg_val_loss: its EMA)."""
     import csv
 
     with open(parent / "metrics.csv", newline="") as f:
         rows = {int(r["step"]): r for r in csv.DictReader(f)}
-    return float(rows[step]["avg_val_loss"]) if step in rows else math.nan
+    return float(rows[step][column]) if step in rows else math.nan
 
 
 def main() -> None:
@@ -130,8 +131,8 @@ def main() -> None:
             f"hydra.sweep.dir={out / 'parents'}", cwd=out)
     parents = {j["seed"]: j["dir"] for j in jobs(out / "parents")}
     lrtrain("-m", f"fork.from={','.join(str(d) for d in parents.values())}",
-            f"fork.at={','.join(f'{s}steps' for s in at)}", f"fork.cooldown={args.cooldown}", f"fork.shape={args.shape}",
-            f"hydra.sweep.dir={out / 'forks'}", cwd=out)
+            f"fork.at={','.join(f'{s}steps' for s in at)}", f"fork.cooldown={args.cooldown}",
+            f"fork.shape={args.shape}", f"hydra.sweep.dir={out / 'forks'}", cwd=out)
     full = (["scheduler=cosine", "scheduler.eta_min=0.0"] if args.full == "cosine" else
             ["scheduler=wsd", f"scheduler.decay_type={args.shape}"])
     lengths = ",".join(map(str, ends))
@@ -149,22 +150,27 @@ def main() -> None:
     results = []
     forks = jobs(out / "forks")
     print(f"{'S':>6} {'S+D':>6}  {'forks (mean, 95% CI, n)':>32}  {'full ' + args.full + ' (mean, 95% CI, n)':>34}  "
-          f"inside  {'parents EMA at S+D':>18}")
+          f"{'forks vs interval':>17}  {'parents at S+D: raw':>19}  {'EMA':>6}")
     for s, end in zip(at, ends):
         values = [j["val_loss"] for j in forks if j["steps"] == end]
         full_values = [j["val_loss"] for j in full_jobs if j["steps"] == end]
-        emas = [ema_at(parents[seed], end) for seed in parents]
+        emas = [parent_at(parents[seed], end, "avg_val_loss") for seed in parents]
+        raws = [parent_at(parents[seed], end, "val_loss") for seed in parents]
         f_mean, f_low, f_high = interval(values)
         mean, low, high = interval(full_values)
-        # Every fork's value inside the full runs' interval (the issue's test); None without an interval.
-        inside = all(low <= v <= high for v in values) if not math.isnan(low) else None
+        # Each fork's value against the full runs' interval (the issue's test: all inside); None without one.
+        where = (None if math.isnan(low) else
+                 {"below": sum(v < low for v in values), "inside": sum(low <= v <= high for v in values),
+                  "above": sum(v > high for v in values)})
+        inside = where["inside"] == len(values) if where else None
+        verdict = " ".join(f"{n} {k}" for k, n in where.items() if n) if where else "-"
         results.append({"fork_step": s, "end": end, "fork_val_loss": values, "fork_mean": f_mean,
                         "fork_ci": [f_low, f_high], "full_val_loss": full_values, "full_mean": mean,
-                        "full_ci": [low, high], "inside": inside, "parent_ema_val_loss": emas,
-                        "parent_ema_mean": sum(emas) / len(emas)})
+                        "full_ci": [low, high], "inside": inside, "forks_vs_interval": where,
+                        "parent_val_loss": raws, "parent_ema_val_loss": emas})
         print(f"{s:>6} {end:>6}  {f_mean:>9.4f} [{f_low:.4f}, {f_high:.4f}] {len(values):>3}"
-              f"  {mean:>11.4f} [{low:.4f}, {high:.4f}] {len(full_values):>3}  {inside!s:>6}"
-              f"  {sum(emas) / len(emas):>18.4f}")
+              f"  {mean:>11.4f} [{low:.4f}, {high:.4f}] {len(full_values):>3}  {verdict:>17}"
+              f"  {sum(raws) / len(raws):>19.4f}  {sum(emas) / len(emas):>6.4f}")
     fork_cost = max(at) + sum(e - s for s, e in zip(at, ends))
     full_cost = sum(ends)
     print(f"cost in optimizer steps (one seed): parent to the last fork {max(at)} + cooldowns {fork_cost - max(at)} = "
