@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="warmup steps (forks come after it); default: 20 as warmup=linear, "
                         "the recipe's 100 for shakespeare")
     parser.add_argument("--val-batches", type=int, help="trainer.val_batches; default: 16 for shakespeare, else all")
-    parser.add_argument("--ema-decay", default="0.99")
+    parser.add_argument("--ema-decay", default="0.99", help="averages over about 1 / (1 - decay) steps from step 0: "
+                        "0.99 suits parents of ~1,000 steps and lags at a few hundred (docs/benchmarks.md)")
     parser.add_argument("--out", type=Path, default=Path("bench_cooldown"))
     parser.add_argument("--resume", action="store_true", help="an existing --out: its stages (parents, forks, full) "
                         "whose sweep dir exists are not run again (delete an unfinished one first)")
