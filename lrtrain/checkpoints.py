@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,39 +13,26 @@ import torch
 
 from lrtrain.errors import CheckpointError, write_error
 from lrtrain.signals import STOP
+from lrtrain.writers import atomic_path
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+    """Write `path` whole or not at all, and on disk when this returns (writers.atomic_path with fsync): a kill
+    at any instant leaves the old file or the new one.
 
-    A rename within one file system is atomic, so a kill at any instant leaves the old file or the new one.
     The checkpoint is serialised in memory and written in one call: torch's own file writer reports a full disk
     as an `enforce fail` RuntimeError without the errno ("unexpected pos ...", "file write failed"), while a
     plain write raises the OSError that says ENOSPC.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise write_error(path, e, _KEPT) from None
-    try:
-        with STOP.shielded(), os.fdopen(fd, "wb") as f:  # a second Ctrl-C stops right after the write
+        # a second Ctrl-C stops right after the write, not in the middle of it (nor of torch's serialiser)
+        with STOP.shielded(), atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
             buffer = io.BytesIO()
             torch.save(obj, buffer)
             f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-            os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)  # the previous checkpoint at `path` is untouched
-        if isinstance(e, OSError):
-            raise write_error(path, e, _KEPT) from None
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    except OSError as e:
+        raise write_error(path, e, _KEPT) from None
 
 
 _KEPT = "the previous checkpoint, if any, is intact"
@@ -56,14 +42,12 @@ def save_copies(obj: dict[str, Any], paths: list[Path]) -> None:
     """Save once to `paths[0]`, then give the other paths the same content, each replaced atomically."""
     save_atomic(obj, paths[0])
     for path in paths[1:]:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
         try:
-            os.link(paths[0], tmp)  # a hard link: no second write; a later replace of one leaves the other
-        except OSError:
+            with atomic_path(path) as tmp:
+                tmp.unlink(missing_ok=True)
+                os.link(paths[0], tmp)  # a hard link: no second write; a later replace of one leaves the other
+        except OSError:  # no hard links on this file system
             save_atomic(obj, path)
-            continue
-        os.replace(tmp, path)
 
 
 def remove_temporaries(folder: Path) -> None:

@@ -1109,6 +1109,7 @@ SCHEMAS = {
     "schema_optimizer_mars": MARSConfig,
     "schema_optimizer_ademamix": AdEMAMixConfig,
     "schema_optimizer_shampoo": ShampooConfig,
+    "schema_optimizer_cautious_adamw": AdamLikeConfig,
     "schema_scheduler": ScheduleConfig,
     "schema_scheduler_step": StepScheduleConfig,
     "schema_scheduler_multistep": MultiStepScheduleConfig,

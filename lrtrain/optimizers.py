@@ -33,7 +33,7 @@ from lrtrain.regularization import is_weight
 DECOUPLED_BY_DESIGN = frozenset({
     ("torch", "AdamW"), ("torch", "Adafactor"), ("torch", "Muon"), ("lion_pytorch", "Lion"),
     ("schedulefree", "AdamWScheduleFree"), ("schedulefree", "SGDScheduleFree"), ("lrtrain", "MuonWithAdamW"),
-    ("pytorch_optimizer", "SOAP"),
+    ("pytorch_optimizer", "SOAP"), ("heavyball", "AdamW"),
 })
 # The keyword each class family uses to switch decoupled decay on, in the order they are looked for.
 _DECOUPLE_FLAGS = ("decoupled_weight_decay", "decouple", "weight_decouple")  # torch; Prodigy, D-Adapt; pytorch-optimizer

@@ -164,23 +164,22 @@ def test_the_mini_suite_and_the_submissions_load(tmp_path):
     assert adamw.space["optimizer.lr"] == "tag(log, interval(1e-3, 5e-2))" and "scheduler=cosine" in adamw.overrides
 
 
-def test_a_workload_whose_configs_are_missing_is_skipped_with_the_reason(tmp_path):
-    import shutil
-
-    from conftest import CONFIGS
+@pytest.mark.parametrize("suite", ["mini", "standard"])
+def test_every_workload_composes_into_a_valid_lrtrain_config_with_every_submission(suite, compose):
     from lrtrain.bench.suite import load_plan
 
-    configs = tmp_path / "configs"
-    shutil.copytree(CONFIGS, configs)
-    for path in (configs / "dataset" / "text.yaml", configs / "model" / "gpt.yaml"):
-        path.unlink(missing_ok=True)
-    plan, _ = load_plan(["submissions=[adamw_cosine]"], configs)
-    assert "gpt" not in [w.name for w in plan.workloads]
-    assert plan.skipped == {"gpt": "needs configs/dataset/text.yaml, configs/model/gpt.yaml, not there yet"}
-    (configs / "dataset" / "text.yaml").write_text("{}\n")
-    (configs / "model" / "gpt.yaml").write_text("{}\n")
-    plan, _ = load_plan(["submissions=[adamw_cosine]"], configs)
-    assert plan.workloads[-1].name == "gpt" and not plan.skipped
+    plan, _ = load_plan([f"suite={suite}", "submissions=[adamw_cosine,schedulefree_adamw,soap_wsd]"])
+    for workload in plan.workloads:
+        for sub in plan.submissions:
+            cfg = compose(*(o for o in plan.run_overrides if "hydra" not in o), *workload.overrides, *sub.overrides,
+                          *workload.target.overrides(), f"trainer.max_steps={plan.steps(workload)}")
+            assert cfg.early_stopping.stopping_threshold == workload.target.value
+            dataset = next(o.split("=")[1] for o in workload.overrides if o.startswith("dataset="))
+            assert cfg.dataset._target_ == f"lrtrain.data.{dataset}"  # model=gpt's default text does not win
+    gpt = next(w for w in plan.workloads if "model=gpt" in w.overrides)
+    assert gpt.target.metric in ("val_bpc", "val_loss")  # what a language model's validation writes
+    if suite == "mini":  # an epoch of the embedded text is ~545 steps: it validates every 30 instead
+        assert "trainer.val_every=30steps" in gpt.overrides and gpt.target.value == 3.3266
 
 
 @pytest.mark.parametrize(
@@ -195,6 +194,7 @@ def test_a_workload_whose_configs_are_missing_is_skipped_with_the_reason(tmp_pat
         (["suite.workloads.digits_mlp.target.mode=up"], "suite.workloads.digits_mlp.target.mode='up': must be min or max"),
         (["suite.workloads.digits_mlp.steps=0"], "suite.workloads.digits_mlp.steps=0: must be an integer >= 1"),
         (["studies=two"], "studies='two': must be an integer >= 1"),
+        (["suite.workloads.gpt.overrides=null"], "suite.workloads.gpt.overrides=None: must be a list of lrtrain"),
     ],
 )
 def test_bad_bench_values_name_the_key(overrides, message):
@@ -289,6 +289,10 @@ def test_report_of_a_dir_that_is_not_a_benchmark_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr == f"lrtrain-bench: {tmp_path}: not a benchmark's output dir (no bench.yaml; `lrtrain-bench " \
                        "run` writes one)\n"
+    (tmp_path / "bench.yaml").write_text("suite: mini\nskipped: {}\n")  # a plan of another version
+    r = bench("report", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"lrtrain-bench: {tmp_path / 'bench.yaml'}: not a plan this lrtrain-bench reads (")
 
 
 # ------------------------------------------------------------------------------------------- significance

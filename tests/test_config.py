@@ -56,9 +56,9 @@ def test_out_of_range_values_name_the_key(compose, override, needle):
     "args,message",
     [
         (["optimizer=adamm"], "lrtrain: error: optimizer=adamm: no such option; valid: adadelta, adafactor, "
-                              "adagrad, adam, adamax, adamw, ademamix, adopt, amsgrad, dadapt_adam, lion, mars, "
-                              "momentum, muon, nadam, prodigy, psgd_kron, radam, rmsprop, schedulefree_adamw, "
-                              "schedulefree_sgd, sgd, shampoo, soap"),
+                              "adagrad, adam, adamax, adamw, ademamix, adopt, amsgrad, cautious_adamw, dadapt_adam, "
+                              "lion, mars, momentum, muon, nadam, prodigy, psgd_kron, radam, rmsprop, "
+                              "schedulefree_adamw, schedulefree_sgd, sgd, shampoo, soap"),
         (["scheduler=custom"], "lrtrain: error: scheduler._target_: a value is required"),
         (["regularization=[l2,foo]"],
          "lrtrain: error: regularization=foo: no such option; valid: augment, dropout, grad_clip, l1, l2, "

@@ -60,8 +60,6 @@ def run(plan: Plan, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(plan.to_dict()), out / PLAN_FILE)
-    for name, why in plan.skipped.items():
-        print(f"workload {name}: skipped, {why}")
     pairs = [(s, w) for s in plan.submissions for w in plan.workloads]
     start = time.monotonic()
     for i, (sub, workload) in enumerate(pairs, 1):
@@ -214,7 +212,10 @@ def report(out: Path) -> None:
     path = out / PLAN_FILE
     if not path.is_file():
         raise BenchInputError(f"{out}: not a benchmark's output dir (no {PLAN_FILE}; `lrtrain-bench run` writes one)")
-    plan = Plan.from_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    try:
+        plan = Plan.from_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    except (TypeError, KeyError) as e:  # another version's plan (e.g. an older one with skipped workloads)
+        raise BenchInputError(f"{path}: not a plan this lrtrain-bench reads ({e}); run the benchmark again") from None
     results = collect(plan, out)
     names = [w.name for w in plan.workloads]
     times = Times(names, {s.name: [results[s.name, w].time for w in names] for s in plan.submissions})

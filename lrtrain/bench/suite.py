@@ -1,11 +1,11 @@
-"""A benchmark's plan, from configs/bench.yaml, configs/suite/<name>.yaml and configs/submission/<name>.yaml:
-the workloads (data set and model, length, validation target), the submissions (lrtrain overrides, a search
-space for external tuning, one configuration for self-tuning) and the ruleset."""
+"""A benchmark's plan, from configs/bench.yaml and configs/bench/{suite,submission}/<name>.yaml: the workloads
+(data set and model, length, validation target), the submissions (lrtrain overrides, a search space for external
+tuning, one configuration for self-tuning) and the ruleset."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,7 +41,6 @@ class Workload:
     overrides: list[str]
     steps: int
     target: Target
-    requires: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,6 @@ class Submission:
 class Plan:
     suite: str
     workloads: list[Workload]
-    skipped: dict[str, str]  # workload -> why it does not run
     submissions: list[Submission]
     ruleset: str
     trials: int
@@ -111,11 +109,14 @@ def load_plan(overrides: list[str], config_dir: Optional[Path] = None) -> tuple[
     mine, extra = split_overrides(overrides)
     for o in mine:
         if o.startswith("suite="):
-            suites = _options(config_dir, "suite")
+            suites = _options(config_dir, "bench/suite")
             _check(o[6:] in suites, "suite", o[6:], "one of " + ", ".join(suites))
+    # The suites live in configs/bench/ (lrtrain's own groups are the other folders of configs/), chosen by
+    # bench.yaml's `bench/suite@suite`: Hydra's name for that choice, which `suite=` stands for.
+    hydra_overrides = ["bench/suite@suite=" + o[6:] if o.startswith("suite=") else o for o in mine]
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name="bench", overrides=mine)
+            cfg = compose(config_name="bench", overrides=hydra_overrides)
         bench = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
@@ -129,23 +130,24 @@ def load_plan(overrides: list[str], config_dir: Optional[Path] = None) -> tuple[
            "self_tuning_budget", bench["self_tuning_budget"], "a number >= 1")
     _check(isinstance(bench["confidence"], float) and 0 < bench["confidence"] < 1, "confidence",
            bench["confidence"], "in (0, 1), e.g. 0.95")
-    workloads, skipped = _workloads(bench["suite"], config_dir)
+    workloads = _workloads(bench["suite"])
     names = bench["submissions"]
-    valid = _options(config_dir, "submission")
+    valid = _options(config_dir, "bench/submission")
     _check(isinstance(names, list) and names and len(set(names)) == len(names), "submissions", names,
            "a list of distinct names, e.g. submissions=[adamw_cosine,schedulefree_adamw]")
     for name in names:
         _check(name in valid, "submissions", name, "one of " + ", ".join(valid))
-    submissions = [_submission(name, OmegaConf.to_container(OmegaConf.load(config_dir / "submission" / f"{name}.yaml"),
-                                                            resolve=True), bench["ruleset"]) for name in names]
-    plan = Plan(bench["suite"]["name"], workloads, skipped, submissions, bench["ruleset"], bench["trials"],
+    submissions = [_submission(name, OmegaConf.to_container(OmegaConf.load(config_dir / "bench" / "submission" /
+                                                                            f"{name}.yaml"), resolve=True),
+                               bench["ruleset"]) for name in names]
+    plan = Plan(bench["suite"]["name"], workloads, submissions, bench["ruleset"], bench["trials"],
                 bench["studies"], float(bench["self_tuning_budget"]), bench["seed"], bench["time"],
                 bench["confidence"], list(bench["run_overrides"]), extra)
     return plan, bench["out"]
 
 
-def _workloads(suite: dict[str, Any], config_dir: Path) -> tuple[list[Workload], dict[str, str]]:
-    workloads, skipped = [], {}
+def _workloads(suite: dict[str, Any]) -> list[Workload]:
+    workloads = []
     for name, w in suite["workloads"].items():
         where = f"suite.workloads.{name}"
         target = w.get("target") or {}
@@ -153,22 +155,19 @@ def _workloads(suite: dict[str, Any], config_dir: Path) -> tuple[list[Workload],
                "{metric: <a validation metric>, mode: min|max, value: <number>}")
         _check(target["mode"] in ("min", "max"), f"{where}.target.mode", target["mode"], "min or max")
         _check(isinstance(target["value"], (int, float)), f"{where}.target.value", target["value"], "a number")
+        _check(isinstance(w.get("overrides"), list), f"{where}.overrides", w.get("overrides"),
+               "a list of lrtrain overrides (data set and model)")
         _check(isinstance(w.get("steps"), int) and w["steps"] >= 1, f"{where}.steps", w.get("steps"),
                "an integer >= 1 (optimizer steps)")
-        missing = [r for r in w.get("requires", []) if not (config_dir / f"{r}.yaml").is_file()]
-        if missing:
-            skipped[name] = f"needs {', '.join(f'configs/{m}.yaml' for m in missing)}, not there yet"
-            continue
         workloads.append(Workload(name, list(w["overrides"]), w["steps"], Target(target["metric"], target["mode"],
-                                                                                   float(target["value"])),
-                                  list(w.get("requires", []))))
-    if not workloads:
-        raise BenchConfigError(f"suite {suite.get('name')!r}: no workload can run ({skipped})")
-    return workloads, skipped
+                                                                                   float(target["value"]))))
+    _check(bool(workloads), "suite.workloads", suite["workloads"],
+           "at least one workload: {<name>: {overrides: [...], steps: <n>, target: {...}}}")
+    return workloads
 
 
 def _submission(name: str, node: dict[str, Any], ruleset: str) -> Submission:
-    where = f"configs/submission/{name}.yaml"
+    where = f"configs/bench/submission/{name}.yaml"
     _check(isinstance(node.get("overrides"), list), f"{where}: overrides", node.get("overrides"),
            "a list of lrtrain overrides")
     space, default = node.get("space") or {}, node.get("default") or {}
