@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import config_error, CUSTOM, group_options
+from conftest import CONFIGS, config_error, CUSTOM, group_options
 
 GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping", "dataset", "model", "trainer",
           "lr_find", "report"]  # hparams_search is global (it sets hydra.sweeper): tests/test_sweeps.py composes it
@@ -14,6 +14,20 @@ GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping"
 def test_every_option_composes_and_validates(compose, group, option):
     cfg = compose(f"{group}={option}", *(CUSTOM if (group, option) == ("scheduler", "custom") else []))
     assert group in cfg
+
+
+@pytest.mark.parametrize("scheduler", group_options("scheduler"))
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_schedule_composes_under_each_experiment(compose, experiment, scheduler):
+    """lrtrain -m +experiment=X scheduler=constant,wsd,...: a recipe's schedule keys live in the scheduler option it
+    chooses (scheduler=nanogpt), so every option replaces it, with that option's own keys."""
+    from omegaconf import OmegaConf
+
+    cfg = compose(f"+experiment={experiment}", f"scheduler={scheduler}", *(CUSTOM if scheduler == "custom" else []))
+    own = OmegaConf.load(CONFIGS / "scheduler" / f"{scheduler}.yaml")
+    for key in own:
+        if key != "defaults" and not (scheduler == "custom" and key == "_target_"):  # custom's is ??? (CUSTOM's)
+            assert cfg.scheduler[key] == own[key], f"scheduler.{key}"
 
 
 def test_regularization_is_multi_select(compose):
