@@ -1,9 +1,10 @@
 """Typed schemas behind the YAML configs.
 
-Every option file in `configs/<group>/` names one of these dataclasses in its defaults list, so Hydra checks
-keys and types while it composes. Ranges are checked in `__post_init__`, which runs when `validate` turns the
-composed config into objects, before anything is built. The values themselves live in the YAML files only:
-the fields here are `MISSING` unless the field is a switch that is off unless a file turns it on.
+Every option file in `configs/<group>/` names one of these dataclasses by its class name in its defaults list
+(`- /AdamConfig@_here_`: `register` stores each under its name), so Hydra checks keys and types while it
+composes. Ranges are checked in `__post_init__`, which runs when `validate` turns the composed config into
+objects, before anything is built. The values themselves live in the YAML files only: the fields here are
+`MISSING` unless the field is a switch that is off unless a file turns it on.
 """
 
 from __future__ import annotations
@@ -1040,6 +1041,102 @@ class CoordCheckConfig:
             check("seeds", self.seeds, -2**63 <= seed < 2**64, "integers in [-2**63, 2**64 - 1] (torch's seed range)")
 
 
+# ---------------------------------------------------------------------------- Hydra's sweeper and launchers
+# The settings of lrtrain's Hydra plugins (hydra_plugins/), `hydra.sweeper.*` and `hydra.launcher.*`: each YAML in
+# configs/hydra/ names its schema as the options above do, and the plugin's `setup` checks them
+# (`validate_settings`): Hydra builds a plugin from the keys, and no `validate` runs on the `hydra` node.
+
+
+@dataclass
+class OptunaSweeperConfig:
+    """hydra/sweeper=optuna (hydra_plugins/lrtrain_sweeper, lrtrain/sweep/search.py)."""
+
+    _target_: str = MISSING
+    _recursive_: bool = MISSING
+    direction: str = MISSING
+    study_name: str = MISSING
+    storage: Optional[str] = None
+    n_trials: int = MISSING
+    n_jobs: int = MISSING
+    failed_value: Optional[float] = None
+    heartbeat_interval: Optional[int] = None
+    seeds: int = MISSING  # trainer.seed values each trial trains; Optuna is told their mean
+    params: dict[str, Any] = MISSING  # the search space: key -> Hydra's sweep syntax (checked by the search)
+    sampler: Any = MISSING  # an Optuna sampler's _target_ and arguments (hydra/sweeper/sampler)
+    pruner: Any = MISSING  # an Optuna pruner's, or an option's name (hydra/sweeper/pruner)
+
+    def __post_init__(self) -> None:
+        check_choice(self, "direction", ("minimize", "maximize"))
+        check("n_trials", self.n_trials, self.n_trials >= 1, "an integer >= 1")
+        check("n_jobs", self.n_jobs, self.n_jobs >= 1, "an integer >= 1")
+        check("seeds", self.seeds, self.seeds >= 1, "an integer >= 1")
+        check("heartbeat_interval", self.heartbeat_interval,
+              self.heartbeat_interval is None or self.heartbeat_interval >= 1, "null or seconds >= 1")
+
+
+@dataclass
+class RayResourcesConfig:
+    cpu: float = MISSING
+    gpu: float = MISSING
+
+
+@dataclass
+class RayASHAConfig:
+    grace_period: int = MISSING
+    reduction_factor: float = MISSING
+    max_t: Optional[int] = None
+
+
+@dataclass
+class RayPBTConfig:
+    perturbation_interval: int = MISSING
+    quantile_fraction: float = MISSING
+    resample_probability: float = MISSING
+    perturbation_factors: list[float] = MISSING
+    synch: bool = MISSING
+    hyperparam_mutations: dict[str, str] = MISSING
+
+
+@dataclass
+class RayTuneConfig:
+    """hydra/sweeper=ray_tune (hydra_plugins/lrtrain_ray, lrtrain/sweep/ray_tune.py); what the types cannot say
+    (scheduler, search_alg, seeds with a scheduler, PBT's keys) is checked by the search before Ray starts."""
+
+    _target_: str = MISSING
+    num_samples: int = MISSING
+    max_concurrent_trials: Optional[int] = None
+    resources_per_trial: RayResourcesConfig = field(default_factory=RayResourcesConfig)
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    search_alg: str = MISSING
+    scheduler: str = MISSING
+    asha: RayASHAConfig = field(default_factory=RayASHAConfig)
+    pbt: RayPBTConfig = field(default_factory=RayPBTConfig)
+    metric: Optional[str] = None
+    mode: Optional[str] = None
+    seed: Optional[int] = None
+    seeds: int = MISSING
+    params: dict[str, str] = MISSING
+
+
+@dataclass
+class LrtrainLauncherConfig:
+    """hydra/launcher=lrtrain (hydra_plugins/lrtrain_launcher): no settings of its own."""
+
+    choice: ClassVar[str] = "hydra/launcher=lrtrain"  # named by the error for a key it does not have
+    _target_: str = MISSING
+
+
+@dataclass
+class FusedLauncherConfig(LrtrainLauncherConfig):
+    """hydra/launcher=fused (hydra_plugins/lrtrain_launcher/fused.py)."""
+
+    curve_workers: int = MISSING  # processes drawing the fused jobs' curves.png; 0: this process draws them
+
+    def __post_init__(self) -> None:
+        check("curve_workers", self.curve_workers, self.curve_workers >= 0, "an integer >= 0")
+
+
 @dataclass
 class Config:
     mode: str = MISSING  # train | lr_find | coord_check
@@ -1085,81 +1182,18 @@ def check_fork(fork: dict[str, Any]) -> None:
         raise bad("min_lr", "a finite number >= 0")
 
 
-SCHEMAS = {
-    "schema_config": Config,
-    "schema_optimizer": OptimizerConfig,
-    "schema_optimizer_sgd": SGDConfig,
-    "schema_optimizer_adam": AdamConfig,
-    "schema_optimizer_nadam": NAdamConfig,
-    "schema_optimizer_radam": AdamLikeConfig,
-    "schema_optimizer_rmsprop": RMSpropConfig,
-    "schema_optimizer_adagrad": AdagradConfig,
-    "schema_optimizer_adamax": AdamLikeConfig,
-    "schema_optimizer_adadelta": AdadeltaConfig,
-    "schema_optimizer_adafactor": AdafactorConfig,
-    "schema_optimizer_lion": LionConfig,
-    "schema_optimizer_schedulefree_adamw": ScheduleFreeAdamWConfig,
-    "schema_optimizer_schedulefree_sgd": ScheduleFreeSGDConfig,
-    "schema_optimizer_dadapt_adam": DAdaptAdamConfig,
-    "schema_optimizer_prodigy": ProdigyConfig,
-    "schema_optimizer_muon": MuonConfig,
-    "schema_optimizer_soap": SOAPConfig,
-    "schema_optimizer_kron": KronConfig,
-    "schema_optimizer_adopt": ADOPTConfig,
-    "schema_optimizer_mars": MARSConfig,
-    "schema_optimizer_ademamix": AdEMAMixConfig,
-    "schema_optimizer_shampoo": ShampooConfig,
-    "schema_optimizer_cautious_adamw": AdamLikeConfig,
-    "schema_scheduler": ScheduleConfig,
-    "schema_scheduler_step": StepScheduleConfig,
-    "schema_scheduler_multistep": MultiStepScheduleConfig,
-    "schema_scheduler_exponential": ExponentialScheduleConfig,
-    "schema_scheduler_polynomial": PolynomialScheduleConfig,
-    "schema_scheduler_linear": LinearScheduleConfig,
-    "schema_scheduler_cosine": CosineScheduleConfig,
-    "schema_scheduler_cosine_restarts": CosineRestartsScheduleConfig,
-    "schema_scheduler_cyclic": CyclicScheduleConfig,
-    "schema_scheduler_onecycle": OneCycleScheduleConfig,
-    "schema_scheduler_inverse_sqrt": InverseSqrtScheduleConfig,
-    "schema_scheduler_plateau": PlateauScheduleConfig,
-    "schema_scheduler_wsd": WSDScheduleConfig,
-    "schema_warmup": WarmupConfig,
-    "schema_warmup_linear": LinearWarmupConfig,
-    "schema_warmup_exponential": ExponentialWarmupConfig,
-    "schema_warmup_none": NoWarmupConfig,
-    "schema_early_stopping_none": EarlyStoppingConfig,
-    "schema_early_stopping_patience": PatienceConfig,
-    "schema_early_stopping_target": TargetConfig,
-    "schema_dataset": DatasetConfig,
-    "schema_dataset_torchvision": TorchvisionDatasetConfig,
-    "schema_dataset_regression": RegressionDatasetConfig,
-    "schema_dataset_folder": FolderDatasetConfig,
-    "schema_dataset_text": TextFileConfig,
-    "schema_dataset_shakespeare": ShakespeareConfig,
-    "schema_model": ModelConfig,
-    "schema_model_mlp": MLPConfig,
-    "schema_model_cnn": CNNConfig,
-    "schema_model_vit": ViTConfig,
-    "schema_model_gpt": GPTConfig,
-    "schema_trainer": TrainerConfig,
-    "schema_lr_find": LRFindConfig,
-    "schema_report": ReportConfig,
-    "schema_averaging_none": NoAveragingConfig,
-    "schema_averaging_ema": EMAConfig,
-    "schema_averaging_swa": SWAConfig,
-    "schema_coord_check": CoordCheckConfig,
-}
+def schemas() -> dict[str, type]:
+    """Every schema, by its class name: the name a YAML's defaults list gives it (`- /AdamConfig@_here_`)."""
+    return {name: obj for name, obj in globals().items()
+            if isinstance(obj, type) and is_dataclass(obj) and obj.__module__ == __name__}
 
 
 def register() -> None:
-    """Store the schemas at the root of Hydra's ConfigStore (not as groups, so `--help` lists only options),
-    and the resolvers the configs use."""
+    """Store the schemas at the root of Hydra's ConfigStore under their class names (not as groups, so `--help`
+    lists only options), and the resolvers the configs use."""
     cs = ConfigStore.instance()
-    for name, node in SCHEMAS.items():
+    for name, node in schemas().items():
         cs.store(name=name, node=node)
-    from lrtrain.sweep.ray_tune import RayTuneConfig  # the module imports Ray only when a search runs
-
-    cs.store(name="schema_sweeper_ray_tune", node=RayTuneConfig)
     if not OmegaConf.has_resolver("lrtrain_run_dir"):
         OmegaConf.register_new_resolver("lrtrain_run_dir", run_dir_for)
 
@@ -1190,6 +1224,24 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
             OmegaConf.to_object(cfg)
         except ConfigValueError as e:
             raise e.under(prefix[:-1]) from None
+
+
+def validate_settings(node: DictConfig, prefix: str) -> None:
+    """A Hydra plugin's settings (`hydra.sweeper`, `hydra.launcher`) against their schema: its range checks, and
+    no key the schema lacks (`+hydra.sweeper.n_trails=5` adds one past the schema, and Hydra would hand it to
+    the plugin's constructor: ignored, or a TypeError)."""
+    from omegaconf.errors import ConfigKeyError
+
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return
+    names = {f.name for f in fields(schema)}
+    for key in node:
+        if key not in names:
+            e = ConfigKeyError(f"Key '{key}' not in '{schema.__name__}'")
+            e.full_key, e.object_type = f"{prefix}{key}", schema  # as OmegaConf's own refusal names them
+            raise e
+    validate(node, prefix)
 
 
 def float_fields(schema: type) -> dict[str, str]:

@@ -104,8 +104,8 @@ def _omegaconf_error(e: Any) -> str:
     if type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError") and key and is_dataclass(obj_type):
         valid = ", ".join(f.name for f in fields(obj_type) if not f.name.startswith("_"))
         if not valid:  # an option without keys (warmup=none): name the options that have them
-            group = key.split(".")[0]
-            choice = getattr(obj_type, "choice", group)
+            choice = getattr(obj_type, "choice", key.split(".")[0])
+            group = choice.split("=")[0]
             others = [o for o in _options(group) if f"{group}={o}" != choice]
             return f"{key}: unknown key; {choice} has no keys (options that have: {', '.join(others)})"
         return f"{key}: unknown key; valid keys here: {valid}"
@@ -125,6 +125,33 @@ def _options(group: str) -> list[str]:
 
 def _unknown_option(group: str, name: str) -> str:
     return f"{group}={name}: no such option; valid: {', '.join(_options(group))}"
+
+
+def _schema_named(group: str, option: str) -> list[str]:
+    """The schemas (class names) that the option files of a group, or one of them, name in their defaults."""
+    from lrtrain.paths import config_dir
+
+    names = set()
+    for path in (Path(config_dir()) / group).glob(f"{option or '*'}.yaml"):
+        names.update(re.findall(r"^\s*- /(\w+)@_here_", path.read_text(), re.M))
+    return sorted(names)
+
+
+def _old_schema(where: str, old: str) -> str:
+    """A defaults line naming a schema the way it was named before schemas went by their class names
+    (`/schema_optimizer_adam@_here_`): the class to name instead, read off the built-in option of that name."""
+    from lrtrain.paths import config_dir
+
+    words = old.split("_")[1:]
+    for cut in range(len(words), 0, -1):  # the longest group name first: early_stopping before early
+        group, option = "_".join(words[:cut]), "_".join(words[cut:])
+        if (Path(config_dir()) / group).is_dir():
+            names = _schema_named(group, option) or _schema_named(group, "")
+            break
+    else:
+        return f"{where}: {old} is no longer a schema's name; the primary config's schema is Config (lrtrain/config.py)"
+    new = f"/{names[0]}@_here_" if len(names) == 1 else "one of " + ", ".join(f"/{n}@_here_" for n in names)
+    return f"{where}: {old} is no longer a schema's name; schemas go by their class name: {new} (lrtrain/config.py)"
 
 
 def _not_enabled(e: BaseException) -> str | None:
@@ -235,6 +262,9 @@ def describe(e: BaseException) -> tuple[str, int]:
     if type(e).__module__.startswith("hydra") and isinstance(cause, OmegaConfBaseException):
         return _omegaconf_error(cause), EXIT_CONFIG
     if type(e).__module__.startswith("hydra"):
+        old = re.search(r"In '([\w/]+)': Could not load '(schema_\w+)'", str(e))
+        if old:
+            return _old_schema(f"{old.group(1)}.yaml", old.group(2)), EXIT_CONFIG
         # e.g. an unknown option inside a multi-select list: regularization=[l2,foo]
         missing = re.search(r"Could not (?:load|find) '([\w/]+)/([^'/]+)'", str(e))
         if missing:

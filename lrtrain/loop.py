@@ -22,20 +22,17 @@ from typing import Any, Callable, Generator, Iterator, NamedTuple, Optional
 import torch
 from torch import nn
 
-from lrtrain.averaging import averaged_metrics, train_inputs
+from lrtrain.averaging import train_inputs
 from lrtrain.data import FolderData, TensorData, TextData
-from lrtrain.durations import parse_duration
-from lrtrain.early_stopping import improved
 from lrtrain.optimizers import eval_mode, train_mode
 from lrtrain.outputs import Outputs
 from lrtrain.pending import Pending
-from lrtrain.position import CheckpointDir, Position, restore, snapshot
+from lrtrain.position import CheckpointDir, Position, restore
 from lrtrain.run import Run
 from lrtrain.signals import STOP
 from lrtrain.step import StepResult, TrainStep
 from lrtrain.summary import Status, Summary
 from lrtrain.tasks import Task, task_for
-
 
 
 class Want(NamedTuple):
@@ -89,29 +86,30 @@ def evaluate_outputs(forward: Callable[[torch.Tensor], torch.Tensor], split: Any
             for r, loss in enumerate(loss_sum.tolist())]
 
 
+def evaluate_averaged(run: Run, cols: list[str], amp: Any) -> dict[str, float]:
+    """The averaged weights' validation metrics `cols` (avg_val_*); NaN until the averaging has started."""
+    if not run.averaging.started:
+        return {k: math.nan for k in cols}
+    model = run.averaging.evaluated(train_inputs(run.data))
+    val = evaluate(model, run.data.val, run.data, amp, run.task, run.settings.val_batches)
+    if run.dist:
+        val = run.dist.from_main(val)  # rank 0's numbers, as for the raw weights
+    return {k: val[k[len("avg_val_"):]] for k in cols}
+
+
 class Trainer:
     """One run: its position, pending rows, validation points, decisions, checkpoints, summary and sinks."""
 
     def __init__(self, run: Run):
-        self.run, self.settings, self.task = run, run.settings, run.task
+        self.run, self.settings, self.task, self.dist = run, run.settings, run.task, run.dist
         self.base_lrs = [group["lr"] for group in run.optimizer.param_groups]  # the configured LRs
         self.order = torch.Generator(device=run.device).manual_seed(run.settings.seed)
         self.pos = Position(order_state=self.order.get_state())
         self.checkpoints = CheckpointDir(run.out_dir / "checkpoints", run.settings.keep_last_k)
         self.cycles_momentum = run.schedule.momentum(0) is not None
-        self.val_steps = run.val_steps
-        # whole epochs (the default, 1ep): validate at epoch ends, also when a resume (e.g. of a ddp run by one
-        # process) made them fall between multiples of val_steps; other durations: every val_steps steps
-        every = parse_duration(run.settings.val_every)
-        self.val_epochs = int(every.amount) if every.unit == "ep" and every.amount.is_integer() else None
-        self.dist = run.dist
-        self.main = run.dist is None or run.dist.main  # rank 0 alone writes checkpoints
-        self.world = run.dist.world_size if run.dist else 1
+        self.val_steps, self.val_epochs = run.val_steps, run.val_epochs
         self.stop_signal: Any = STOP  # true once a signal asked the run to stop
-        # checkpoints hold run.model, the unwrapped model: they load with and without ddp
-        self.train_model = (nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[run.device] if run.device.type == "cuda" else None) if run.dist else run.model)
-        self.step = run.step_fn(self.train_model)
+        self.step = run.loop_step()
         self.pending = Pending(run.hooks.clip is not None, run.settings.on_divergence == "rollback",
                                self.step.learns_lr, self.cycles_momentum)
 
@@ -119,7 +117,7 @@ class Trainer:
 
     def batches(self, start: int) -> Iterator[Any]:
         """The epoch's batches from batch `start` on, in the order `self.order` draws."""
-        shard = {"shard": (self.dist.rank, self.world)} if self.dist else {}
+        shard = {"shard": (self.dist.rank, self.run.world_size)} if self.dist else {}
         return iter(self.run.data.train_batches(self.order, start=start, **shard))
 
     def validate(self) -> dict[str, float]:
@@ -201,7 +199,7 @@ class Trainer:
         """Flush the stretch's steps, and count its time and samples."""
         self._flush()
         self.pos.add_stretch(time.perf_counter() - self.stretch_started, self.first_batch,
-                             len(self.run.data.train), self.run.data.batch_size * self.world)
+                             len(self.run.data.train), self.run.data.batch_size * self.run.world_size)
 
     def _boundary(self) -> bool:
         """After a step that ends an epoch, reaches a validation point or ends the run: flush; validate, decide
@@ -238,66 +236,43 @@ class Trainer:
             val = self.dist.from_main(val)  # rank 0's numbers, so every rank takes the same decisions
         if run.stopper.guard.check_finite and not math.isfinite(val["loss"]):
             raise Diverged(pos.step, f"the validation loss became {val['loss']}")
-        # since the last validation; accuracy over targets (a language model's tokens)
-        train = {"loss": pos.loss_sum / pos.seen, "acc": pos.correct / (pos.seen * self.task.targets_per_sample)}
-        row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr}
-        row.update({k: (train if k.startswith("train_") else val)[k.split("_", 1)[1]] for k in self.row_metrics})
+        row = self.out.metrics_row(pos, pos.take_train_metrics(self.task.targets_per_sample), val)
         if run.averaging is not None:
-            row.update(self._validate_averaged())
+            row.update(evaluate_averaged(run, self.out.averaged, self.step.amp))
         row["seconds"] = time.perf_counter() - self.stretch_started
         self.out.row(row)
         pos.metrics_rows += 1
         run.schedule.observe(pos.epoch, row)
         reason = run.stopper.update(pos.epoch, row, run.model)
+        # the trial's step: this validation's index, counted in epochs when validating at epoch ends (a resume
+        # of a ddp run by one process has epoch ends between multiples of val_steps)
+        self.last_index = pos.epoch // self.val_epochs if self.val_epochs else (pos.step - 1) // self.val_steps
+        self.last_row = row
         if self.dist:
             reason = self.dist.from_main(reason)
-        best = improved(row[settings.monitor], pos.best_value, settings.monitor_mode)
-        if best:
-            pos.best_value, pos.best_epoch = row[settings.monitor], pos.epoch
-        pos.loss_sum, pos.seen, pos.correct = 0.0, 0, 0
-        self.last_row = row
+        best = pos.track_best(row[settings.monitor], settings.monitor_mode)
         return (Status.EARLY_STOPPED, reason) if reason else None, best
 
     def _pruned(self) -> Optional[tuple[Status, str]]:
         """After a validation and its checkpoint (a Ray Tune trial reports that last.pt): whether the sweeper's
         pruner or scheduler stops the run, and as what (pruned; a PBT trial paused to exploit: interrupted)."""
         run = self.run
-        pruned = run.pruning.update((self.pos.step - 1) // self.val_steps, self.last_row) if run.pruning else None
+        pruned = run.pruning.update(self.last_index, self.last_row) if run.pruning else None
         if self.dist:
             pruned = self.dist.from_main(pruned)
         return (getattr(run.pruning, "stop_status", Status.PRUNED), pruned) if pruned else None
-
-    def _validate_averaged(self) -> dict[str, float]:
-        """The averaged weights' validation metrics (avg_val_*); NaN until the averaging has started."""
-        run, cols = self.run, averaged_metrics(self.row_metrics)
-        if not run.averaging.started:
-            return {k: math.nan for k in cols}
-        model = run.averaging.evaluated(train_inputs(run.data))
-        val = evaluate(model, run.data.val, run.data, self.step.amp, self.task, self.settings.val_batches)
-        if self.dist:
-            val = self.dist.from_main(val)
-        return {k: val[k[len("avg_val_"):]] for k in cols}
 
     def _flush(self) -> None:
         """Read back the pending steps (one host sync), hand their rows to the sinks, check for divergence."""
         if not self.pending:
             return
         pos, run = self.pos, self.run
-        taken = self.pending.take(self.dist)
-        losses, correct = taken.losses.tolist(), int(taken.correct)
-        first = pos.step - len(losses)
-        diverged = run.stopper.guard.check(losses)
-        count = len(losses) if diverged is None else diverged[0] + 1  # keep the offending step's row
-        rows = self.pending.rows(taken, losses, first, pos.epoch, count, self.settings.log_every_n_steps,
-                                 len(pos.rollbacks))
-        self.out.steps(rows)
-        pos.steps_rows += len(rows)
-        if taken.effective:
-            pos.last_effective_lr = taken.effective[count - 1]
-        if diverged is not None:
-            raise Diverged(first + diverged[0], diverged[1])
-        pos.add_losses(losses, correct, len(run.data.train), run.data.batch_size * self.world)
-        pos.last_lr = taken.lrs[-1]
+        read = self.pending.flush(pos.step - len(self.pending), pos.epoch, run.stopper.guard,
+                                  self.settings.log_every_n_steps, len(pos.rollbacks), self.dist)
+        self.out.steps(read.rows)
+        pos.add_flushed(read, len(run.data.train), run.data.batch_size * run.world_size)
+        if read.diverged is not None:
+            raise Diverged(*read.diverged)
 
     def on_divergence(self, d: Diverged) -> None:
         """Stop (keeping the last good checkpoint), or roll back to it with a smaller LR."""
@@ -308,9 +283,7 @@ class Trainer:
                 self.dist.barrier()
             self.restore(self.checkpoints.last(), keep_history=True)
             pos = self.pos
-            pos.lr_scale *= settings.rollback_factor
-            pos.rollbacks.append({"diverged_at_step": d.step, "reason": d.reason, "restored_step": pos.step,
-                                  "lr_scale": pos.lr_scale})
+            pos.rolled_back(d.step, d.reason, settings.rollback_factor)
             self.out.message(f"rollback {len(pos.rollbacks)}/{settings.max_rollbacks}: {d.reason} at step "
                              f"{d.step}; back to step {pos.step} with the LR x{pos.lr_scale:g}")
             return
@@ -328,9 +301,8 @@ class Trainer:
         of trainer.save_at, step_<n>.pt beside it."""
         self.sync()
         eval_mode(self.run.optimizer)  # every rank: a checkpoint holds the weights a resume evaluates
-        if self.main:
-            self.checkpoints.write(snapshot(self.run, self.pos), best, step_file,
-                                   kept=self.pos.step in self.run.save_at)
+        if self.run.main:
+            self.checkpoints.save(self.run, self.pos, best, step_file)
         if mid_stretch:  # training goes on
             train_mode(self.run.optimizer)
 
@@ -349,12 +321,9 @@ class Trainer:
             self.base_lrs = run.pbt.apply(run.optimizer)
             if run.pbt.rows is not None:  # an exploit: this job's rows up to the donor's step, then the donor's
                 self.pos.steps_rows, self.pos.metrics_rows = run.pbt.rows
-        self.row_metrics = self.task.row_metrics()
-        averaged = averaged_metrics(self.row_metrics) if run.averaging is not None else []
-        self.metric_cols = ["epoch", "step", "lr", *self.row_metrics, *averaged, "seconds"]
-        if self.main:
+        if run.main:
             self.checkpoints.prepare()
-        self.out = Outputs(run, self.pos, self.pending.columns, self.metric_cols)
+        self.out = Outputs(run, self.pos, self.pending.columns)
 
     def finish(self) -> None:
         """The run ended (or was interrupted): its final weights, tested when it ended (lrtrain.outputs)."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from lrtrain.averaging import averaged_metrics
 from lrtrain.loggers import RunContext, end_sinks
 from lrtrain.position import Position, versions
 from lrtrain.summary import Status, Summary
@@ -19,9 +20,12 @@ class Outputs:
     """The sinks (`live` ones get every step) and the summary of `run`, which is at `pos` (its start or the
     checkpoint it resumes from)."""
 
-    def __init__(self, run: Run, pos: Position, step_cols: list[str], metric_cols: list[str]):
+    def __init__(self, run: Run, pos: Position, step_cols: list[str]):
         self.sinks, self.live = run.sinks, [s for s in run.sinks if s.live]
-        settings, world = run.settings, run.dist.world_size if run.dist else 1
+        settings, world = run.settings, run.world_size
+        self.row_metrics = run.task.row_metrics()  # train_* and val_* of metrics.csv
+        self.averaged = averaged_metrics(self.row_metrics) if run.averaging is not None else []  # avg_val_*
+        metric_cols = ["epoch", "step", "lr", *self.row_metrics, *self.averaged, "seconds"]
         self.ctx = RunContext(run.out_dir, step_cols, metric_cols, run.config, pos.steps_rows, pos.metrics_rows,
                               run.resumed_in_place, run.sweep_dir, run.job_num)
         self.summary = Summary(
@@ -43,6 +47,13 @@ class Outputs:
     def steps(self, rows: list[list[Any]]) -> None:
         for sink in self.sinks:
             sink.on_steps(rows)
+
+    def metrics_row(self, pos: Position, train: dict[str, float], val: dict[str, float]) -> dict[str, Any]:
+        """A validation point's row of metrics.csv, from the training and validation metrics (without the
+        averaged weights' and the seconds, which the loop adds)."""
+        row: dict[str, Any] = {"epoch": pos.epoch, "step": pos.step, "lr": pos.last_lr}
+        row.update({k: (train if k.startswith("train_") else val)[k.split("_", 1)[1]] for k in self.row_metrics})
+        return row
 
     def row(self, row: dict[str, Any]) -> None:
         """A validation point's metrics."""

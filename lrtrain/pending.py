@@ -20,8 +20,19 @@ class Taken(NamedTuple):
     momenta: list[float]  # with a schedule that cycles momentum
 
 
+class Flushed(NamedTuple):
+    """The pending steps, read back."""
+
+    rows: list[list[Any]]  # steps.csv's rows, up to the step that diverged when one did
+    losses: list[float]
+    correct: int
+    last_lr: float
+    effective_lr: Optional[float]  # the learned step size at the last row's step
+    diverged: Optional[tuple[int, str]]  # the first step that diverged, and why
+
+
 class Pending:
-    """`add` one step's result; `take` them all as tensors; `rows` for steps.csv, whose `columns` say which
+    """`add` one step's result; `flush` them all into rows for steps.csv, whose `columns` say which
     optional values a step has: the gradient norm (`clip`), the rollbacks so far (`rollback`), the learned step
     size (`learns_lr`), a cycled momentum (`cycles_momentum`).
 
@@ -58,9 +69,23 @@ class Pending:
         if momentum is not None:
             self.momenta.append(momentum)
 
-    def take(self, dist: Any = None) -> Taken:
-        """The pending steps, still on the device (under ddp, `dist`: the ranks' mean loss and summed correct
-        predictions, so every rank decides on divergence the same way); the buffer is emptied."""
+    def flush(self, first: int, epoch: int, guard: Any, every: int, rollbacks: int, dist: Any = None) -> Flushed:
+        """Read back the pending steps, step `first` on (one host sync), and empty the buffer: steps.csv's rows
+        of every `every`-th step, up to the first that the divergence `guard` finds diverged (its row kept).
+        Under ddp (`dist`): the ranks' mean loss and summed correct predictions, so every rank decides alike."""
+        taken = self._take(dist)
+        losses, correct = taken.losses.tolist(), int(taken.correct)
+        diverged = guard.check(losses)
+        count = len(losses) if diverged is None else diverged[0] + 1
+        norms = taken.norms.tolist() if taken.norms is not None else []
+        extra = [rollbacks] if self.rollback else []
+        rows = [[first + j, epoch, taken.lrs[j], losses[j], *norms[j:j + 1], *extra, *taken.effective[j:j + 1],
+                 *taken.momenta[j:j + 1]] for j in range(count) if (first + j) % every == 0]
+        return Flushed(rows, losses, correct, taken.lrs[-1], taken.effective[count - 1] if taken.effective else None,
+                       None if diverged is None else (first + diverged[0], diverged[1]))
+
+    def _take(self, dist: Any) -> Taken:
+        """The pending steps, still on the device; the buffer is emptied."""
         losses = self._read(self.losses).float()
         correct = self._read(self.correct).sum() if self.correct else torch.zeros(())
         if dist is not None:
@@ -69,14 +94,6 @@ class Pending:
         taken = Taken(losses, correct, norms, self.lrs, self.effective, self.momenta)
         self.clear()
         return taken
-
-    def rows(self, taken: Taken, losses: list[float], first: int, epoch: int, count: int, every: int,
-             rollbacks: int) -> list[list[Any]]:
-        """steps.csv's rows of the first `count` steps taken (step `first` on), of every `every`-th step."""
-        norms = taken.norms.tolist() if taken.norms is not None else []
-        extra = [rollbacks] if self.rollback else []
-        return [[first + j, epoch, taken.lrs[j], losses[j], *norms[j:j + 1], *extra, *taken.effective[j:j + 1],
-                 *taken.momenta[j:j + 1]] for j in range(count) if (first + j) % every == 0]
 
     def _read(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         stacked = self.stack(tensors)

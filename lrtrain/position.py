@@ -14,8 +14,10 @@ import torch
 
 import lrtrain
 from lrtrain.checkpoints import load, remove_temporaries, save_copies
+from lrtrain.early_stopping import improved
 
 if TYPE_CHECKING:
+    from lrtrain.pending import Flushed
     from lrtrain.run import Run
 
 
@@ -55,6 +57,36 @@ class Position:
             self.loss_sum += loss * size
             self.seen += size
         self.correct += correct
+
+    def add_flushed(self, read: Flushed, n: int, batch_size: int) -> None:
+        """Steps read back (the last of the epoch's batches, of `n` samples): their rows counted, and unless
+        one diverged, their losses and correct predictions into the running train metrics."""
+        self.steps_rows += len(read.rows)
+        if read.effective_lr is not None:
+            self.last_effective_lr = read.effective_lr
+        if read.diverged is None:
+            self.add_losses(read.losses, read.correct, n, batch_size)
+            self.last_lr = read.last_lr
+
+    def take_train_metrics(self, targets_per_sample: int) -> dict[str, float]:
+        """The training loss and accuracy (over targets: a language model's tokens) since the last validation;
+        the sums start again."""
+        train = {"loss": self.loss_sum / self.seen, "acc": self.correct / (self.seen * targets_per_sample)}
+        self.loss_sum, self.seen, self.correct = 0.0, 0, 0
+        return train
+
+    def track_best(self, value: float, mode: str) -> bool:
+        """Whether `value` of trainer.monitor is the best so far (for best.pt); it is kept if so."""
+        best = improved(value, self.best_value, mode)
+        if best:
+            self.best_value, self.best_epoch = value, self.epoch
+        return best
+
+    def rolled_back(self, diverged_at: int, reason: str, factor: float) -> None:
+        """Back at this checkpoint after a divergence at step `diverged_at`, to go on with the LR x `factor`."""
+        self.lr_scale *= factor
+        self.rollbacks.append({"diverged_at_step": diverged_at, "reason": reason, "restored_step": self.step,
+                               "lr_scale": self.lr_scale})
 
 
 # What a rollback keeps of the position it leaves: the rows written and the rollbacks made since the checkpoint.
@@ -116,6 +148,10 @@ class CheckpointDir:
         if step_file:
             for old in sorted(self.path.glob("step-*.pt"))[:-self.keep or None]:
                 old.unlink()
+
+    def save(self, run: Run, pos: Position, best: bool = False, step_file: bool = False) -> None:
+        """The run's checkpoint at `pos` (`write`), kept for good at a step of trainer.save_at."""
+        self.write(snapshot(run, pos), best, step_file, kept=pos.step in run.save_at)
 
     def last(self) -> dict[str, Any]:
         return load(self.path / "last.pt")

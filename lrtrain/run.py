@@ -14,7 +14,7 @@ from lrtrain.averaging import Averager
 from lrtrain.config import TrainerConfig
 from lrtrain.data import FolderData, TensorData, TextData
 from lrtrain.distributed import Dist
-from lrtrain.durations import Timeline
+from lrtrain.durations import Timeline, parse_duration
 from lrtrain.early_stopping import EarlyStopping
 from lrtrain.loggers import Sink
 from lrtrain.sweep.pruning import TrialPruning
@@ -55,11 +55,36 @@ class Run:
     pbt: Optional[Any] = None  # a job of a Ray Tune PBT trial: lrtrain.sweep.ray_tune.PBTState
 
     def step_fn(self, model: Optional[nn.Module] = None) -> TrainStep:
-        """The training step over `model` (default: the run's model; the loop passes its ddp wrapper)."""
+        """The training step over `model` (default: the run's model)."""
         return TrainStep(model or self.model, self.optimizer, self.task, self.data, self.hooks,
                          self.settings.precision, self.device, compile=self.settings.compile)
+
+    def loop_step(self) -> TrainStep:
+        """The loop's training step: under ddp over a DistributedDataParallel wrapper of the model, while
+        checkpoints hold `model`, the unwrapped one, so that they load with and without ddp."""
+        if self.dist is None:
+            return self.step_fn()
+        ids = [self.device] if self.device.type == "cuda" else None
+        return self.step_fn(nn.parallel.DistributedDataParallel(self.model, device_ids=ids))
 
     @property
     def val_steps(self) -> int:
         """Steps between validation points (`trainer.val_every`); the run's last step is one too."""
         return self.timeline.every(self.settings.val_every)
+
+    @property
+    def val_epochs(self) -> Optional[int]:
+        """With `trainer.val_every` in whole epochs (the default, 1ep): validate every this many epochs, at epoch
+        ends, also when a resume (e.g. of a ddp run by one process) made them fall between multiples of
+        val_steps. None: every val_steps steps."""
+        every = parse_duration(self.settings.val_every)
+        return int(every.amount) if every.unit == "ep" and every.amount.is_integer() else None
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world_size if self.dist else 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's checkpoints (rank 0 alone, under ddp)."""
+        return self.dist is None or self.dist.main

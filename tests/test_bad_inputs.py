@@ -65,6 +65,24 @@ def test_seeds_torch_cannot_take_are_refused(compose, key, value):
         f"{key}={value}: must be an integer in [-2**63, 2**64 - 1] (torch's seed range)")
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["hydra/launcher=fused", "hydra.launcher.curve_wrokers=1"],
+     "hydra.launcher.curve_wrokers: unknown key; valid keys here: curve_workers"),
+    (["hydra/launcher=fused", "+hydra.launcher.curve_wrokers=1"],  # past the schema: once a TypeError
+     "hydra.launcher.curve_wrokers: unknown key; valid keys here: curve_workers"),
+    (["hydra/launcher=fused", "hydra.launcher.curve_workers=-1"],
+     "hydra.launcher.curve_workers=-1: must be an integer >= 0"),
+    (["hydra/launcher=fused", "hydra.launcher.curve_workers=two"],
+     "hydra.launcher.curve_workers: Value 'two' of type 'str' could not be converted to Integer"),
+    (["+hydra.launcher.n_jobs=2"],
+     "hydra.launcher.n_jobs: unknown key; hydra/launcher=lrtrain has no keys (options that have: fused, slurm)"),
+])
+def test_a_bad_launcher_setting_is_one_line_before_any_job(lrtrain, tmp_path, overrides, message):
+    r = lrtrain("-m", *overrides, "optimizer.lr=0.1,0.01", *QUIET, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert (r.returncode, r.stderr.strip()) == (2, f"lrtrain: error: {message}")
+    assert not (tmp_path / "sweep" / "0").exists()
+
+
 def test_a_worker_error_names_the_file(tmp_path):
     """A corrupt PNG decoded in a DataLoader worker: the worker's error reaches the main process as text."""
     root = write_image_folder(tmp_path / "images")
@@ -130,25 +148,17 @@ def test_a_code_payload_is_refused_without_torch_advice(tmp_path, protocol):
     assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    """The checkpoint's temporary file opens /dev/full, whose every write fails with ENOSPC as a full file system's
-    does (torch's own writer said "enforce fail ... unexpected pos" for it, without the errno)."""
-    import tempfile
-
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    """The checkpoint's temporary file (writers.atomic_path's, this process's) is a link to /dev/full, whose every
+    write fails with ENOSPC as a full file system's does (torch's own writer said "enforce fail ... unexpected pos"
+    for it, without the errno)."""
     path = tmp_path / "checkpoints" / "last.pt"
     save_atomic({"model": {"w": torch.ones(2)}, "step": 1}, path)
-    temporary = path.parent / ".last.pt.full.tmp"
-
-    def on_a_full_disk(prefix, suffix, dir):
-        temporary.touch()
-        return os.open("/dev/full", os.O_WRONLY), str(temporary)
-
-    monkeypatch.setattr(tempfile, "mkstemp", on_a_full_disk)
+    (path.parent / f".last.pt.{os.getpid()}.tmp").symlink_to("/dev/full")
     with pytest.raises(WriteError) as e:
         save_atomic({"model": {"w": torch.zeros(100_000)}, "step": 2}, path)
     assert str(e.value) == f"no space left on device writing {path} (the previous checkpoint, if any, is intact)"
     assert describe(e.value) == (str(e.value), EXIT_FAILED)
-    monkeypatch.undo()
     assert load(path)["step"] == 1 and sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import config_error, CUSTOM, group_options
+from conftest import CONFIGS, config_error, CUSTOM, group_options
 
 GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping", "dataset", "model", "trainer",
           "lr_find", "report"]  # hparams_search is global (it sets hydra.sweeper): tests/test_sweeps.py composes it
@@ -14,6 +14,20 @@ GROUPS = ["optimizer", "scheduler", "warmup", "regularization", "early_stopping"
 def test_every_option_composes_and_validates(compose, group, option):
     cfg = compose(f"{group}={option}", *(CUSTOM if (group, option) == ("scheduler", "custom") else []))
     assert group in cfg
+
+
+@pytest.mark.parametrize("scheduler", group_options("scheduler"))
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_schedule_composes_under_each_experiment(compose, experiment, scheduler):
+    """lrtrain -m +experiment=X scheduler=constant,wsd,...: a recipe's schedule keys live in the scheduler option it
+    chooses (scheduler=nanogpt), so every option replaces it, with that option's own keys."""
+    from omegaconf import OmegaConf
+
+    cfg = compose(f"+experiment={experiment}", f"scheduler={scheduler}", *(CUSTOM if scheduler == "custom" else []))
+    own = OmegaConf.load(CONFIGS / "scheduler" / f"{scheduler}.yaml")
+    for key in own:
+        if key != "defaults" and not (scheduler == "custom" and key == "_target_"):  # custom's is ??? (CUSTOM's)
+            assert cfg.scheduler[key] == own[key], f"scheduler.{key}"
 
 
 def test_regularization_is_multi_select(compose):
@@ -79,7 +93,7 @@ def _float_keys() -> list[tuple[tuple[str, ...], str, str]]:
     from omegaconf import OmegaConf
 
     from conftest import CONFIGS
-    from lrtrain.config import SCHEMAS, RegularizationConfig, float_fields
+    from lrtrain.config import RegularizationConfig, float_fields, schemas
 
     found: dict[str, tuple[tuple[str, ...], str]] = {}
     for group in GROUPS:
@@ -92,10 +106,10 @@ def _float_keys() -> list[tuple[tuple[str, ...], str, str]]:
                 choice: tuple[str, ...] = (f"regularization=[{option}]",)
             else:
                 node = OmegaConf.load(CONFIGS / group / f"{option}.yaml")
-                names = [d.split("@")[0].lstrip("/") for d in node.get("defaults", []) if str(d).startswith("/schema")]
+                names = [d.split("@")[0].lstrip("/") for d in node.get("defaults", []) if str(d).endswith("@_here_")]
                 if not names:
                     continue
-                schema, prefix, choice = SCHEMAS[names[0]], f"{group}.", (f"{group}={option}",)
+                schema, prefix, choice = schemas()[names[0]], f"{group}.", (f"{group}={option}",)
             for name, kind in float_fields(schema).items():
                 found.setdefault(f"{prefix}{name}", (choice, kind))
     return [(choice, key, kind) for key, (choice, kind) in sorted(found.items())]
@@ -203,3 +217,30 @@ def test_malformed_yaml_in_a_config_dir_names_the_file_and_line(lrtrain, tmp_pat
     assert (r.returncode, r.stderr.strip()) == (
         2, f"lrtrain: error: {mine}, line 3, column 6: not valid YAML (while parsing a flow sequence; expected ',' "
            "or ']', but got ':')")
+
+
+def test_a_config_dirs_option_names_its_schema_by_class(lrtrain, tmp_path):
+    """The schema named in a user's option file checks its keys and ranges as a built-in option's does."""
+    mine = tmp_path / "conf" / "optimizer" / "mine.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("defaults:\n  - /AdamConfig@_here_\n  - _self_\n_target_: torch.optim.Adam\nlr: 0.01\n"
+                    "betas: [0.9, 0.99]\neps: 1.0e-08\namsgrad: false\n")
+    r = lrtrain("--config-dir", str(tmp_path / "conf"), "optimizer=mine", "optimizer.betas=[0.9,1.5]")
+    assert (r.returncode, r.stderr.strip()) == (2, "lrtrain: error: optimizer.betas=[0.9, 1.5]: must be two numbers "
+                                                   "in [0, 1)")
+    r = lrtrain("--config-dir", str(tmp_path / "conf"), "optimizer=mine", "optimizer.bettas=[0.9,0.9]")
+    assert r.returncode == 2 and r.stderr.startswith("lrtrain: error: optimizer.bettas: unknown key; valid keys "
+                                                     "here: lr, betas, eps, amsgrad")
+
+
+@pytest.mark.parametrize("old,new", [("schema_optimizer_adam", "/AdamConfig@_here_"),
+                                     ("schema_early_stopping_patience", "/PatienceConfig@_here_"),
+                                     ("schema_trainer", "/TrainerConfig@_here_")])
+def test_a_schema_named_the_old_way_says_its_class_name(lrtrain, tmp_path, old, new):
+    mine = tmp_path / "conf" / "optimizer" / "mine.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text(f"defaults:\n  - /{old}@_here_\n  - _self_\n_target_: torch.optim.Adam\nlr: 0.01\n")
+    r = lrtrain("--config-dir", str(tmp_path / "conf"), "optimizer=mine")
+    assert (r.returncode, r.stderr.strip()) == (
+        2, f"lrtrain: error: optimizer/mine.yaml: {old} is no longer a schema's name; schemas go by their class "
+           f"name: {new} (lrtrain/config.py)")

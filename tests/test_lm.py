@@ -401,8 +401,8 @@ def test_gpt_jobs_of_a_fused_sweep_train_alone_saying_why(lrtrain, corpus, tmp_p
                 "trainer.max_steps=10", "optimizer.lr=1e-3,3e-3", *QUIET, f"hydra.sweep.dir={tmp_path / 's'}")
     assert r.returncode == 0, r.stderr
     for job in (0, 1):
-        assert (f"solo: job {job} (a language model (dataset=text): the fused step and its validation take one "
-                "target per sample)") in r.stdout
+        assert (f"solo: job {job} (a language model (dataset=text): its batches are windows at random offsets of "
+                "one token stream, not rows of tensors the fused group draws by permutation)") in r.stdout
         summary = json.loads((tmp_path / "s" / str(job) / "summary.json").read_text())
         assert summary["status"] == "completed" and "fused" not in summary and "val_bpc" in summary["final"]
     assert "final_val_bpc" in (tmp_path / "s" / "sweep_summary.csv").read_text()  # the report shows the LM metrics

@@ -170,6 +170,50 @@ def test_a_bad_search_space_is_one_line_naming_the_parameter_and_creates_no_stud
     assert "Traceback" not in r.stderr and not (sweep / "optuna.db").exists()
 
 
+def _typo(key: str) -> str:
+    """The key with two neighbouring letters swapped (n_trials -> n_trails)."""
+    i = next(i for i in range(len(key) // 2, len(key) - 1) if key[i] != key[i + 1] and "_" not in key[i:i + 2])
+    return key[:i] + key[i + 1] + key[i] + key[i + 2:]
+
+
+def _sweeper_keys() -> list[str]:
+    from dataclasses import fields
+
+    from lrtrain.config import OptunaSweeperConfig
+
+    return [f.name for f in fields(OptunaSweeperConfig) if not f.name.startswith("_")]
+
+
+SWEEPER_KEYS = _sweeper_keys()
+
+
+@pytest.mark.parametrize("override", [f"+hydra.sweeper.{_typo(key)}=5" for key in SWEEPER_KEYS]
+                         + ["hydra.sweeper.n_trails=5"])
+def test_a_typo_in_a_sweeper_key_is_one_line_naming_it(lrtrain, tmp_path, override):
+    """Added with + (past the schema: once silently ignored), or not (refused as Hydra composes)."""
+    sweep = tmp_path / "sweep"
+    r = lrtrain("hparams_search=optuna", override, f"hydra.sweep.dir={sweep}")
+    typo = override.split("=")[0].lstrip("+")
+    assert (r.returncode, r.stderr.strip()) == (
+        2, f"lrtrain: error: {typo}: unknown key; valid keys here: {', '.join(SWEEPER_KEYS)}")
+    assert not (sweep / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hydra.sweeper.direction=up", "hydra.sweeper.direction='up': must be one of minimize, maximize"),
+    ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0: must be an integer >= 1"),
+    ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0: must be an integer >= 1"),
+    ("hydra.sweeper.n_jobs=two", "hydra.sweeper.n_jobs: Value 'two' of type 'str' could not be converted to Integer"),
+    ("hydra.sweeper.failed_value=nan", "hydra.sweeper.failed_value=nan: must be a finite number, or null"),
+    ("hydra.sweeper.heartbeat_interval=0", "hydra.sweeper.heartbeat_interval=0: must be null or seconds >= 1"),
+])
+def test_a_sweeper_value_out_of_range_is_one_line(lrtrain, tmp_path, override, message):
+    sweep = tmp_path / "sweep"
+    r = lrtrain("hparams_search=optuna", override, f"hydra.sweep.dir={sweep}")
+    assert (r.returncode, r.stderr.strip()) == (2, f"lrtrain: error: {message}")
+    assert not (sweep / "optuna.db").exists()
+
+
 # -------------------------------------------------------------------------------------------- in-process
 
 

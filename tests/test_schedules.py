@@ -587,6 +587,7 @@ ENDPOINTS = {  # lr(0) and lr(last step) of each option's defaults over the digi
     "polynomial": (LR, LR / 900),
     "linear": (LR, LR / 900),
     "cosine": (LR, LR * (1 + math.cos(math.pi * 899 / 900)) / 2),
+    "nanogpt": (LR, 1e-4 + (LR - 1e-4) * (1 + math.cos(math.pi * 899 / 900)) / 2),  # a cosine to 1e-4
     "cosine_restarts": (LR, LR * (1 + math.cos(math.pi * 224 / 225)) / 2),  # 4 cycles of 5 epochs
     "cyclic": (LR, LR + (0.01 - LR) * (1 / 180) / 0.5),  # one step before the 5th cycle's start
     "onecycle": (LR / 25, LR / 25 / 1e4),

@@ -118,6 +118,49 @@ def test_resume_between_validation_points_is_bit_exact(compose, tmp_path, monkey
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 
+class _Reports:
+    """A stand-in for a job's link to its Optuna trial (lrtrain.sweep.pruning.TrialPruning): the indices reported."""
+
+    def __init__(self):
+        self.indices = []
+
+    def update(self, index, row):
+        self.indices.append(index)
+
+
+@pytest.mark.parametrize("every, epochs, indices", [
+    ("20steps", 2, [0, 1, 2, 3, 4]),  # steps 20, 40, 60, 80 and the run's last, 90
+    ("1ep", 2, [0, 1]),
+    ("2ep", 3, [0, 1]),  # epochs 1 and 2 (the run's last)
+])
+def test_pruning_reports_each_validation_point_by_its_index(compose, tmp_path, every, epochs, indices):
+    from lrtrain.build import build
+    from lrtrain.loop import fit
+
+    run = build(compose(f"trainer.max_epochs={epochs}", f"trainer.val_every={every}", *QUIET), tmp_path)
+    run.pruning = _Reports()
+    fit(run)
+    assert run.pruning.indices == indices
+
+
+def test_pruning_reports_epochs_after_a_resume_whose_epochs_had_other_lengths(compose, tmp_path):
+    """A checkpoint of a 2-rank ddp run at its first epoch's end (23 steps of 64 samples), resumed by one
+    process (45 steps an epoch): its epoch ends fall between multiples of 45, and each is reported as its epoch."""
+    from lrtrain.build import build
+    from lrtrain.loop import fit
+
+    fit(build(compose("trainer.max_epochs=1", *QUIET), tmp_path / "first"))
+    ckpt = torch.load(tmp_path / "first" / "checkpoints" / "last.pt", weights_only=True)
+    ckpt["step"] = ckpt["position"]["step"] = 23
+    torch.save(ckpt, tmp_path / "ddp.pt")
+    run = build(compose("trainer.max_epochs=3", f"trainer.resume={tmp_path / 'ddp.pt'}", *QUIET), tmp_path / "on")
+    run.pruning = _Reports()
+    fit(run)
+    rows = read_rows(tmp_path / "on" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [68, 113, 135]  # epochs 1 and 2, then the last step (in epoch 3)
+    assert run.pruning.indices == [1, 2, 3]
+
+
 @pytest.mark.slow
 def test_a_fused_sweep_validates_where_its_solo_runs_do(lrtrain, compose, tmp_path):
     from test_fused import assert_same_job

@@ -11,7 +11,7 @@ choices (lrtrain.sweep.compose). Hydra finds it here (plugins live in `hydra_plu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn
@@ -20,12 +20,19 @@ from omegaconf import DictConfig, open_dict
 
 
 class LrtrainLauncher(BasicLauncher):
-    """Runs the jobs one after another in this process, as Hydra's basic launcher does."""
+    """Runs the jobs one after another in this process, as Hydra's basic launcher does. Its settings,
+    `hydra.launcher.*`, are typed by its schema in lrtrain/config.py and checked in `setup`."""
+
+    def __init__(self, **settings: Any) -> None:  # any keys: `setup` names one its schema lacks in one line
+        super().__init__()
+        self.settings = settings
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         # The sweeper holds this same context: it checks each batch through the wrapped loader.
+        from lrtrain.config import validate_settings
         from lrtrain.sweep.compose import ComposedOnce
 
+        validate_settings(config.hydra.launcher, "hydra.launcher.")
         if not isinstance(hydra_context.config_loader, ComposedOnce):
             hydra_context.config_loader = ComposedOnce(hydra_context.config_loader)
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)

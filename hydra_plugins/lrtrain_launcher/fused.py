@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 class FusedLauncher(LrtrainLauncher):
     """Builds every job of a batch, then trains each group of compatible jobs as one vectorized model."""
 
-    def __init__(self, curve_workers: int) -> None:
-        super().__init__()
-        self.curve_workers = curve_workers
-
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lrtrain import rundir
 
@@ -65,7 +61,7 @@ class FusedLauncher(LrtrainLauncher):
         logger = self.config.logger
         draws = "csv" in logger and logger.csv.get("plots") and "mlflow" not in logger
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        if jobs < 2 or not draws or self.curve_workers < 1 or cores < 2:
+        if jobs < 2 or not draws or self.settings["curve_workers"] < 1 or cores < 2:
             return None
         import multiprocessing
 
@@ -73,7 +69,7 @@ class FusedLauncher(LrtrainLauncher):
             return None
         from lrtrain.plots import CurvesPool
 
-        return CurvesPool(self.curve_workers)
+        return CurvesPool(self.settings["curve_workers"])
 
     def _run_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
                   curves: Any) -> list[JobReturn]:

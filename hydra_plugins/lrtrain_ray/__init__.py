@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 
 class RayTuneSweeper(Sweeper):
-    """Settings: `hydra.sweeper.*`, typed by lrtrain.sweep.ray_tune.RayTuneConfig."""
+    """Settings: `hydra.sweeper.*`, typed by lrtrain.config.RayTuneConfig."""
 
     def __init__(self, **settings: Any) -> None:
         self.settings = OmegaConf.create(settings)

@@ -16,13 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 
 
 class OptunaSweeper(Sweeper):
-    """Settings: `hydra.sweeper.*` (direction, study_name, storage, n_trials, n_jobs, sampler, pruner, params, ...)."""
+    """Settings: `hydra.sweeper.*`, typed by OptunaSweeperConfig (lrtrain/config.py)."""
 
     def __init__(self, **settings: Any) -> None:
         self.settings = OmegaConf.create(settings)
         self.config: Optional[DictConfig] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from lrtrain.config import validate_settings
+
+        validate_settings(config.hydra.sweeper, "hydra.sweeper.")
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)

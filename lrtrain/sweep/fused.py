@@ -49,16 +49,19 @@ def unfusable(run: Run) -> Optional[str]:
     if run.dist is not None:
         return "ddp"
     if run.averaging is not None:
-        return "averaging: the averaged weights are kept per run by torch's AveragedModel, outside the fused step"
+        return ("averaging: the averaged weights follow the job's own model after every step, while a replica's "
+                "weights live in the group's stacked tensors")
     if run.settings.compile:
         return "trainer.compile: the fused step has its own forward pass, which torch.compile does not compile"
-    if run.data.kind == "text":  # the fused step and validation are written for one target per sample
-        return "a language model (dataset=text): the fused step and its validation take one target per sample"
+    if run.data.kind == "text":  # the fused group draws rows of in-memory tensors by permutation
+        return (f"a language model (dataset={run.data.name}): its batches are windows at random offsets of one token "
+                "stream, not rows of tensors the fused group draws by permutation")
     if not isinstance(run.data, TensorData):
         return f"{run.data.name} is read from folders, not held in memory"
     kind = FUSED_OPTIMIZERS.get(type(opt))
     if kind is None:
-        return f"optimizer {type(opt).__name__} has no fused update (adam, adamw, sgd, momentum have)"
+        return (f"optimizer {type(opt).__name__} has no fused update (torch's Adam, AdamW and SGD have: "
+                "optimizer=adam, adamw, amsgrad, sgd, momentum)")
     for group in opt.param_groups:
         if group.get("maximize") or group.get("differentiable") or group.get("fused"):
             return "an optimizer option the fused update does not implement (maximize, differentiable, fused)"

@@ -25,11 +25,11 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lrtrain.errors import ConfigValueError
 from lrtrain.summary import SUCCEEDED, Status
@@ -45,52 +45,6 @@ SEARCH_ALGS = ("random", "optuna")
 
 
 # ------------------------------------------------------------------------------------------------ settings
-
-
-# The sweeper's schema (types; the values and what they mean are in configs/hydra/sweeper/ray_tune.yaml): a key
-# that is not here, or a value of another type, fails at composition, naming it.
-
-
-@dataclass
-class ResourcesConfig:
-    cpu: float = MISSING
-    gpu: float = MISSING
-
-
-@dataclass
-class ASHAConfig:
-    grace_period: int = MISSING
-    reduction_factor: float = MISSING
-    max_t: Optional[int] = MISSING
-
-
-@dataclass
-class PBTConfig:
-    perturbation_interval: int = MISSING
-    quantile_fraction: float = MISSING
-    resample_probability: float = MISSING
-    perturbation_factors: list[float] = MISSING
-    synch: bool = MISSING
-    hyperparam_mutations: dict[str, str] = MISSING
-
-
-@dataclass
-class RayTuneConfig:
-    _target_: str = "hydra_plugins.lrtrain_ray.RayTuneSweeper"
-    num_samples: int = MISSING
-    max_concurrent_trials: Optional[int] = MISSING
-    resources_per_trial: ResourcesConfig = field(default_factory=ResourcesConfig)
-    address: Optional[str] = MISSING
-    num_cpus: Optional[int] = MISSING
-    search_alg: str = MISSING
-    scheduler: str = MISSING
-    asha: ASHAConfig = field(default_factory=ASHAConfig)
-    pbt: PBTConfig = field(default_factory=PBTConfig)
-    metric: Optional[str] = MISSING
-    mode: Optional[str] = MISSING
-    seed: Optional[int] = MISSING
-    seeds: int = MISSING
-    params: dict[str, str] = MISSING
 
 
 def import_ray() -> Any:

@@ -306,27 +306,16 @@ class Search:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module says what happens, in Hydra's log
         self.config, self.hydra_context, self.launcher = config, hydra_context, launcher
-        s = settings
+        s = settings  # checked against OptunaSweeperConfig (lrtrain/config.py) by the sweeper's setup
         self.direction = s.direction
-        if self.direction not in ("minimize", "maximize"):
-            raise ConfigValueError("hydra.sweeper.direction", self.direction, "minimize or maximize")
         mode = OmegaConf.select(config, "trainer.monitor_mode")
         if mode in ("min", "max") and self.direction != f"{mode}imize":
             raise ConfigValueError("hydra.sweeper.direction", self.direction,
                                    f"{mode}imize with trainer.monitor_mode={mode} (jobs return their best trainer.monitor)")
         self.settings = s
         self.n_trials, self.n_jobs = s.n_trials, s.n_jobs
-        for key in ("n_trials", "n_jobs"):
-            value = s[key]
-            if not isinstance(value, int) or value < 1:
-                raise ConfigValueError(f"hydra.sweeper.{key}", value, "an integer >= 1")
         self.failed_value = s.failed_value
-        if self.failed_value is not None and not (isinstance(self.failed_value, (int, float))
-                                                  and math.isfinite(self.failed_value)):
-            raise ConfigValueError("hydra.sweeper.failed_value", self.failed_value, "null or a finite number")
         self.heartbeat = s.heartbeat_interval
-        if self.heartbeat is not None and (not isinstance(self.heartbeat, int) or self.heartbeat < 1):
-            raise ConfigValueError("hydra.sweeper.heartbeat_interval", self.heartbeat, "null or seconds >= 1")
         self.study_name = str(s.study_name)
         self.sweep_dir = Path(config.hydra.sweep.dir)
         self.storage_url = _storage_url(s.storage, self.sweep_dir)
