@@ -179,7 +179,8 @@ def test_a_random_search_writes_its_trials_as_sweep_jobs_and_a_rerun_resumes_it(
 def test_asha_stops_a_bad_lr_early_and_its_job_ends_pruned(lrtrain, tmp_path):
     sweep = tmp_path / "sweep"
     r = lrtrain("hparams_search=ray_asha", "hydra.sweeper.params.scheduler=constant",
-                "optimizer.lr=choice(0.05, 0.0003, 0.000001)", "hydra.sweeper.num_samples=6",
+                # one trial at a time, drawn with seed 0: 0.05 first, then the worse LRs, which ASHA can cut
+                "optimizer.lr=choice(0.000001, 0.0003, 0.05)", "hydra.sweeper.num_samples=6",
                 "hydra.sweeper.max_concurrent_trials=1", "hydra.sweeper.asha.reduction_factor=2",
                 "trainer.max_epochs=4", *RAY, *TINY, f"hydra.sweep.dir={sweep}", timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -229,7 +229,8 @@ class RaySearch:
         else:
             from ray.tune.search import BasicVariantGenerator
 
-            search_alg = BasicVariantGenerator(random_state=s.seed)
+            # its own limit: Tune ignores max_concurrent_trials for a search generator (it warns so)
+            search_alg = BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent_trials or 0)
         if s.scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
@@ -249,7 +250,8 @@ class RaySearch:
 
             scheduler = FIFOScheduler()
         return tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=s.num_samples, search_alg=search_alg,
-                               scheduler=scheduler, max_concurrent_trials=s.max_concurrent_trials, reuse_actors=False)
+                               scheduler=scheduler, reuse_actors=False,
+                               max_concurrent_trials=s.max_concurrent_trials if s.search_alg == "optuna" else None)
 
     def _run_config(self, spec: JobSpec) -> Any:
         from ray import tune
