@@ -199,13 +199,28 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
             check_compatible(path, resume, config, model)
             in_place = path.resolve().parent.parent == out_dir.resolve()
     sinks: list[Sink] = []
-    pruning = None
+    pruning, pbt = None, None
     if dist is None or dist.main:  # rank 0 alone writes outputs
         epochs = math.ceil(total_steps / steps_per_epoch)
         link = TrialLink.from_environment()  # set by lrtrain's Optuna sweeper for the jobs of a pruned study
         if link is not None:
             val_steps = timeline.every(trainer.val_every)
             pruning = link.connect(trainer.monitor, math.ceil(total_steps / val_steps), val_steps == steps_per_epoch)
+        ray_link = _ray_link()  # set by lrtrain's Ray Tune sweeper for its jobs
+        if ray_link is not None:
+            pruning = ray_link
+            ray_link.validations = math.ceil(total_steps / timeline.every(trainer.val_every))
+            if ray_link.restore is not None:  # PBT's exploit: continue from another trial's checkpoint, in place
+                path = Path(ray_link.restore)
+                resume = load(path)
+                check_layout(path, resume, {f.name for f in fields(Position)})
+                check_compatible(path, resume, config, model)
+                in_place = True
+            if ray_link.values:
+                from lrtrain.sweep.ray_tune import pbt_state
+
+                pbt = pbt_state(ray_link, optimizer, config, out_dir,
+                                resume["step"] if ray_link.restore is not None else None)
         sinks = [*build_loggers(cfg.logger),
                  ProgressDisplay(trainer.progress, total_steps, epochs, data.batch_size * world)]
     averaging = None
@@ -218,7 +233,16 @@ def build(cfg: DictConfig, out_dir: Path, sweep_dir: Optional[Path] = None, job_
                stopper=stopper, sinks=sinks, settings=trainer, device=device, timeline=timeline, out_dir=out_dir,
                config=config, resume=resume, resumed_in_place=in_place, dist=dist, sweep_dir=sweep_dir,
                job_num=job_num, pruning=pruning, save_at=save_at, fork=fork,
-               averaging=averaging)
+               averaging=averaging, pbt=pbt)
+
+
+def _ray_link():
+    """The job's link to its Ray Tune trial, if it is one (imported only then: the module is the sweeper's)."""
+    import os
+
+    from lrtrain.sweep.ray_tune import ENV, RayLink
+
+    return RayLink.from_environment() if os.environ.get(ENV) else None
 
 
 def build_loggers(nodes: DictConfig) -> list[Sink]:

@@ -1060,6 +1060,7 @@ class OptunaSweeperConfig:
     n_jobs: int = MISSING
     failed_value: Optional[float] = None
     heartbeat_interval: Optional[int] = None
+    seeds: int = MISSING  # trainer.seed values each trial trains; Optuna is told their mean
     params: dict[str, Any] = MISSING  # the search space: key -> Hydra's sweep syntax (checked by the search)
     sampler: Any = MISSING  # an Optuna sampler's _target_ and arguments (hydra/sweeper/sampler)
     pruner: Any = MISSING  # an Optuna pruner's, or an option's name (hydra/sweeper/pruner)
@@ -1068,8 +1069,54 @@ class OptunaSweeperConfig:
         check_choice(self, "direction", ("minimize", "maximize"))
         check("n_trials", self.n_trials, self.n_trials >= 1, "an integer >= 1")
         check("n_jobs", self.n_jobs, self.n_jobs >= 1, "an integer >= 1")
+        check("seeds", self.seeds, self.seeds >= 1, "an integer >= 1")
         check("heartbeat_interval", self.heartbeat_interval,
               self.heartbeat_interval is None or self.heartbeat_interval >= 1, "null or seconds >= 1")
+
+
+@dataclass
+class RayResourcesConfig:
+    cpu: float = MISSING
+    gpu: float = MISSING
+
+
+@dataclass
+class RayASHAConfig:
+    grace_period: int = MISSING
+    reduction_factor: float = MISSING
+    max_t: Optional[int] = None
+
+
+@dataclass
+class RayPBTConfig:
+    perturbation_interval: int = MISSING
+    quantile_fraction: float = MISSING
+    resample_probability: float = MISSING
+    perturbation_factors: list[float] = MISSING
+    synch: bool = MISSING
+    hyperparam_mutations: dict[str, str] = MISSING
+
+
+@dataclass
+class RayTuneConfig:
+    """hydra/sweeper=ray_tune (hydra_plugins/lrtrain_ray, lrtrain/sweep/ray_tune.py); what the types cannot say
+    (scheduler, search_alg, seeds with a scheduler, PBT's keys) is checked by the search before Ray starts."""
+
+    _target_: str = MISSING
+    num_samples: int = MISSING
+    max_concurrent_trials: Optional[int] = None
+    resources_per_trial: RayResourcesConfig = field(default_factory=RayResourcesConfig)
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    search_alg: str = MISSING
+    scheduler: str = MISSING
+    asha: RayASHAConfig = field(default_factory=RayASHAConfig)
+    pbt: RayPBTConfig = field(default_factory=RayPBTConfig)
+    metric: Optional[str] = None
+    mode: Optional[str] = None
+    seed: Optional[int] = None
+    seeds: int = MISSING
+    params: dict[str, str] = MISSING
 
 
 @dataclass

@@ -217,6 +217,8 @@ class Trainer:
         stop = self.dist.from_main(bool(self.stop_signal)) if self.dist else bool(self.stop_signal)
         if validating or stop or pos.step in run.save_at:
             self.save(best=best)
+        if validating:
+            reason = self._pruned() or reason
         if stop and pos.step < total:
             self._interrupt(save=False)
         elif reason is not None:
@@ -244,12 +246,21 @@ class Trainer:
         reason = run.stopper.update(pos.epoch, row, run.model)
         # the trial's step: this validation's index, counted in epochs when validating at epoch ends (a resume
         # of a ddp run by one process has epoch ends between multiples of val_steps)
-        index = pos.epoch // self.val_epochs if self.val_epochs else (pos.step - 1) // self.val_steps
-        pruned = run.pruning.update(index, row) if run.pruning else None
+        self.last_index = pos.epoch // self.val_epochs if self.val_epochs else (pos.step - 1) // self.val_steps
+        self.last_row = row
         if self.dist:
-            reason, pruned = self.dist.from_main((reason, pruned))
+            reason = self.dist.from_main(reason)
         best = pos.track_best(row[settings.monitor], settings.monitor_mode)
-        return (Status.PRUNED, pruned) if pruned else (Status.EARLY_STOPPED, reason) if reason else None, best
+        return (Status.EARLY_STOPPED, reason) if reason else None, best
+
+    def _pruned(self) -> Optional[tuple[Status, str]]:
+        """After a validation and its checkpoint (a Ray Tune trial reports that last.pt): whether the sweeper's
+        pruner or scheduler stops the run, and as what (pruned; a PBT trial paused to exploit: interrupted)."""
+        run = self.run
+        pruned = run.pruning.update(self.last_index, self.last_row) if run.pruning else None
+        if self.dist:
+            pruned = self.dist.from_main(pruned)
+        return (getattr(run.pruning, "stop_status", Status.PRUNED), pruned) if pruned else None
 
     def _flush(self) -> None:
         """Read back the pending steps (one host sync), hand their rows to the sinks, check for divergence."""
@@ -306,6 +317,10 @@ class Trainer:
             self.restore(run.resume)
             if not run.resumed_in_place:  # continuing into a new run dir: its CSVs start at the checkpoint
                 self.pos.steps_rows = self.pos.metrics_rows = 0
+        if run.pbt is not None:  # PBT's values for this trial (after a restore: the donor's are in the optimizer)
+            self.base_lrs = run.pbt.apply(run.optimizer)
+            if run.pbt.rows is not None:  # an exploit: this job's rows up to the donor's step, then the donor's
+                self.pos.steps_rows, self.pos.metrics_rows = run.pbt.rows
         if run.main:
             self.checkpoints.prepare()
         self.out = Outputs(run, self.pos, self.pending.columns)

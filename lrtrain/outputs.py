@@ -33,7 +33,7 @@ class Outputs:
             epochs=0, steps=0, train_seconds=0.0, samples_per_second=0.0, device=str(run.device),
             threads=torch.get_num_threads(), seed=settings.seed,
             resumed_from_step=pos.step if run.resume is not None else None, lr_find=run.lr_find,
-            fork=run.fork, versions=versions())
+            fork=run.fork, pbt=run.pbt.record() if run.pbt is not None else None, versions=versions())
         if run.dist:
             self.summary.world_size, self.summary.global_batch_size = world, run.data.batch_size * world
         self.started = time.perf_counter()

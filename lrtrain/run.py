@@ -48,10 +48,11 @@ class Run:
     lr_find: Optional[dict[str, Any]] = None  # the LR range test's result, when one ran before training
     sweep_dir: Optional[Path] = None  # when the run is a job of a sweep: the sweep's dir and the job's number
     job_num: Optional[int] = None
-    pruning: Optional[TrialPruning] = None  # a job of a pruned Optuna study: update(index, row) -> reason to stop
+    pruning: Optional[TrialPruning] = None  # a pruned Optuna study's job, a Ray Tune trial's: update(index, row) -> stop?
     save_at: frozenset[int] = frozenset()  # trainer.save_at in steps: checkpoints/step_<N>.pt, kept for good
     fork: Optional[dict[str, Any]] = None  # a cooldown fork's lineage (lrtrain.forks), for summary.json
     averaging: Optional[Averager] = None  # averaging=ema|swa: the averaged weights beside run.model
+    pbt: Optional[Any] = None  # a job of a Ray Tune PBT trial: lrtrain.sweep.ray_tune.PBTState
 
     def step_fn(self, model: Optional[nn.Module] = None) -> TrainStep:
         """The training step over `model` (default: the run's model)."""

@@ -47,7 +47,7 @@ RUN_NAMES = (RECORD, "summary.json", "steps.csv", "metrics.csv", "checkpoints", 
 # What a sweep writes into its own dir besides the job dirs (lrtrain.sweep.report, Hydra, lrtrain.sweep.search, submitit).
 SWEEP_NAMES = (SWEEP_RECORD, "multirun.yaml", "sweep_summary.csv", "study_summary.csv", "sweep.png",
                "lr_sensitivity.png", "optuna.db", "optimization_results.yaml", "search.png", ".submitit",
-               "cooldown.png", "lr_transfer.png", "transfer.csv")
+               "cooldown.png", "lr_transfer.png", "transfer.csv", "ray_tune", "pbt_lr.png")
 # Statuses of a run that is a result: never replaced without trainer.overwrite=true.
 RESULTS = FINISHED
 # Keys that do not change a job's result: a sweep run again with other values of them is the same sweep.

@@ -16,7 +16,7 @@ class Status(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     EARLY_STOPPED = "early_stopped"
-    PRUNED = "pruned"  # stopped by an Optuna pruner (lrtrain/sweep/pruning.py): a result, not a failure
+    PRUNED = "pruned"  # stopped by an Optuna pruner (lrtrain/sweep/pruning.py) or Ray Tune's ASHA: a result, not a failure
     DIVERGED = "diverged"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # a signal stopped it; a resume continues it
@@ -60,12 +60,13 @@ class Summary:
     effective_lr: Optional[float] = None  # the last step size Prodigy or D-Adaptation learned
     fused: Optional[dict[str, Any]] = None  # hydra/launcher=fused: the replicas trained together with this job
     fork: Optional[dict[str, Any]] = None  # a cooldown fork: its parent's dir, the step it forked at, its cooldown
+    pbt: Optional[dict[str, Any]] = None  # a Ray Tune PBT trial's job: its current values and every exploit made
     versions: Optional[dict[str, str]] = None
 
     # Written even when empty: a reader can always look these up (all but the extras, once training started).
     _ALWAYS = ("status", "stop_reason", "run_dir", "best_value")
     _EXTRAS = ("restored_best_weights_from_epoch", "world_size", "global_batch_size", "rank_weight_hashes",
-               "ranks_in_sync", "lr_find", "effective_lr", "fused", "fork")
+               "ranks_in_sync", "lr_find", "effective_lr", "fused", "fork", "pbt")
 
     def __post_init__(self) -> None:
         if self.status in {s.value for s in Status}:  # read back from a file: the enum member

@@ -72,9 +72,17 @@ def _read_overrides(job_dir: Path) -> list[str]:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """A sweep's job folders (those Hydra wrote a `.hydra/` into), in job order."""
-    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
-    return sorted(jobs, key=_job_order)
+    """A sweep's job folders (those Hydra wrote a `.hydra/` into), in job order; a trial of a search that trains
+    several seeds (`hydra.sweeper.seeds`) holds its jobs one level down, `<trial>/<k>`."""
+    jobs = []
+    for p in sweep_dir.iterdir():
+        if not p.is_dir():
+            continue
+        if (p / ".hydra").is_dir():
+            jobs.append(p)
+        elif p.name.isdigit():
+            jobs += sorted((q for q in p.iterdir() if q.is_dir() and (q / ".hydra").is_dir()), key=_job_order)
+    return sorted(jobs, key=lambda q: tuple(map(_job_order, map(Path, q.relative_to(sweep_dir).parts))))
 
 
 def _job_order(path: Path) -> tuple:
@@ -96,7 +104,8 @@ def find_jobs(dirs: Sequence[Path]) -> list[tuple[str, Path]]:
         for job in [d] if (d / ".hydra").is_dir() else job_dirs(d):
             found.setdefault(job.resolve())
     if len(dirs) == 1 and not (dirs[0] / ".hydra").is_dir():
-        return [(job.name, job) for job in found]
+        root = dirs[0].resolve()
+        return [(str(job.relative_to(root)), job) for job in found]
     base = Path(os.path.commonpath([d.resolve() for d in dirs]))
     return [(str(job.relative_to(base)) if job != base else job.name, job) for job in found]
 
@@ -177,6 +186,8 @@ def sweep_rows(dirs: Path | Sequence[Path]) -> list[dict]:
             row["suggested_lr"] = s["lr_find"]["suggested_lr"]
         if isinstance(s.get("fork"), dict):
             row["fork"] = s["fork"]
+        if isinstance(s.get("pbt"), dict):
+            row["pbt"] = s["pbt"]
         rows.append(row)
     return rows
 
@@ -606,6 +617,30 @@ def plot_sweep(study: Study, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_pbt(rows: list[dict], path: Path) -> Path:
+    """pbt_lr.png: the LR each trial of a population-based training trained with, step by step (steps.csv), its
+    exploits marked where it took another trial's weights: the LR schedules PBT found."""
+    jobs = [r for r in rows if r.get("pbt")]
+    fig = _figure(figsize=(8, 5))
+    ax = fig.subplots()
+    for color, row in zip(_colors(len(jobs)), jobs):
+        steps_csv = Path(row["dir"]) / "steps.csv"
+        curve = read_csv(steps_csv, ["step", "lr"]) if steps_csv.is_file() else {}
+        if not curve.get("lr"):
+            continue
+        ax.plot(curve["step"], curve["lr"], color=color, lw=1.2, label=f"trial {row['job']}")
+        at = [e["at_step"] for e in row["pbt"].get("exploits") or [] if isinstance(e, dict) and "at_step" in e]
+        lrs = dict(zip(curve["step"], curve["lr"]))
+        ax.scatter(at, [lrs.get(s, float("nan")) for s in at], color=color, marker="v", s=30, zorder=3)
+    ax.set(xlabel="optimizer step", ylabel="learning rate")
+    _log(ax, "y")
+    _title(ax, "population-based training: the LR each trial trained with (v: it continued from another trial)")
+    if jobs:
+        ax.legend(fontsize="small", frameon=False, ncol=2)
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.9, bottom=0.1)
+    return _save(fig, path)
+
+
 def plot_cooldown(study: Study, path: Path) -> Path:
     """cooldown.png: each parent's validation loss against steps, and each configuration of forks' final
     validation loss at its last step (fork step + cooldown), one line per fork.shape, its replicates' mean with
@@ -861,6 +896,8 @@ def report_sweep(dirs: Path | Sequence[Path], settings: Optional[ReportConfig] =
             written.append(plot_cooldown(study, out_dir / "cooldown.png"))
         if study.transfer_key:
             written.append(plot_transfer(study, out_dir / "lr_transfer.png"))
+        if any(row.get("pbt") for row in rows):
+            written.append(plot_pbt(rows, out_dir / "pbt_lr.png"))
     write_study_csv(study, plotted, written[1])
     if study.transfer_key:
         written.append(write_transfer_csv(study, out_dir / "transfer.csv"))

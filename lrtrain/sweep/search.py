@@ -162,6 +162,29 @@ def _ends(space: dict[str, Dimension]) -> list[list[str]]:
     return corners
 
 
+def check_jobs_compose(config: DictConfig, loader: Any, space: dict[str, Dimension], fixed: dict[str, str]) -> None:
+    """Compose and validate a job at each corner of the search space before any trial runs: a key that does not
+    exist or a value out of its range fails the search here, naming the key (both sweepers)."""
+    for corner in _ends(space):
+        cfg = loader.load_sweep_config(config, [*fixed.values(), *corner])
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+        validate(cfg)
+
+
+def seeds_setting(settings: DictConfig, fixed: dict[str, str], space: dict[str, Dimension]) -> int:
+    """`hydra.sweeper.seeds`: how many trainer.seed values each trial trains (its value is their mean)."""
+    seeds = settings.get("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigValueError("hydra.sweeper.seeds", seeds, "an integer >= 1")
+    if seeds > 1 and "trainer.seed" in {**fixed, **space}:
+        where = "hydra.sweeper.params.trainer.seed" if "trainer.seed" in space else "trainer.seed"
+        raise ConfigValueError(where, (space.get("trainer.seed") or fixed.get("trainer.seed")),
+                               f"not given with hydra.sweeper.seeds={seeds}, which sets trainer.seed itself "
+                               "(from the config's trainer.seed on)")
+    return seeds
+
+
 # ------------------------------------------------------------------------------------------------- study
 
 
@@ -289,6 +312,7 @@ class Search:
         if mode in ("min", "max") and self.direction != f"{mode}imize":
             raise ConfigValueError("hydra.sweeper.direction", self.direction,
                                    f"{mode}imize with trainer.monitor_mode={mode} (jobs return their best trainer.monitor)")
+        self.settings = s
         self.n_trials, self.n_jobs = s.n_trials, s.n_jobs
         self.failed_value = s.failed_value
         self.heartbeat = s.heartbeat_interval
@@ -334,14 +358,7 @@ class Search:
         return study
 
     def _check_jobs_compose(self, space: dict[str, Dimension], fixed: dict[str, str]) -> None:
-        """Compose and validate a job at each corner of the search space before any trial is claimed: a key
-        that does not exist or a value out of its range fails the search here, naming the key."""
-        loader = self.hydra_context.config_loader
-        for corner in _ends(space):
-            cfg = loader.load_sweep_config(self.config, [*fixed.values(), *corner])
-            with read_write(cfg), open_dict(cfg):
-                del cfg["hydra"]
-            validate(cfg)
+        check_jobs_compose(self.config, self.hydra_context.config_loader, space, fixed)
 
     # ------------------------------------------------------------------------------------------- trials
 
@@ -373,19 +390,24 @@ class Search:
             suggest(trial, name, dim.distribution)
         return trial
 
-    def _job_overrides(self, trial: Any, space: dict[str, Dimension], fixed: dict[str, str]) -> list[str]:
+    def _job_overrides(self, trial: Any, space: dict[str, Dimension], fixed: dict[str, str]) -> list[list[str]]:
+        """The trial's jobs: one, or one per seed (`hydra.sweeper.seeds`), each in a job dir of its own."""
         params = [space[name].override(value) for name, value in trial.params.items()]
         trial.set_user_attr("overrides", [*fixed.values(), *params])
         # Hydra keys, so launchers leave them out of their log lines: one folder per trial (also across resumes
         # and workers), and the job's link to its trial (`_declare_link` made the env_set key exist).
-        hidden = [f"hydra.sweep.subdir={trial.number}"]
+        hidden = []
         if self.pruned:
             link = TrialLink(self.storage_url, self.study_name, trial._trial_id, trial.number,
                              OmegaConf.to_container(self.pruner_cfg, resolve=True))
             # JSON inside Hydra's single quotes: nothing to escape once ' and $ are JSON escapes too
             payload = link.to_env().replace("'", "\\u0027").replace("$", "\\u0024")
             hidden.append(f"hydra.job.env_set.{ENV}='{payload}'")
-        return [*fixed.values(), *params, *hidden]
+        if self.seeds == 1:
+            return [[*fixed.values(), *params, f"hydra.sweep.subdir={trial.number}", *hidden]]
+        base = int(self.config.trainer.seed)
+        return [[*fixed.values(), *params, f"trainer.seed={base + k}", f"hydra.sweep.subdir={trial.number}/{k}",
+                 *hidden] for k in range(self.seeds)]
 
     def _declare_link(self) -> None:
         """Add the env_set key for the trial link to the Hydra overrides every job is composed with, so that a
@@ -393,21 +415,24 @@ class Search:
         with read_write(self.config.hydra.overrides):
             self.config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{ENV}=''")
 
-    def _tell_result(self, study: Any, trial: Any, ret: JobReturn) -> str:
+    def _tell_result(self, study: Any, trial: Any, rets: list[JobReturn]) -> str:
+        """Tell Optuna how the trial's jobs ended: the mean of their values when every one succeeded (one job
+        without `hydra.sweeper.seeds`), else the first job's status that is not a success."""
         from optuna.trial import TrialState
 
-        run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else None
-        summary = _read_json(run_dir / "summary.json") if run_dir else {}
-        status = summary.get("status") or (Status.FAILED if ret.status == JobStatus.FAILED else Status.INTERRUPTED)
-        value = ret._return_value if ret.status == JobStatus.COMPLETED else None
-        if status in OK and not (isinstance(value, (int, float)) and math.isfinite(value)):
-            status = Status.FAILED
-            summary["stop_reason"] = f"the job returned {value!r}, not a number"
+        ends = [self._job_end(ret) for ret in rets]
+        run_dirs = [str(d) for _, _, d, _ in ends if d]
+        if run_dirs:
+            trial.set_user_attr("run_dir", run_dirs[0] if len(rets) == 1 else str(Path(run_dirs[0]).parent))
+        status, value, _, cause = next(((s, v, d, c) for s, v, d, c in ends if s not in OK), ends[0])
+        if status in OK:
+            values = [v for _, v, _, _ in ends]
+            value = sum(values) / len(values)
+            if len(values) > 1:
+                trial.set_user_attr("seed_values", values)
         trial.set_user_attr("status", str(status))
-        if run_dir:
-            trial.set_user_attr("run_dir", str(run_dir))
-        if summary.get("stop_reason"):
-            trial.set_user_attr("cause", summary["stop_reason"])
+        if cause:
+            trial.set_user_attr("cause", cause)
         if status in OK:
             tell(study, trial, TrialState.COMPLETE, float(value))
         elif status == Status.PRUNED:
@@ -416,8 +441,21 @@ class Search:
             tell(study, trial, TrialState.COMPLETE, float(self.failed_value))
         else:
             tell(study, trial, TrialState.FAIL)
-        shown = f" {value:.4g}" if status in OK else f": {summary.get('stop_reason') or ''}"
+        seeds = f" (mean of {len(rets)} seeds)" if len(rets) > 1 and status in OK else ""
+        shown = f" {value:.4g}{seeds}" if status in OK else f": {cause or ''}"
         return f"trial {trial.number} {status}{shown}"
+
+    @staticmethod
+    def _job_end(ret: JobReturn) -> tuple[Status, Any, Optional[Path], Optional[str]]:
+        """(status, value, run dir, cause) of one job, from its summary.json and what it returned."""
+        run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else None
+        summary = _read_json(run_dir / "summary.json") if run_dir else {}
+        status = summary.get("status") or (Status.FAILED if ret.status == JobStatus.FAILED else Status.INTERRUPTED)
+        value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+        cause = summary.get("stop_reason")
+        if status in OK and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            status, cause = Status.FAILED, f"the job returned {value!r}, not a number"
+        return Status(status) if status in set(Status) else status, value, run_dir, cause
 
     # ------------------------------------------------------------------------------------------------ run
 
@@ -427,6 +465,11 @@ class Search:
             raise ConfigValueError("hydra.sweeper.params", self.params or {},
                                    f"a search space with at least one dimension: {SYNTAX}")
         self.pruned = self.pruner_cfg.get("_target_") != "optuna.pruners.NopPruner"
+        self.seeds = seeds_setting(self.settings, fixed, space)
+        if self.seeds > 1 and self.pruned:  # a pruner takes one value per validation, seeds would give several
+            raise ConfigValueError("hydra.sweeper.seeds", self.seeds, "1 with a pruner (hydra.sweeper.pruner="
+                                   f"{self.pruner_cfg.get('_target_', '').rsplit('.', 1)[-1]}), or seeds>1 with "
+                                   "hydra/sweeper/pruner=none")
         if self.pruned:
             self._declare_link()
         if str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler"):
@@ -451,7 +494,8 @@ class Search:
                 batch.append(trial)
             if not batch:
                 break
-            overrides = [self._job_overrides(t, space, fixed) for t in batch]
+            jobs = [self._job_overrides(t, space, fixed) for t in batch]
+            overrides = [job for trial_jobs in jobs for job in trial_jobs]
             with Heartbeat(self.storage, [t._trial_id for t in batch], self.heartbeat):
                 try:
                     returns = self.launcher.launch(overrides, initial_job_idx=job_idx)
@@ -462,8 +506,9 @@ class Search:
                         tell(study, trial, TrialState.FAIL)
                     raise
             job_idx += len(returns)
-            for trial, ret in zip(batch, returns):
-                log.info(self._tell_result(study, trial, ret))
+            for trial, trial_jobs in zip(batch, jobs):
+                log.info(self._tell_result(study, trial, returns[:len(trial_jobs)]))
+                returns = returns[len(trial_jobs):]
             if STOP:  # SIGINT/SIGTERM: no more trials; the results so far and the report are written
                 log.info(f"Optuna search interrupted by {STOP.name}: no more trials are started")
                 break
