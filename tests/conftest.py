@@ -143,3 +143,27 @@ def loss_fell(rows: list[dict[str, str]], k: int = 5) -> bool:
     """The mean loss of the last k steps is well below that of the first k."""
     losses = [float(r["loss"]) for r in rows]
     return sum(losses[-k:]) / k < 0.8 * sum(losses[:k]) / k
+
+
+class Killed(BaseException):
+    """Stands for a kill: not an Exception, so nothing in the loop handles it."""
+
+
+def fit_killed_after(run, steps: int, monkeypatch) -> None:
+    """Train `run` in this process and end it as a kill would, as its step `steps + 1` begins (what its last
+    checkpoint holds is the test's to check)."""
+    from lrtrain.loop import fit
+    from lrtrain.step import TrainStep
+
+    step, done = TrainStep.__call__, []
+
+    def killing(self, *args):
+        if len(done) == steps:
+            raise Killed
+        done.append(1)
+        return step(self, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainStep, "__call__", killing)
+        with pytest.raises(Killed):
+            fit(run)

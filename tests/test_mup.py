@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from conftest import QUIET, config_error, read_rows
+from conftest import QUIET, config_error, fit_killed_after, read_rows
 from lrtrain.build import build
 from lrtrain.errors import ConfigValueError
 from lrtrain.models import GPT
@@ -181,28 +181,16 @@ def test_mup_jobs_fuse_like_solo_runs(compose, tmp_path):
 def test_a_mup_run_resumes_bit_for_bit_from_a_mid_epoch_checkpoint(compose, tmp_path, monkeypatch, optimizer):
     """μP's group LRs under warmup and cosine: killed 3 steps after a mid-epoch checkpoint and resumed in place,
     the run's steps.csv, metrics.csv and weights are an unbroken run's."""
-    from test_resume import _Killed, _metrics_without_seconds, _weights
+    from test_resume import _metrics_without_seconds, _weights
 
     from lrtrain.loop import fit
-    from lrtrain.step import TrainStep
 
     cfg = compose(f"optimizer={optimizer}", "model.parametrization=mup", "model.base_width=16",
                   "model.hidden=[64,64]", "warmup=linear", "warmup.length=10steps", "scheduler=cosine",
                   "trainer.max_epochs=2", "dataset.batch_size=64", "trainer.checkpoint_every_n_steps=7", *QUIET)
     fit(build(cfg, tmp_path / "reference"))
     broken = tmp_path / "broken"
-    step, done = TrainStep.__call__, []
-
-    def kill_after_31(self, *args):
-        if len(done) == 31:
-            raise _Killed
-        done.append(1)
-        return step(self, *args)
-
-    monkeypatch.setattr(TrainStep, "__call__", kill_after_31)
-    with pytest.raises(_Killed):
-        fit(build(cfg, broken))
-    monkeypatch.undo()
+    fit_killed_after(build(cfg, broken), 31, monkeypatch)
     cfg.trainer.resume = str(broken)
     fit(build(cfg, broken))
     reference = tmp_path / "reference"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import signal
 import subprocess
 import sys

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from conftest import QUIET, read_rows
+from conftest import QUIET, fit_killed_after, read_rows
 
 CLI = ["trainer.progress=none", "logger.csv.plots=false"]
 
@@ -80,33 +80,17 @@ def test_early_stopping_counts_validation_points(lrtrain):
     assert [int(m["step"]) for m in r.csv("metrics.csv")] == [10, 20, 30]
 
 
-class _Killed(BaseException):
-    """Stands for a kill: not an Exception, so nothing in the loop handles it."""
-
-
 def test_resume_between_validation_points_is_bit_exact(compose, tmp_path, monkeypatch):
     """Killed at step 33: the last checkpoint (step 28) lies between the validations at 25 and 50, with the
     running train loss of steps 25-27 in it; the resumed run's files and weights equal an unbroken run's."""
     from lrtrain.build import build
     from lrtrain.loop import fit
-    from lrtrain.step import TrainStep
 
     args = ["trainer.max_epochs=2", "trainer.val_every=25steps", "trainer.checkpoint_every_n_steps=7",
             "regularization=[dropout]", *QUIET]
     fit(build(compose(*args), tmp_path / "reference"))
     broken = tmp_path / "broken"
-    step, done = TrainStep.__call__, []
-
-    def kill_after_33(self, *a):
-        if len(done) == 33:
-            raise _Killed
-        done.append(1)
-        return step(self, *a)
-
-    monkeypatch.setattr(TrainStep, "__call__", kill_after_33)
-    with pytest.raises(_Killed):
-        fit(build(compose(*args), broken))
-    monkeypatch.undo()
+    fit_killed_after(build(compose(*args), broken), 33, monkeypatch)
     assert torch.load(broken / "checkpoints" / "last.pt", weights_only=True)["position"]["seen"] == 3 * 32
     fit(build(compose(*args, f"trainer.resume={broken}"), broken))
     reference = tmp_path / "reference"
