@@ -1097,10 +1097,14 @@ class RayPBTConfig:
     hyperparam_mutations: dict[str, str] = MISSING
 
 
+RAY_SCHEDULERS = ("fifo", "asha", "pbt")
+RAY_SEARCH_ALGS = ("random", "optuna")
+
+
 @dataclass
 class RayTuneConfig:
-    """hydra/sweeper=ray_tune (hydra_plugins/lrtrain_ray, lrtrain/sweep/ray_tune.py); what the types cannot say
-    (scheduler, search_alg, seeds with a scheduler, PBT's keys) is checked by the search before Ray starts."""
+    """hydra/sweeper=ray_tune (hydra_plugins/lrtrain_ray, lrtrain/sweep/ray_tune.py); what one key's value cannot
+    say (seeds with a scheduler, PBT's keys against the search space) is checked by the search before Ray starts."""
 
     _target_: str = MISSING
     num_samples: int = MISSING
@@ -1117,6 +1121,13 @@ class RayTuneConfig:
     seed: Optional[int] = None
     seeds: int = MISSING
     params: dict[str, str] = MISSING
+
+    def __post_init__(self) -> None:
+        check("scheduler", self.scheduler, self.scheduler in RAY_SCHEDULERS, " | ".join(RAY_SCHEDULERS))
+        check("search_alg", self.search_alg, self.search_alg in RAY_SEARCH_ALGS, " | ".join(RAY_SEARCH_ALGS))
+        check("num_samples", self.num_samples, self.num_samples >= 1, "at least 1")
+        check("seeds", self.seeds, self.seeds >= 1, "at least 1")
+        check("mode", self.mode, self.mode in (None, "min", "max"), "min, max or null (trainer.monitor_mode)")
 
 
 @dataclass

@@ -23,6 +23,9 @@ class RayTuneSweeper(Sweeper):
         self.config: Optional[DictConfig] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from lrtrain.config import validate_settings
+
+        validate_settings(config.hydra.sweeper, "hydra.sweeper.")
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def sweep(self, arguments: List[str]) -> None:

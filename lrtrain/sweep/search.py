@@ -174,9 +174,7 @@ def check_jobs_compose(config: DictConfig, loader: Any, space: dict[str, Dimensi
 
 def seeds_setting(settings: DictConfig, fixed: dict[str, str], space: dict[str, Dimension]) -> int:
     """`hydra.sweeper.seeds`: how many trainer.seed values each trial trains (its value is their mean)."""
-    seeds = settings.get("seeds", 1)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise ConfigValueError("hydra.sweeper.seeds", seeds, "an integer >= 1")
+    seeds = settings.get("seeds", 1)  # an integer >= 1: OptunaSweeperConfig checked it
     if seeds > 1 and "trainer.seed" in {**fixed, **space}:
         where = "hydra.sweeper.params.trainer.seed" if "trainer.seed" in space else "trainer.seed"
         raise ConfigValueError(where, (space.get("trainer.seed") or fixed.get("trainer.seed")),
