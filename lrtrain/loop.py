@@ -211,23 +211,24 @@ class Trainer:
             validating = (epoch_ended and (pos.epoch + 1) % self.val_epochs == 0) or pos.step >= total
         else:
             validating = pos.step % self.val_steps == 0 or pos.step >= total
-        reason, best = self._validation() if validating else (None, False)
+        reason, best, report = self._validation() if validating else (None, False, None)
         if epoch_ended:
             pos.epoch, pos.batch, pos.order_state = pos.epoch + 1, 0, self.order.get_state()
         stop = self.dist.from_main(bool(self.stop_signal)) if self.dist else bool(self.stop_signal)
         if validating or stop or pos.step in run.save_at:
             self.save(best=best)
-        if validating:
-            reason = self._pruned() or reason
+        if report is not None:
+            reason = self._pruned(*report) or reason
         if stop and pos.step < total:
             self._interrupt(save=False)
         elif reason is not None:
             self.out.stop(*reason)
         return epoch_ended or not self.running
 
-    def _validation(self) -> tuple[Optional[tuple[Status, str]], bool]:
+    def _validation(self) -> tuple[Optional[tuple[Status, str]], bool, tuple[int, dict]]:
         """Validate the weights as they are and hand the metrics row on; then what it decides: a reason to stop
-        (a status and its reason), and whether it is the best so far (for best.pt)."""
+        (a status and its reason), whether it is the best so far (for best.pt), and what a sweeper's pruner is
+        told once the checkpoint is written (the validation's index and row)."""
         run, pos, settings = self.run, self.pos, self.settings
         self.sync()
         eval_mode(run.optimizer)  # schedule-free: validate (and then save) the averaged weights
@@ -246,18 +247,17 @@ class Trainer:
         reason = run.stopper.update(pos.epoch, row, run.model)
         # the trial's step: this validation's index, counted in epochs when validating at epoch ends (a resume
         # of a ddp run by one process has epoch ends between multiples of val_steps)
-        self.last_index = pos.epoch // self.val_epochs if self.val_epochs else (pos.step - 1) // self.val_steps
-        self.last_row = row
+        index = pos.epoch // self.val_epochs if self.val_epochs else (pos.step - 1) // self.val_steps
         if self.dist:
             reason = self.dist.from_main(reason)
         best = pos.track_best(row[settings.monitor], settings.monitor_mode)
-        return (Status.EARLY_STOPPED, reason) if reason else None, best
+        return (Status.EARLY_STOPPED, reason) if reason else None, best, (index, row)
 
-    def _pruned(self) -> Optional[tuple[Status, str]]:
+    def _pruned(self, index: int, row: dict) -> Optional[tuple[Status, str]]:
         """After a validation and its checkpoint (a Ray Tune trial reports that last.pt): whether the sweeper's
         pruner or scheduler stops the run, and as what (pruned; a PBT trial paused to exploit: interrupted)."""
         run = self.run
-        pruned = run.pruning.update(self.last_index, self.last_row) if run.pruning else None
+        pruned = run.pruning.update(index, row) if run.pruning else None
         if self.dist:
             pruned = self.dist.from_main(pruned)
         return (getattr(run.pruning, "stop_status", Status.PRUNED), pruned) if pruned else None
