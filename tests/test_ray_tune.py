@@ -89,6 +89,34 @@ def test_a_drawn_value_is_written_back_as_the_override_hydra_reads():
     assert space["scheduler"].override("wsd") == "scheduler=wsd"
 
 
+@pytest.mark.parametrize("own_steps, own_validations", [(135, 3), (90, 2), (45, 1)],
+                         ids=["ahead-of-the-donor", "level-with-it", "behind-it"])
+def test_an_exploit_keeps_the_trials_rows_before_the_donors_step_and_no_row_twice(tmp_path, own_steps,
+                                                                                  own_validations):
+    """The donor paused after 90 updates: its continuation writes steps.csv's row 90 on and metrics.csv's next
+    validation, so the trial keeps steps 0..89 and validations at steps <= 90 of its own, wherever it was."""
+    import torch
+    from types import SimpleNamespace
+
+    from lrtrain.sweep.ray_tune import pbt_state
+
+    with (tmp_path / "steps.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["step", "epoch", "lr", "loss"])
+        out.writerows([s, s // 45, 0.01, 1.0] for s in range(own_steps))
+    with (tmp_path / "metrics.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["epoch", "step", "lr", "val_loss"])
+        out.writerows([v, 45 * v, 0.01, 1.0] for v in range(1, own_validations + 1))
+    link = SimpleNamespace(values={"optimizer.lr": 0.02}, exploit={"from_trial": 3, "from_step": 90})
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    state = pbt_state(link, optimizer, {"optimizer": {"lr": 0.01}}, tmp_path, donor_step=90)
+    assert state.rows == (min(own_steps, 90), min(own_validations, 2))
+    assert state.exploits == [{"from_trial": 3, "from_step": 90, "at_step": 90, "old": {},
+                               "new": {"optimizer.lr": 0.02}}]
+    assert state.factors == {"lr": 2.0}
+
+
 def test_without_ray_the_sweeper_says_in_one_line_how_to_install_it(tmp_path):
     """Ray made unimportable in the lrtrain process (None in sys.modules), not uninstalled."""
     code = ("import sys; sys.modules['ray'] = None; from lrtrain.cli import main; "
@@ -207,15 +235,25 @@ def test_pbt_exploits_and_the_trial_continues_from_the_donors_checkpoint_with_th
     exploits = [(t, e) for t, s in jobs.items() for e in s["pbt"]["exploits"]]
     assert exploits, "no trial exploited another"
     assert all(s["status"] == "completed" and s["epochs"] == 4 for s in jobs.values())
-    for t, e in exploits:
-        assert e["at_step"] == e["from_step"] and str(e["from_trial"]) != t.name
+    for t, s in jobs.items():
         steps = rows(t / "steps.csv")
         numbers = [int(row["step"]) for row in steps]
-        assert numbers == sorted(set(numbers))  # one row per step, the rows after the exploit from its step on
-        after = next(row for row in steps if int(row["step"]) == e["at_step"])
-        before = next(row for row in steps if int(row["step"]) == e["at_step"] - 1)
-        assert float(after["lr"]) == pytest.approx(e["new"]["optimizer.lr"], rel=1e-12)
-        assert float(before["lr"]) == pytest.approx(e["old"]["optimizer.lr"] or float(steps[0]["lr"]), rel=1e-12)
+        assert numbers == sorted(set(numbers))  # one row per step, the rows after an exploit from its step on
+    for t, s in jobs.items():
+        made = s["pbt"]["exploits"]
+        steps = rows(t / "steps.csv")
+        for i, e in enumerate(made):
+            assert e["at_step"] == e["from_step"] and str(e["from_trial"]) != t.name
+            # rows an exploit's continuation wrote stay unless a later exploit took the trial back before them
+            if any(o["at_step"] >= e["at_step"] for o in made[:i]) or any(o["at_step"] <= e["at_step"]
+                                                                          for o in made[i + 1:]):
+                continue
+            after = next(row for row in steps if int(row["step"]) == e["at_step"])
+            # the trial's own last row before it (a trial behind its donor has a gap up to the donor's step)
+            before = [row for row in steps if int(row["step"]) < e["at_step"]][-1]
+            assert float(after["lr"]) == pytest.approx(e["new"]["optimizer.lr"], rel=1e-12)
+            assert float(before["lr"]) == pytest.approx(e["old"]["optimizer.lr"] or float(steps[0]["lr"]),
+                                                        rel=1e-12)
     # the last exploit of each trial: its final weights descend from the donor's; the optimizer's LR is its own
     t, e = exploits[-1]
     ckpt = torch.load(t / "checkpoints" / "last.pt", weights_only=True)

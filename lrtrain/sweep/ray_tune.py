@@ -600,18 +600,22 @@ def pbt_state(link: RayLink, optimizer: Any, config: dict, out_dir: Path, donor_
     if link.exploit is not None and donor_step is not None:
         exploits.append({**link.exploit, "at_step": donor_step, "old": previous.get("values") or {},
                          "new": dict(link.values)})
-        state.rows = (_rows_upto(out_dir / "steps.csv", donor_step), _rows_upto(out_dir / "metrics.csv", donor_step))
+        # steps.csv's `step` counts the updates before the row's (the donor's next row is `donor_step`);
+        # metrics.csv's the updates done at the validation (the donor's last is `donor_step`)
+        state.rows = (_rows_before(out_dir / "steps.csv", donor_step),
+                      _rows_before(out_dir / "metrics.csv", donor_step + 1))
     return state
 
 
-def _rows_upto(path: Path, step: int) -> int:
-    """Data rows of a CSV whose `step` is at most `step`: what the job keeps of its own history at an exploit."""
+def _rows_before(path: Path, step: int) -> int:
+    """Data rows of a CSV whose `step` is below `step`: what the job keeps of its own history at an exploit (a
+    trial ahead of its donor loses its rows from the donor's step on, which the donor's continuation rewrites)."""
     import csv
 
     if not path.is_file():
         return 0
     with path.open(newline="") as f:
-        return sum(1 for row in csv.DictReader(f) if row.get("step") and int(float(row["step"])) <= step)
+        return sum(1 for row in csv.DictReader(f) if row.get("step") and int(float(row["step"])) < step)
 
 
 def _read_json(path: Path) -> dict:
