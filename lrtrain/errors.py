@@ -259,8 +259,11 @@ def describe(e: BaseException) -> tuple[str, int]:
     if isinstance(e, OmegaConfBaseException):
         return _omegaconf_error(e), EXIT_CONFIG
     cause = e.__cause__
+    if cause is None and "raised while composing config" in str(e):  # Hydra raises it while handling OmegaConf's
+        cause = e.__context__
     if type(e).__module__.startswith("hydra") and isinstance(cause, OmegaConfBaseException):
-        return _omegaconf_error(cause), EXIT_CONFIG
+        recipe = re.match(r"In 'experiment/(\w+)'", str(e))  # a recipe's key the option chosen instead lacks
+        return _omegaconf_error(cause) + (f" (set by +experiment={recipe.group(1)})" if recipe else ""), EXIT_CONFIG
     if type(e).__module__.startswith("hydra"):
         old = re.search(r"In '([\w/]+)': Could not load '(schema_\w+)'", str(e))
         if old:
