@@ -16,18 +16,42 @@ def test_every_option_composes_and_validates(compose, group, option):
     assert group in cfg
 
 
-@pytest.mark.parametrize("scheduler", group_options("scheduler"))
+RECIPE_GROUPS = ["optimizer", "scheduler", "warmup", "regularization"]
+# mnist10k_fast's 20-step warmup is a key of warmup=linear, which warmup=none lacks: that pair fails in one line
+UNCOMPOSABLE = {("mnist10k_fast", "warmup", "none")}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in RECIPE_GROUPS for o in group_options(g)])
 @pytest.mark.parametrize("experiment", group_options("experiment"))
-def test_every_schedule_composes_under_each_experiment(compose, experiment, scheduler):
-    """lrtrain -m +experiment=X scheduler=constant,wsd,...: a recipe's schedule keys live in the scheduler option it
-    chooses (scheduler=nanogpt), so every option replaces it, with that option's own keys."""
+def test_every_option_composes_under_each_experiment(compose, experiment, group, option):
+    """lrtrain -m +experiment=X optimizer=sgd,lion scheduler=constant,wsd regularization=none,...: a recipe's keys
+    that only some options have live in the options it chooses (optimizer=nanogpt, scheduler=nanogpt, ...), so
+    every option replaces them, with that option's own values."""
     from omegaconf import OmegaConf
 
-    cfg = compose(f"+experiment={experiment}", f"scheduler={scheduler}", *(CUSTOM if scheduler == "custom" else []))
-    own = OmegaConf.load(CONFIGS / "scheduler" / f"{scheduler}.yaml")
+    extra = CUSTOM if (group, option) == ("scheduler", "custom") else []
+    if (experiment, group, option) in UNCOMPOSABLE:
+        from lrtrain.errors import describe
+
+        with pytest.raises(Exception) as e:
+            compose(f"+experiment={experiment}", f"{group}={option}")
+        assert describe(e.value)[0] == ("warmup.length: unknown key; warmup=none has no keys (options that have: "
+                                        "constant, exponential, linear, nanogpt) (set by +experiment=mnist10k_fast)")
+        return
+    cfg = compose(f"+experiment={experiment}", f"{group}={option}", *extra)
+    own = OmegaConf.load(CONFIGS / group / f"{option}.yaml")
+    set_by_recipe = OmegaConf.load(CONFIGS / "experiment" / f"{experiment}.yaml").get(group) or {}
     for key in own:
-        if key != "defaults" and not (scheduler == "custom" and key == "_target_"):  # custom's is ??? (CUSTOM's)
-            assert cfg.scheduler[key] == own[key], f"scheduler.{key}"
+        if key == "defaults" or key in set_by_recipe or (option == "custom" and key == "_target_"):
+            continue  # custom's _target_ is ??? (CUSTOM's)
+        if OmegaConf.is_dict(own[key]):  # a regularizer: the keys its option sets (nanogpt's l2 sets one)
+            assert {k: cfg[group][key][k] for k in own[key]} == own[key], f"{group}.{key}"
+        else:
+            assert cfg[group][key] == own[key], f"{group}.{key}"
+    if group == "regularization":  # exactly the option's regularizers (the recipe's replaced)
+        chosen = {k for k, v in cfg.regularization.items() if v is not None}
+        assert chosen == {k for k in own if k != "defaults"} | set(
+            OmegaConf.load(CONFIGS / "regularization" / f"{option}.yaml").get("defaults") or []) - {"_self_"}
 
 
 def test_regularization_is_multi_select(compose):
@@ -57,12 +81,12 @@ def test_out_of_range_values_name_the_key(compose, override, needle):
     [
         (["optimizer=adamm"], "lrtrain: error: optimizer=adamm: no such option; valid: adadelta, adafactor, "
                               "adagrad, adam, adamax, adamw, ademamix, adopt, amsgrad, cautious_adamw, dadapt_adam, "
-                              "lion, mars, momentum, muon, nadam, prodigy, psgd_kron, radam, rmsprop, "
+                              "lion, mars, momentum, muon, nadam, nanogpt, prodigy, psgd_kron, radam, rmsprop, "
                               "schedulefree_adamw, schedulefree_sgd, sgd, shampoo, soap"),
         (["scheduler=custom"], "lrtrain: error: scheduler._target_: a value is required"),
         (["regularization=[l2,foo]"],
          "lrtrain: error: regularization=foo: no such option; valid: augment, dropout, grad_clip, l1, l2, "
-         "label_smoothing, none"),
+         "label_smoothing, nanogpt, none"),
         (["optimizer.lrr=1"], "lrtrain: error: optimizer.lrr: unknown key; valid keys here: lr, betas, eps, amsgrad"),
         (["optimizer.lr=abc"], "lrtrain: error: optimizer.lr='abc': must be a finite number > 0, or auto"),
         (["optimizer.lr=-1"], "lrtrain: error: optimizer.lr=-1: must be a finite number > 0, or auto"),
