@@ -8,12 +8,13 @@ sweep are children of one parent run (tag `mlflow.parentRunId`), which the sweep
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import lrtrain
 from lrtrain.errors import ConfigValueError, LoggerStoreError
@@ -61,9 +62,10 @@ class MLflowLogger(Sink):
         database = self._sqlite_file()
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
-        self.client = client = MlflowClient(tracking_uri=self.tracking_uri)
+        with _creating(database):  # the client opens the store, which creates a new database's tables
+            self.client = client = MlflowClient(tracking_uri=self.tracking_uri)
+            experiment_id = experiment(client, self.experiment_name, self._artifact_root())
         self.out_dir, self.step_columns = ctx.out_dir, ctx.step_columns
-        experiment_id = experiment(client, self.experiment_name, self._artifact_root())
         tags = {"lrtrain.run_dir": str(ctx.out_dir), "lrtrain.version": lrtrain.__version__}
         if ctx.sweep_dir is not None:
             tags["mlflow.parentRunId"] = parent_run(client, experiment_id, ctx.sweep_dir)
@@ -193,6 +195,24 @@ class _one_try:
         for k in self.set:
             os.environ.pop(k, None)
         self.logger.setLevel(self.level)
+
+
+@contextlib.contextmanager
+def _creating(database: Optional[Path]) -> Iterator[None]:
+    """One process at a time past this point for a SQLite store (`<database>.lock`, an advisory lock the system
+    drops when its holder dies): MLflow creates a new database's tables on first use, and two jobs of a parallel
+    sweep doing it at once fail with "table ... already exists"."""
+    if database is None:
+        yield
+        return
+    import fcntl
+
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:

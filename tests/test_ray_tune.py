@@ -304,6 +304,31 @@ def test_optuna_seeds_tell_the_mean_of_the_seeds(lrtrain, tmp_path):
 
 
 @pytest.mark.slow
+def test_mlflow_gets_a_parent_run_and_a_child_per_trial_from_concurrent_trials(lrtrain, tmp_path):
+    """Two trials at a time start on a new SQLite store: each creates the store, the experiment and the parent
+    run at once (before the store's lock, one failed with "table ... already exists")."""
+    from mlflow.tracking import MlflowClient
+
+    sweep = tmp_path / "sweep"
+    r = lrtrain("-m", "hydra/sweeper=ray_tune", "optimizer.lr=tag(log, interval(1e-3, 1e-1))",
+                "hydra.sweeper.num_samples=3", "hydra.sweeper.max_concurrent_trials=2", "trainer.max_epochs=1",
+                *RAY, "trainer.progress=none", "logger=[csv,mlflow]", f"hydra.sweep.dir={sweep}", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = {run.data.tags["lrtrain.job"]: run for run in runs if "mlflow.parentRunId" in run.data.tags}
+    assert len(parents) == 1 and sorted(children) == ["0", "1", "2"]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children.values()} == {parents[0].info.run_id}
+    for job, child in children.items():  # each child is its trial's run: its LR and its final validation
+        assert child.info.status == "FINISHED"
+        assert float(child.data.params["optimizer.lr"]) == float(rows(sweep / job / "steps.csv")[0]["lr"])
+        assert child.data.metrics["val_loss"] == pytest.approx(float(rows(sweep / job / "metrics.csv")[-1]["val_loss"]))
+    assert parents[0].info.status == "FINISHED"
+    assert "sweep_summary.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+
+
+@pytest.mark.slow
 def test_a_failed_trial_does_not_stop_the_search(lrtrain, tmp_path):
     """A trial whose job fails (an LR that diverges at once) is an errored trial; the others complete."""
     sweep = tmp_path / "sweep"
