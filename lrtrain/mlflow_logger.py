@@ -201,13 +201,18 @@ class _one_try:
 def _creating(database: Optional[Path]) -> Iterator[None]:
     """One process at a time past this point for a SQLite store (`<database>.lock`, an advisory lock the system
     drops when its holder dies): MLflow creates a new database's tables on first use, and two jobs of a parallel
-    sweep doing it at once fail with "table ... already exists"."""
-    if database is None:
+    sweep doing it at once fail with "table ... already exists". Where the lock cannot be made (a read-only
+    directory, where nothing can create the database either), MLflow's own error says why the store is unusable."""
+    try:
+        lock = open(database.with_name(database.name + ".lock"), "a") if database is not None else None
+    except OSError:
+        lock = None
+    if lock is None:
         yield
         return
     import fcntl
 
-    with open(database.with_name(database.name + ".lock"), "a") as lock:
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
