@@ -62,7 +62,9 @@ class MLflowLogger(Sink):
         database = self._sqlite_file()
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
-        with _creating(database):  # the client opens the store, which creates a new database's tables
+        # the client opens the store, which creates a new database's tables: two jobs of a parallel sweep doing it
+        # at once fail with "table ... already exists"
+        with _exclusive(database.with_name(database.name + ".lock") if database is not None else None):
             self.client = client = MlflowClient(tracking_uri=self.tracking_uri)
             experiment_id = experiment(client, self.experiment_name, self._artifact_root())
         self.out_dir, self.step_columns = ctx.out_dir, ctx.step_columns
@@ -198,13 +200,12 @@ class _one_try:
 
 
 @contextlib.contextmanager
-def _creating(database: Optional[Path]) -> Iterator[None]:
-    """One process at a time past this point for a SQLite store (`<database>.lock`, an advisory lock the system
-    drops when its holder dies): MLflow creates a new database's tables on first use, and two jobs of a parallel
-    sweep doing it at once fail with "table ... already exists". Where the lock cannot be made (a read-only
-    directory, where nothing can create the database either), MLflow's own error says why the store is unusable."""
+def _exclusive(lock_path: Optional[Path]) -> Iterator[None]:
+    """One process at a time inside: an advisory lock on `lock_path`, released when the file closes or its holder
+    dies. None, or a file that cannot be made (a read-only directory, where nothing can be created either), runs
+    unlocked, and what then fails says why."""
     try:
-        lock = open(database.with_name(database.name + ".lock"), "a") if database is not None else None
+        lock = open(lock_path, "a") if lock_path is not None else None
     except OSError:
         lock = None
     if lock is None:
@@ -214,10 +215,7 @@ def _creating(database: Optional[Path]) -> Iterator[None]:
 
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield
 
 
 def experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:
@@ -234,22 +232,15 @@ def experiment(client: Any, name: str, artifact_location: Optional[str]) -> str:
         return found.experiment_id
 
 
-def parent_run(client: Any, experiment_id: str, sweep_dir: Path, wait: float = 60.0) -> str:
-    """The sweep's parent run: the first job to claim `<sweep dir>/.mlflow_parent_run.lock` creates it and
-    writes its id; the others (parallel launchers) wait for the id."""
+def parent_run(client: Any, experiment_id: str, sweep_dir: Path) -> str:
+    """The sweep's parent run: the first job past `<sweep dir>/.mlflow_parent_run.lock` creates it and writes its
+    id; the others (parallel launchers) read the id."""
     id_file = Path(sweep_dir) / PARENT_FILE
-    try:
-        fd = os.open(id_file.with_suffix(".lock"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        deadline = time.monotonic() + wait
-        while not id_file.is_file():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{id_file}: the sweep's MLflow parent run was not created within {wait:g} s")
-            time.sleep(0.1)
-        return id_file.read_text().strip()
-    os.close(fd)
-    run_id = client.create_run(experiment_id, run_name=f"sweep {Path(sweep_dir).name}",
-                               tags={"lrtrain.sweep_dir": str(sweep_dir)}).info.run_id
-    with atomic_path(id_file) as tmp:
-        tmp.write_text(run_id + "\n")
-    return run_id
+    with _exclusive(id_file.with_suffix(".lock")):
+        if id_file.is_file():
+            return id_file.read_text().strip()
+        run_id = client.create_run(experiment_id, run_name=f"sweep {Path(sweep_dir).name}",
+                                   tags={"lrtrain.sweep_dir": str(sweep_dir)}).info.run_id
+        with atomic_path(id_file) as tmp:
+            tmp.write_text(run_id + "\n")
+        return run_id
