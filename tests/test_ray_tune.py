@@ -239,9 +239,7 @@ def test_pbt_exploits_and_the_trial_continues_from_the_donors_checkpoint_with_th
         steps = rows(t / "steps.csv")
         numbers = [int(row["step"]) for row in steps]
         assert numbers == sorted(set(numbers))  # one row per step, the rows after an exploit from its step on
-    for t, s in jobs.items():
         made = s["pbt"]["exploits"]
-        steps = rows(t / "steps.csv")
         for i, e in enumerate(made):
             assert e["at_step"] == e["from_step"] and str(e["from_trial"]) != t.name
             # rows an exploit's continuation wrote stay unless a later exploit took the trial back before them
